@@ -1,0 +1,4 @@
+"""Segmentation metrics (no torch needed)."""
+from .confusion import ConfusionMatrix
+
+__all__ = ["ConfusionMatrix"]
