@@ -1,0 +1,119 @@
+"""Spatial resampling and cropping: the fork's Interp and Padding layers, Caffe's Crop."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from . import Layer, register
+
+
+def interp_out(size, p):
+    """The fork's Interp output size for one axis of effective input ``size``."""
+    if size is None:
+        return None
+    has = p.HasField
+    if has("shrink_factor") and not has("zoom_factor"):
+        return (size - 1) // p.shrink_factor + 1            # shrink: (in - 1) / s + 1
+    if has("zoom_factor") and not has("shrink_factor"):
+        return size + (size - 1) * (p.zoom_factor - 1)     # zoom: in + (in - 1)(z - 1)
+    if has("shrink_factor") and has("zoom_factor"):
+        out = (size - 1) // p.shrink_factor + 1
+        return out + (out - 1) * (p.zoom_factor - 1)
+    return None
+
+
+@register("Interp")
+class Interp(Layer):
+    """Bilinear resize with corners aligned (the fork's caffe_cpu_interp2): output pixel i
+    samples input position i * (in - 1) / (out - 1). pad_beg/pad_end (<= 0) crop the input
+    first. Size from zoom_factor, shrink_factor, both, or height and width."""
+
+    num_bottoms = (1, 2)
+
+    def setup(self, bottom_shapes):
+        p = self.param.interp_param
+        has = p.HasField
+        self.pad_beg, self.pad_end = int(p.pad_beg), int(p.pad_end)
+        if self.pad_beg > 0 or self.pad_end > 0:
+            raise self.error("only non-positive pad_beg/pad_end (cropping) are supported, as in the fork")
+        if has("shrink_factor") and p.shrink_factor < 1:
+            raise self.error("shrink_factor must be positive")
+        if has("zoom_factor") and p.zoom_factor < 1:
+            raise self.error("zoom_factor must be positive")
+        self.fixed = None
+        if not (has("shrink_factor") or has("zoom_factor")):
+            if has("height") and has("width"):
+                self.fixed = (int(p.height), int(p.width))
+            elif len(bottom_shapes) == 2:
+                self.fixed = "bottom1"
+            else:
+                raise self.error("give zoom_factor, shrink_factor, height and width, or a second bottom")
+        n, c, h, w = bottom_shapes[0]
+        return [(n, c) + self.out_size(h, w, bottom_shapes)]
+
+    def out_size(self, h, w, bottom_shapes=None):
+        if self.fixed == "bottom1":
+            return tuple(bottom_shapes[1][2:4])
+        if self.fixed is not None:
+            return self.fixed
+        eff = [None if s is None else s + self.pad_beg + self.pad_end for s in (h, w)]
+        return interp_out(eff[0], self.param.interp_param), interp_out(eff[1], self.param.interp_param)
+
+    def forward(self, x, ref=None):
+        h, w = x.shape[2:]
+        if self.fixed == "bottom1":
+            out = tuple(ref.shape[2:4])
+        else:
+            out = self.out_size(h, w)
+        if self.pad_beg or self.pad_end:
+            x = x[:, :, -self.pad_beg: h + self.pad_end, -self.pad_beg: w + self.pad_end]
+        if tuple(x.shape[2:]) == tuple(out):
+            return (x,)
+        return (F.interpolate(x, size=out, mode="bilinear", align_corners=True),)
+
+
+@register("Padding")
+class Padding(Layer):
+    """The fork's Padding: add pad_beg rows/cols before and pad_end after (zeros); negative crops."""
+
+    num_bottoms = (1,)
+
+    def setup(self, bottom_shapes):
+        p = self.param.padding_param
+        self.beg, self.end = int(p.pad_beg), int(p.pad_end)
+        n, c, h, w = bottom_shapes[0]
+        grow = self.beg + self.end
+        return [(n, c, None if h is None else h + grow, None if w is None else w + grow)]
+
+    def forward(self, x):
+        return (F.pad(x, (self.beg, self.end, self.beg, self.end)),)
+
+
+@register("Crop")
+class Crop(Layer):
+    """Caffe's Crop: cut bottom 0 to bottom 1's shape from ``axis`` on, at ``offset``."""
+
+    num_bottoms = (2,)
+
+    def setup(self, bottom_shapes):
+        p = self.param.crop_param
+        a, b = bottom_shapes
+        self.axis = int(p.axis) % len(a)
+        dims = len(a) - self.axis
+        offsets = list(p.offset)
+        if len(offsets) not in (0, 1, dims):
+            raise self.error(f"crop_param.offset needs 0, 1 or {dims} values, got {len(offsets)}")
+        self.offsets = [0] * dims if not offsets else (offsets * dims if len(offsets) == 1 else offsets)
+        out = list(a)
+        for i in range(dims):
+            ax = self.axis + i
+            if a[ax] is not None and b[ax] is not None and a[ax] < b[ax] + self.offsets[i]:
+                raise self.error(f"cannot crop axis {ax} of size {a[ax]} to {b[ax]} at offset {self.offsets[i]}")
+            out[ax] = b[ax]
+        return [tuple(out)]
+
+    def forward(self, x, ref):
+        index = [slice(None)] * self.axis
+        for i, off in enumerate(self.offsets):
+            size = ref.shape[self.axis + i]
+            index.append(slice(off, off + size))
+        return (x[tuple(index)],)
