@@ -1,0 +1,73 @@
+"""The fully connected CRF stage (paper, Section 4.2), independent of the network code.
+
+    import densecrf
+    labels = densecrf.refine(image_rgb, scores, densecrf.CRFParams())
+
+``image_rgb`` is H x W x 3 uint8 in RGB order (the release's PPM files were RGB; the lattice is
+not symmetric in feature order); ``scores`` are the network's class scores at full image
+resolution, C x H x W (``deeplab.scoremaps.load_scores`` gives them from dumped files). The
+unary is -log softmax(scores). No torch needed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from deeplab import DeepLabError
+
+from .backends import BACKENDS, DEFAULT_BACKEND, get_backend
+from .params import NORMALIZATIONS, CRFParams
+
+__all__ = ["BACKENDS", "CRFParams", "NORMALIZATIONS", "mean_field_steps", "refine", "unary_from_scores"]
+
+
+def unary_from_scores(scores: np.ndarray) -> np.ndarray:
+    """Unary energy -log softmax(scores) over the class axis (float32 C x H x W)."""
+    s = np.asarray(scores, dtype=np.float32)
+    m = s.max(axis=0, keepdims=True)
+    shifted = s - m
+    lse = np.log(np.exp(shifted).sum(axis=0, keepdims=True))
+    shifted -= lse
+    np.negative(shifted, out=shifted)
+    return shifted
+
+
+def _check(image: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(image)
+    scores = np.asarray(scores)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise DeepLabError(f"image must be H x W x 3 (RGB), got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise DeepLabError(f"image must be uint8, got {image.dtype}")
+    if scores.ndim != 3:
+        raise DeepLabError(f"scores must be C x H x W, got shape {scores.shape}")
+    if scores.shape[1:] != image.shape[:2]:
+        raise DeepLabError(f"scores are {scores.shape[1]}x{scores.shape[2]} but the image is "
+                           f"{image.shape[0]}x{image.shape[1]}")
+    if scores.shape[0] < 1 or scores.shape[0] > 256:
+        raise DeepLabError(f"scores have {scores.shape[0]} classes; expected 1..256")
+    return image, scores
+
+
+def refine(image: np.ndarray, scores: np.ndarray, params: CRFParams | None = None, *,
+           return_prob: bool = False, backend: str = DEFAULT_BACKEND):
+    """Refine full-resolution scores with the dense CRF; returns H x W uint8 labels.
+
+    With ``return_prob=True`` returns ``(labels, marginals)``, marginals float32 C x H x W.
+    """
+    image, scores = _check(image, scores)
+    params = params or CRFParams()
+    prob = get_backend(backend).marginals(image, unary_from_scores(scores), params)
+    labels = prob.argmax(axis=0).astype(np.uint8)
+    return (labels, prob) if return_prob else labels
+
+
+def mean_field_steps(image: np.ndarray, scores: np.ndarray, params: CRFParams | None = None, *,
+                     backend: str = DEFAULT_BACKEND) -> list[np.ndarray]:
+    """Marginals through mean-field inference: ``params.iters + 1`` C x H x W arrays.
+
+    Element 0 is softmax(scores) (no CRF), element k the marginals after k iterations; the
+    last equals ``refine(..., return_prob=True)[1]``.
+    """
+    image, scores = _check(image, scores)
+    params = params or CRFParams()
+    return list(get_backend(backend).steps(image, unary_from_scores(scores), params))

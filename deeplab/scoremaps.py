@@ -1,0 +1,192 @@
+"""Score maps on disk: what the extraction step writes and the CRF stage reads. No torch here.
+
+Two formats:
+
+* ``<id>.npy`` + ``<id>.json``: the stride-8 network output (C x h x w, float16 by default)
+  with a sidecar ``{"height": H, "width": W, "zoom": 8, "classes": C}`` recording the image
+  size. Readers upsample it with the Interp layer's alignment and crop to H x W.
+* ``<id>_blob_0.mat``: what the DeepLab fork's MAT_WRITE layer wrote, variable ``data`` in
+  MATLAB order W x H x C (x N=1), i.e. the C x H x W blob stored column-major
+  (``data[w, h, c] = blob[c, h, w]``), already upsampled but covering the padded crop; the
+  image size is needed to crop it, as the original ``densecrf`` program did.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import DeepLabError
+from .cli import atomic_path, write_bytes_atomic
+
+
+@dataclass
+class ScoreMap:
+    """Scores at full image resolution: ``scores`` is float32 C x H x W."""
+
+    scores: np.ndarray
+    height: int
+    width: int
+
+    @property
+    def classes(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def zoomed_size(size: int, zoom: int) -> int:
+    """The Interp layer's output size for ``zoom_factor``: in + (in - 1)(zoom - 1)."""
+    return size + (size - 1) * (zoom - 1)
+
+
+def _interp_axis(n_in: int, n_out: int, n_keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source index pairs and weights of Caffe's Interp along one axis (corners aligned)."""
+    # Caffe interp.cpp: ratio = (in - 1) / (out - 1) in float; src = ratio * dst;
+    # i0 = floor(src); i1 = i0 + 1 unless i0 is the last row; lambda = src - i0.
+    ratio = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0)
+    src = np.arange(n_keep, dtype=np.float32) * ratio
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+    lam = (src - i0).astype(np.float32)
+    return i0, i1, lam
+
+
+def upsample_scores(scores: np.ndarray, zoom: int, height: int, width: int) -> np.ndarray:
+    """Upsample C x h x w scores like the fork's Interp layer (``zoom_factor``), crop to H x W.
+
+    Output size before the crop is h + (h - 1)(zoom - 1); bilinear with corners aligned
+    (source coordinate = out_index * (in - 1) / (out - 1)). Only the kept rows and columns
+    are computed. Returns float32 C x height x width.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 3:
+        raise DeepLabError(f"score map must be C x h x w, got shape {scores.shape}")
+    if zoom < 1:
+        raise DeepLabError(f"zoom must be >= 1, got {zoom}")
+    _, h, w = scores.shape
+    out_h, out_w = zoomed_size(h, zoom), zoomed_size(w, zoom)
+    if height > out_h or width > out_w or height < 1 or width < 1:
+        raise DeepLabError(f"score map {h}x{w} at zoom {zoom} covers {out_h}x{out_w} pixels, "
+                           f"not the image's {height}x{width}")
+    s = scores.astype(np.float32, copy=False)
+    r0, r1, rl = _interp_axis(h, out_h, height)
+    rows = s[:, r0, :] * (1 - rl)[None, :, None] + s[:, r1, :] * rl[None, :, None]
+    c0, c1, cl = _interp_axis(w, out_w, width)
+    out = rows[:, :, c0] * (1 - cl)[None, None, :] + rows[:, :, c1] * cl[None, None, :]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def sidecar_path(path_npy: str | os.PathLike) -> str:
+    """``<id>.npy`` -> ``<id>.json``."""
+    return os.path.splitext(os.fspath(path_npy))[0] + ".json"
+
+
+def save_scores(path_npy, scores: np.ndarray, height: int, width: int, zoom: int = 8,
+                dtype="float16") -> None:
+    """Write stride-``zoom`` C x h x w scores to ``<id>.npy`` and the sidecar ``<id>.json``.
+
+    ``height`` x ``width`` is the image's size; the zoomed map must cover it. Both files are
+    written atomically (the sidecar first, so a present ``.npy`` always has its sidecar).
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 3:
+        raise DeepLabError(f"{path_npy}: scores must be C x h x w, got shape {scores.shape}")
+    c, h, w = scores.shape
+    if zoomed_size(h, zoom) < height or zoomed_size(w, zoom) < width:
+        raise DeepLabError(f"{path_npy}: scores {h}x{w} at zoom {zoom} do not cover the image's {height}x{width}")
+    meta = {"height": int(height), "width": int(width), "zoom": int(zoom), "classes": int(c)}
+    write_bytes_atomic(sidecar_path(path_npy), (json.dumps(meta) + "\n").encode())
+    with atomic_path(path_npy) as tmp:
+        np.save(tmp, np.ascontiguousarray(scores, dtype=dtype))
+
+
+def save_mat_scores(path, scores_chw: np.ndarray) -> None:
+    """Write C x H x W scores as the fork's MAT_WRITE did: ``data`` is W x H x C x 1 (float32)."""
+    import scipy.io
+
+    blob = np.asarray(scores_chw, dtype=np.float32)
+    if blob.ndim != 3:
+        raise DeepLabError(f"{path}: scores must be C x H x W, got shape {blob.shape}")
+    data = np.asfortranarray(blob.transpose(2, 1, 0)[..., None])  # data[w, h, c, 0] = blob[c, h, w]
+    with atomic_path(path) as tmp:
+        scipy.io.savemat(tmp, {"data": data}, do_compression=False)
+
+
+def read_mat_scores(path) -> np.ndarray:
+    """Read a MAT_WRITE file's ``data`` (W x H x C [x 1]) back as float32 C x H x W (uncropped)."""
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path)
+    except FileNotFoundError:
+        raise DeepLabError(f"score file {path} not found") from None
+    except NotImplementedError:
+        raise DeepLabError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; save as v5") from None
+    except Exception as e:  # scipy raises several types for corrupt files
+        raise DeepLabError(f"cannot read score file {path}: {e}") from None
+    if "data" not in mat:
+        names = sorted(k for k in mat if not k.startswith("__"))
+        raise DeepLabError(f"{path}: no variable 'data' (has {names})")
+    data = np.asarray(mat["data"])
+    if data.ndim == 4:
+        if data.shape[3] != 1:
+            raise DeepLabError(f"{path}: 'data' holds {data.shape[3]} images; expected one (W x H x C x 1)")
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DeepLabError(f"{path}: 'data' has shape {data.shape}; expected W x H x C")
+    return np.ascontiguousarray(data.transpose(2, 1, 0), dtype=np.float32)
+
+
+def _read_sidecar(path_json: str) -> dict:
+    try:
+        with open(path_json) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise DeepLabError(f"sidecar {path_json} not found (it records the image size of the .npy scores)") from None
+    except (OSError, ValueError) as e:
+        raise DeepLabError(f"cannot read sidecar {path_json}: {e}") from None
+    try:
+        return {k: int(meta[k]) for k in ("height", "width", "zoom", "classes")}
+    except (KeyError, TypeError, ValueError):
+        raise DeepLabError(f"{path_json}: expected integer height, width, zoom and classes, got {meta}") from None
+
+
+def load_scores(path, image_hw: tuple[int, int] | None = None) -> ScoreMap:
+    """Load a score map at full image resolution (float32 C x H x W).
+
+    ``.npy`` (with its sidecar) is upsampled with the Interp alignment and cropped to the
+    recorded size; ``image_hw``, if given, must agree with it. ``.mat`` (MAT_WRITE layout)
+    is cropped to ``image_hw``, which is required there.
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        meta = _read_sidecar(sidecar_path(path))
+        try:
+            raw = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise DeepLabError(f"score file {path} not found") from None
+        except (OSError, ValueError, EOFError) as e:
+            raise DeepLabError(f"cannot read score file {path}: {e}") from None
+        if raw.ndim != 3 or raw.shape[0] != meta["classes"]:
+            raise DeepLabError(f"{path}: shape {raw.shape} does not match its sidecar ({meta['classes']} classes, C x h x w)")
+        height, width = meta["height"], meta["width"]
+        if image_hw is not None and tuple(image_hw) != (height, width):
+            raise DeepLabError(f"{path}: scores were extracted for a {height}x{width} image, "
+                               f"but the image is {image_hw[0]}x{image_hw[1]}")
+        try:
+            scores = upsample_scores(raw, meta["zoom"], height, width)
+        except DeepLabError as e:
+            raise DeepLabError(f"{path}: {e}") from None
+        return ScoreMap(scores, height, width)
+    if ext == ".mat":
+        if image_hw is None:
+            raise DeepLabError(f"{path}: a .mat score map covers the padded crop; the image size is needed to crop it")
+        data = read_mat_scores(path)
+        height, width = int(image_hw[0]), int(image_hw[1])
+        if data.shape[1] < height or data.shape[2] < width:
+            raise DeepLabError(f"{path}: scores cover {data.shape[1]}x{data.shape[2]} pixels, "
+                               f"smaller than the {height}x{width} image")
+        return ScoreMap(np.ascontiguousarray(data[:, :height, :width]), height, width)
+    raise DeepLabError(f"{path}: unknown score map format {ext!r} (expected .npy with a .json sidecar, or .mat)")

@@ -1,0 +1,102 @@
+"""Search the dense CRF's parameters on a subset of images with ground truth (paper, Section 5)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from deeplab import DeepLabError
+from deeplab.cli import run_main, write_bytes_atomic
+from deeplab.labels import load_classes
+from densecrf.backends import BACKENDS, DEFAULT_BACKEND
+from densecrf.io import read_id_list
+from densecrf.params import NORMALIZATIONS, CRFParams
+from densecrf.search import (COARSE, SearchData, check_inputs, choose_subset, open_run, parse_grid,
+                             plot_heatmap, run_search)
+
+EPILOG = """\
+The paper fixes w2=3, sigma_gamma=3 and searches w1 in 5..10, sigma_alpha in 50:10:100 and
+sigma_beta in 3:1:10 (the defaults here), then a finer grid around the best (+-1 coarse step
+in steps of step/--fine-div). Grids are 'a,b,c', 'start:stop' or 'start:step:stop'.
+Also evaluated for reference: no CRF (argmax of the scores) and the release's defaults.
+Outputs in --out: search.csv (every setting's mean IoU; reruns resume from it), best.json
+(the best setting, loadable with CRFParams.from_dict), heatmap.png, subset.txt (the ids used).
+example:
+  tools/crf_search.py --images VOC2012/JPEGImages --scores scores/val --labels VOC2012/SegmentationClass \\
+      --list val.txt --out crf_search -j 8
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of tools/crf_search.py."""
+    d = CRFParams()
+    p = argparse.ArgumentParser(description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", required=True, help="folder of images (X.jpg / X.png)")
+    p.add_argument("--scores", required=True, help="folder of score maps (X.npy + X.json, or X_blob_0.mat)")
+    p.add_argument("--labels", required=True, help="folder of ground-truth label PNGs (X.png)")
+    p.add_argument("--list", required=True, help="list file of image ids to draw the subset from")
+    p.add_argument("--out", required=True, help="output folder (search.csv, best.json, heatmap.png)")
+    p.add_argument("--n", type=int, default=100, help="images in the random subset (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset draw (default 0)")
+    p.add_argument("--classes", default="voc12", help="class list: voc12 (default), camvid or a file")
+    p.add_argument("--ignore-label", type=int, default=255, help="ground-truth value to ignore (default 255; CamVid: 11)")
+    p.add_argument("--bi-w", default=COARSE["bi_w"], help=f"w1 grid (default {COARSE['bi_w']})")
+    p.add_argument("--bi-xy-std", default=COARSE["bi_xy_std"], help=f"sigma_alpha grid (default {COARSE['bi_xy_std']})")
+    p.add_argument("--bi-rgb-std", default=COARSE["bi_rgb_std"], help=f"sigma_beta grid (default {COARSE['bi_rgb_std']})")
+    p.add_argument("--pos-w", type=float, default=d.pos_w, help=f"w2, fixed (default {d.pos_w:g})")
+    p.add_argument("--pos-xy-std", type=float, default=d.pos_xy_std, help=f"sigma_gamma, fixed (default {d.pos_xy_std:g})")
+    p.add_argument("--iters", type=int, default=d.iters, help=f"mean-field iterations (default {d.iters})")
+    p.add_argument("--normalization", choices=NORMALIZATIONS, default=d.normalization, help="kernel normalisation")
+    p.add_argument("--backend", choices=sorted(BACKENDS), default=DEFAULT_BACKEND, help="inference backend")
+    p.add_argument("--fine-div", type=int, default=2, help="fine grid step = coarse step / this; 0 skips it (default 2)")
+    p.add_argument("--top", type=int, default=10, help="settings to print (default 10)")
+    p.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument("--force", action="store_true", help="discard earlier results in --out and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the search; print the top settings; write CSV, JSON and heatmap."""
+    args = build_parser().parse_args(argv)
+    for name in ("images", "scores", "labels"):
+        if not os.path.isdir(getattr(args, name)):
+            raise DeepLabError(f"--{name} {getattr(args, name)} is not a folder")
+    if args.n < 1 or args.jobs < 1 or args.fine_div < 0:
+        raise DeepLabError("--n and -j must be >= 1, --fine-div >= 0")
+    base = CRFParams(iters=args.iters, pos_w=args.pos_w, pos_xy_std=args.pos_xy_std, normalization=args.normalization)
+    coarse = {"bi_w": parse_grid(args.bi_w), "bi_xy_std": parse_grid(args.bi_xy_std),
+              "bi_rgb_std": parse_grid(args.bi_rgb_std)}
+    ids = choose_subset(read_id_list(args.list), args.n, args.seed)
+    data = SearchData(args.images, args.scores, args.labels, tuple(ids), load_classes(args.classes).num_classes,
+                      args.ignore_label, args.backend)
+    check_inputs(data)
+    results = open_run(args.out, ids, force=args.force)
+    best = run_search(data, base, coarse, results, workers=args.jobs, fine_div=args.fine_div, progress=not args.quiet)
+
+    row = results.get(best)
+    no_crf, default = results.get(base.replace(iters=0)), results.get(base)
+    record = {**best.to_dict(), "mean_iou": row["mean_iou"], "pixel_acc": row["pixel_acc"], "images": len(ids),
+              "seed": args.seed, "list": args.list, "no_crf_mean_iou": no_crf["mean_iou"],
+              "default_mean_iou": default["mean_iou"]}
+    write_bytes_atomic(os.path.join(args.out, "best.json"), (json.dumps(record, indent=2) + "\n").encode())
+    plot_heatmap(results, coarse, best, os.path.join(args.out, "heatmap.png"))
+
+    same_fixed = [r["params"] for r in results.rows.values()
+                  if r["params"].replace(bi_w=base.bi_w, bi_xy_std=base.bi_xy_std, bi_rgb_std=base.bi_rgb_std) == base]
+    ranked = results.ranked(same_fixed)
+    print(f"top settings on {len(ids)} images (mean IoU %):")
+    print(f"  {'rank':>4}  {'w1':>6} {'σα':>6} {'σβ':>6}  {'mean IoU':>8}  stage")
+    for i, r in enumerate(ranked[: args.top], 1):
+        p = r["params"]
+        print(f"  {i:>4}  {p.bi_w:>6g} {p.bi_xy_std:>6g} {p.bi_rgb_std:>6g}  {100 * r['mean_iou']:>8.2f}  {r['stage']}")
+    print(f"  no CRF: {100 * no_crf['mean_iou']:.2f}   release default (w1={base.bi_w:g}, σα={base.bi_xy_std:g}, "
+          f"σβ={base.bi_rgb_std:g}): {100 * default['mean_iou']:.2f}")
+    print(f"best: --bi-w {best.bi_w:g} --bi-xy-std {best.bi_xy_std:g} --bi-rgb-std {best.bi_rgb_std:g} "
+          f"--pos-w {best.pos_w:g} --pos-xy-std {best.pos_xy_std:g}  ({100 * row['mean_iou']:.2f}); "
+          f"written to {os.path.join(args.out, 'best.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
