@@ -39,6 +39,7 @@ class ClassSet:
     name: str
     names: tuple[str, ...]
     palette: np.ndarray  # 256 x 3 uint8; index 255 is the void colour
+    void: int | None = None  # the file's void/ignore index (VOC 255, CamVid 11), if it names one
 
     @property
     def num_classes(self) -> int:
@@ -69,15 +70,19 @@ def load_classes(spec: str) -> ClassSet:
             entries.append((idx, name, rgb))
     names = []
     palette = voc_palette()
+    void = None
     for idx, name, rgb in entries:
         if "void" in name.lower() or "ignore" in name.lower():
             palette[255] = rgb
+            if 0 <= idx < 256:
+                palette[idx] = rgb  # CamVid's void is 11: draw it in the void colour too
+                void = idx
             continue
         if idx != len(names):
             raise DeepLabError(f"{path}: class indices must run 0,1,2,... (got {idx} after {len(names) - 1})")
         names.append(name)
         palette[idx] = rgb
-    return ClassSet(os.path.splitext(os.path.basename(path))[0], tuple(names), palette)
+    return ClassSet(os.path.splitext(os.path.basename(path))[0], tuple(names), palette, void)
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:

@@ -1,0 +1,77 @@
+"""Charts from evaluation results: trimap curves (Figure 5 b, c) and the CRF search heatmap.
+
+Everything draws with matplotlib's Agg backend into a PNG written atomically (or returns PNG
+bytes for embedding in the report).
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..cli import write_bytes_atomic  # noqa: E402
+
+
+def figure_png(fig, dpi: int = 100) -> bytes:
+    """Render a matplotlib figure to PNG bytes and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def trimap_png(results: list[dict], labels: list[str] | None = None) -> bytes:
+    """Pixel accuracy and mean IoU against band width, one curve per result (Figure 5 b, c)."""
+    curves = [(labels[i] if labels else r.get("name", f"result {i + 1}"), r["trimap"])
+              for i, r in enumerate(results) if r.get("trimap")]
+    if not curves:
+        raise ValueError("none of the results holds trimap curves (evaluate with --trimap)")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, title in ((axes[0], "pixel_acc", "(b) Pixelwise accuracy"),
+                           (axes[1], "mean_iou", "(c) Mean IoU")):
+        for label, t in curves:
+            y = np.array([np.nan if v is None else 100 * v for v in t[key]])
+            ax.plot(t["widths"], y, marker="o", markersize=3, label=label)
+        ax.set_xlabel("Trimap width (pixels)")
+        ax.set_ylabel(f"{'Pixelwise accuracy' if key == 'pixel_acc' else 'Mean IoU'} (%)")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right", fontsize=9)
+    fig.suptitle("Segmentation quality within a band around object boundaries")
+    return figure_png(fig)
+
+
+def plot_trimap(results: list[dict], out_path: str | os.PathLike, labels: list[str] | None = None) -> None:
+    """Write :func:`trimap_png` for several results (e.g. DCNN and DCNN+CRF) to ``out_path``."""
+    write_bytes_atomic(out_path, trimap_png(results, labels))
+
+
+def crf_heatmap_png(rows: list[dict], x: str = "bi_xy_std", y: str = "bi_rgb_std",
+                    value: str = "mean_iou") -> bytes:
+    """Heatmap of the best ``value`` over the other parameters for each (x, y) of a CRF search."""
+    xs = sorted({float(r[x]) for r in rows})
+    ys = sorted({float(r[y]) for r in rows})
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for r in rows:
+        i, j = ys.index(float(r[y])), xs.index(float(r[x]))
+        v = float(r[value])
+        grid[i, j] = v if np.isnan(grid[i, j]) else max(grid[i, j], v)
+    scale = 100 if np.nanmax(grid) <= 1.0 else 1
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(xs), 1.0 + 0.5 * len(ys)))
+    im = ax.imshow(grid * scale, origin="lower", cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j] * scale:.1f}", ha="center", va="center", fontsize=7, color="w")
+    fig.colorbar(im, ax=ax, label=f"{value} (%)" if scale == 100 else value)
+    ax.set_title("CRF search: best mean IoU over the other parameters")
+    return figure_png(fig)
