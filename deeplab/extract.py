@@ -1,0 +1,467 @@
+"""Score-map extraction: run a test prototxt over an image list, dump one score map per image.
+
+What ``caffe test`` with the fork's MAT_WRITE layer did, batched and resumable. The test
+net's data layer (ImageSegData) gives the preprocessing: ``transform_param.mean_value``
+(BGR), ``scale`` and ``crop_size``. Each image is read with OpenCV (BGR, 0-255), the mean is
+subtracted, and the result is placed top-left on a zero canvas (zero after subtraction =
+the mean colour, the fork's padding) of crop x crop pixels. An image larger than the crop
+is never truncated: its canvas grows to the smallest size whose output still covers it.
+
+The net is cut down to the layers the score blob needs (no MatWrite side effects, no
+label), and the score blob's stride-``zoom`` rows and columns covering the image are kept:
+``rows = ceil((H - 1) / zoom) + 1``, since the fork's zoom Interp maps ``r`` rows onto
+``(r - 1) * zoom + 1`` pixels. Outputs: ``<id>.npy`` + ``<id>.json`` (deeplab.scoremaps),
+or ``<id>_blob_0.mat`` (MAT_WRITE's upsampled blob over the whole canvas), and optionally
+``<id>.png`` argmax labels at full resolution.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import DeepLabError
+from .net import PHASES, Net, filter_layers
+from .prototxt import parse_net
+from .scoremaps import save_mat_scores, save_scores, upsample_scores
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+_LOOKUP_EXTS = (".jpg", ".png", ".jpeg")
+_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ----------------------------------------------------------------------------- list files
+@dataclass(frozen=True)
+class ListItem:
+    """One image of a list file: its 1-based line number, id and resolved path."""
+
+    lineno: int
+    id: str
+    path: str
+
+
+def read_list(path: str | os.PathLike, root: str | os.PathLike = "") -> list[ListItem]:
+    """Read a release-style list (``/JPEGImages/X.jpg [/SegmentationClassAug/X.png]``, paths
+    relative to ``root``) or a list of plain ids (image ``<root>/X.jpg``, ``.png`` or ``.jpeg``).
+
+    A first token with a ``/`` or an image extension is a path; anything else is an id.
+    Extra columns (the label) are ignored; ids (file stems) must be unique.
+    """
+    root = os.fspath(root)
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError as e:
+        raise DeepLabError(f"cannot read list {path}: {e.strerror}") from None
+    items: list[ListItem] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(lines, 1):
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        token = tokens[0]
+        if "/" in token or token.lower().endswith(IMAGE_EXTS):
+            image = os.path.join(root, token.lstrip("/")) if root else token
+            ident = os.path.splitext(os.path.basename(token))[0]
+        else:
+            ident = token
+            candidates = [os.path.join(root, token + ext) for ext in _LOOKUP_EXTS]
+            image = next((c for c in candidates if os.path.exists(c)), candidates[0])
+        if not ident:
+            raise DeepLabError(f"{path}:{lineno}: no image name in {line.strip()!r}")
+        if ident in seen:
+            raise DeepLabError(f"{path}:{lineno}: id {ident!r} repeats line {seen[ident]} (outputs would collide)")
+        seen[ident] = lineno
+        items.append(ListItem(lineno, ident, image))
+    return items
+
+
+def shard(items: list, k: int, n: int) -> list:
+    """Shard ``k`` (0-based) of ``n``: every n-th item from the k-th, so shards are disjoint and
+    their union is the list."""
+    return items[k::n]
+
+
+def load_image(item: ListItem, list_name: str = "list") -> np.ndarray:
+    """Read an image as H x W x 3 uint8 BGR (grey images are expanded); errors name the list line."""
+    where = f"{list_name}:{item.lineno} (id {item.id})"
+    if not os.path.isfile(item.path):
+        raise DeepLabError(f"{where}: image {item.path} not found")
+    data = np.fromfile(item.path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DeepLabError(f"{where}: {item.path} is not a readable image")
+    return image
+
+
+# ----------------------------------------------------------------------------- the net
+def find_data_layer(layers):
+    """The test net's ImageSegData layer (its transform_param is the preprocessing)."""
+    found = [lp for lp in layers if lp.type == "ImageSegData"]
+    if not found:
+        types = sorted({lp.type for lp in layers})
+        raise DeepLabError(f"the test net has no ImageSegData layer in the TEST phase (layer types: {types})")
+    return found[0]
+
+
+def default_blob(layers) -> str:
+    """The blob the fork dumped at stride 8: the bottom of the zoom Interp feeding MatWrite; if
+    MatWrite gets a cropped upsampled map instead (DeepLab's 514 nets: Interp, then Padding
+    -7/-8), MatWrite's own bottom, which is aligned with the image; without MatWrite the only
+    fc8* top."""
+    producer = {t: lp for lp in layers for t in lp.top}
+    for lp in layers:
+        if lp.type == "MatWrite" and lp.bottom:
+            src = producer.get(lp.bottom[0])
+            if src is not None and src.type == "Interp" and _is_plain_zoom(src):
+                return src.bottom[0]
+            return lp.bottom[0]
+    fc8 = sorted({t for lp in layers for t in lp.top if t.startswith("fc8")})
+    if len(fc8) == 1:
+        return fc8[0]
+    raise DeepLabError(f"cannot tell which blob holds the scores (no MatWrite; fc8 blobs: {fc8}); pass --blob NAME")
+
+
+def mat_write_chain(layers, blob: str):
+    """Follow ``blob`` through the Interp / Padding layers that lead to MatWrite.
+
+    Returns (MatWrite's bottom, offset) where score row ``r`` of ``blob`` lies on image pixel
+    ``r * zoom - offset`` (the fork's MatWrite bottom is aligned with the image), or
+    (None, 0) when ``blob`` does not reach MatWrite that way.
+    """
+    consumers: dict[str, list] = {}
+    for lp in layers:
+        for b in set(lp.bottom):
+            consumers.setdefault(b, []).append(lp)
+    cur, shift, scale = blob, 0, 1  # index in cur = (blob index) * scale + shift
+    for _ in range(len(layers)):
+        nxt = [lp for lp in consumers.get(cur, []) if lp.type in ("MatWrite", "Interp", "Padding")]
+        if len(nxt) != 1:
+            return None, 0
+        lp = nxt[0]
+        if lp.type == "MatWrite":
+            return cur, -shift
+        if lp.type == "Interp":
+            p = lp.interp_param
+            if not (p.HasField("zoom_factor") and not p.HasField("shrink_factor") and not p.HasField("height")):
+                return None, 0
+            shift, scale = (shift + p.pad_beg) * p.zoom_factor, scale * p.zoom_factor
+        else:
+            shift += lp.padding_param.pad_beg
+        cur = lp.top[0]
+    return None, 0
+
+
+def prune_layers(layers, targets) -> list:
+    """The layers needed to compute ``targets`` (walking back from the end), in order."""
+    needed, kept = set(targets), []
+    for lp in reversed(layers):
+        if needed & set(lp.top):
+            kept.append(lp)
+            needed |= set(lp.bottom)
+    return kept[::-1]
+
+
+def _mean_scale(lp) -> tuple[np.ndarray, float]:
+    tp = lp.transform_param
+    if tp.mean_file:
+        raise DeepLabError(f"layer {lp.name!r}: transform_param.mean_file is not supported; give mean_value x3 (BGR)")
+    means = list(tp.mean_value)
+    if len(means) not in (0, 1, 3):
+        raise DeepLabError(f"layer {lp.name!r}: transform_param needs 1 or 3 mean_value entries, got {len(means)}")
+    mean = np.array(means * (3 if len(means) == 1 else 1) if means else [0.0] * 3, dtype=np.float32)
+    return mean, float(tp.scale) if tp.HasField("scale") else 1.0
+
+
+class ScoreNet:
+    """A test prototxt cut down to its score blob, with weights, preprocessing and geometry.
+
+    ``blob`` defaults to :func:`default_blob`. ``zoom`` is the blob's stride (the zoom_factor
+    of the Interp after it, checked against the strides the net really has). With
+    ``want_mat`` the forward also returns MAT_WRITE's upsampled blob over the whole canvas.
+    ``offset``: score row r lies on pixel ``r * zoom - offset`` (0 unless the net crops the
+    upsampled map before MatWrite, as DeepLab's 514 nets do by 7 pixels).
+    """
+
+    def __init__(self, model, weights=None, blob: str | None = None, mapping=None, device="cpu",
+                 amp: str | None = None, want_mat: bool = False, channels_last: bool = True):
+        param = parse_net(model, mapping)
+        layers = filter_layers(param, PHASES["TEST"])
+        data = find_data_layer(layers)
+        self.input_name = data.top[0]
+        self.mean, self.scale = _mean_scale(data)
+        self.crop = int(data.transform_param.crop_size) or None
+        tops = {t for lp in layers for t in lp.top}
+        self.blob = blob or default_blob(layers)
+        if self.blob not in tops:
+            raise DeepLabError(f"--blob {self.blob!r} is not a blob of the test net (blobs: {sorted(tops)})")
+        if self.blob == self.input_name:
+            raise DeepLabError(f"--blob {self.blob!r} is the input image, not a score map")
+        interp = next((lp for lp in layers if lp.type == "Interp" and lp.bottom[:1] == [self.blob]), None)
+        chain_end, self.offset = mat_write_chain(layers, self.blob)
+        self.mat_blob = chain_end if want_mat and chain_end != self.blob else None
+        targets = [self.blob] + ([self.mat_blob] if self.mat_blob else [])
+        self.param = type(param)()
+        self.param.CopyFrom(param)
+        del self.param.layer[:]
+        self.param.layer.extend(prune_layers(layers, targets))
+        self._shapes: dict[tuple[int, int], dict | None] = {}
+        self.probe = probe = self.crop or 513
+        self.net = Net(self.param, "TEST", input_shapes={self.input_name: (1, 3, probe, probe)})
+        self.num_classes = int(self.net.blob_shapes[self.blob][1])
+        self.zoom = self._stride(probe, interp)
+        self.want_mat = want_mat
+        if weights is not None:
+            report = self.net.copy_from(weights)
+            missing = [lay.name for lay in self.net.layers if len(lay.blobs) and lay.name not in report["copied"]]
+            if missing:
+                raise DeepLabError(f"{weights}: no weights for layer(s) {missing} of {model}")
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.net.eval()
+        if amp is not None and amp not in _AMP:
+            raise DeepLabError(f"--amp must be bf16 or fp16, got {amp!r}")
+        self.amp = _AMP.get(amp) if amp else None
+
+    def _stride(self, probe: int, interp) -> int:
+        # The stride from two input sizes 64 apart (robust to blobs cropped after upsampling).
+        o1, o2 = self.out_hw(probe, probe), self.out_hw(probe + 64, probe + 64)
+        if o1 is None or o2 is None or o2[0] <= o1[0]:
+            raise DeepLabError(f"blob {self.blob!r} has {o1} then {o2} rows and columns for inputs of "
+                               f"{probe} and {probe + 64} pixels; cannot tell its stride")
+        stride = 64 / (o2[0] - o1[0])
+        if interp is not None and _is_plain_zoom(interp):
+            zoom = int(interp.interp_param.zoom_factor)
+            if abs(stride - zoom) > 0.5:
+                raise DeepLabError(f"layer {interp.name!r}: zoom_factor {zoom} but blob {self.blob!r} has stride "
+                                   f"{stride:.2f}")
+            return zoom
+        return max(1, round(stride))
+
+    def out_hw(self, h: int, w: int, blob: str | None = None) -> tuple[int, int] | None:
+        """``blob``'s (default: the score blob's) rows and columns for an ``h`` x ``w`` input, by
+        shape inference only; None where the net does not accept that size (e.g. MSc branches
+        that disagree)."""
+        key = (h, w)
+        if key not in self._shapes:
+            try:
+                with torch.device("meta"):
+                    shapes = Net(self.param, "TEST", input_shapes={self.input_name: (1, 3, h, w)}).blob_shapes
+                self._shapes[key] = {b: tuple(shapes[b][2:4]) for b in (self.blob, self.mat_blob) if b}
+            except DeepLabError:
+                self._shapes[key] = None
+        found = self._shapes[key]
+        return None if found is None else found[blob or self.blob]
+
+    def rows(self, size: int) -> int:
+        """Score rows covering ``size`` pixels at this stride: ceil((size - 1) / zoom) + 1."""
+        return math.ceil((size - 1) / self.zoom) + 1
+
+    def canvas(self, h: int, w: int) -> tuple[int, int]:
+        """The input size for an ``h`` x ``w`` image: the crop, or (per axis) the smallest larger
+        size the net accepts whose scores cover the image."""
+        ref = self.crop or self.probe
+        sizes = []
+        for axis, size in ((0, h), (1, w)):
+            s = start = max(self.crop or size, size)
+            for _ in range(64):
+                if self._covers(s, ref, axis, size):
+                    break
+                s += 1
+            else:
+                raise DeepLabError(f"no input size from {start} to {s} gives blob {self.blob!r} the "
+                                   f"{self.rows(size)} outputs that cover {size} pixels at stride {self.zoom}")
+            sizes.append(s)
+        if self.out_hw(*sizes) is None:
+            raise DeepLabError(f"the net does not accept a {sizes[0]}x{sizes[1]} input (for a {h}x{w} image)")
+        return sizes[0], sizes[1]
+
+    def _covers(self, s: int, ref: int, axis: int, size: int) -> bool:
+        hw = (s, ref) if axis == 0 else (ref, s)
+        out = self.out_hw(*hw)
+        if out is None or out[axis] < self.rows(size):
+            return False
+        return self.mat_blob is None or self.out_hw(*hw, blob=self.mat_blob)[axis] >= size
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """BGR uint8 H x W x 3 -> float32 (image - mean) * scale, as Caffe's DataTransformer."""
+        out = image.astype(np.float32) - self.mean
+        if self.scale != 1.0:
+            out *= self.scale
+        return out
+
+    @torch.inference_mode()
+    def forward(self, batch_nhwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run an N x H x W x 3 float32 canvas batch; return the score blob (N x C x h x w float32)
+        and, with ``want_mat``, the zoomed blob over the whole canvas (else None)."""
+        x = torch.from_numpy(batch_nhwc).permute(0, 3, 1, 2)  # NCHW view, channels_last strides
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        outputs = [self.blob] + ([self.mat_blob] if self.mat_blob else [])
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            blobs = self.net({self.input_name: x}, outputs=outputs)
+        scores = blobs[self.blob].float()
+        mat = None
+        if self.want_mat:
+            if self.mat_blob:
+                mat = blobs[self.mat_blob].float()
+            else:  # the fork's zoom Interp: corners aligned, in + (in - 1)(zoom - 1)
+                h, w = scores.shape[2:]
+                size = (h + (h - 1) * (self.zoom - 1), w + (w - 1) * (self.zoom - 1))
+                mat = F.interpolate(scores, size=size, mode="bilinear", align_corners=True)
+            mat = mat.cpu().numpy()
+        return scores.cpu().numpy(), mat
+
+
+def _is_plain_zoom(lp) -> bool:
+    p = lp.interp_param
+    return (p.HasField("zoom_factor") and not p.HasField("shrink_factor") and not p.HasField("height")
+            and not p.pad_beg and not p.pad_end)
+
+
+# ----------------------------------------------------------------------------- outputs
+@dataclass
+class Outputs:
+    """Where and how to write: ``fmt`` npy|mat, ``dtype`` of .npy scores, optional label PNGs."""
+
+    out: str
+    fmt: str = "npy"
+    dtype: str = "float16"
+    labels_out: str | None = None
+    palette: np.ndarray | None = None
+
+    def paths(self, ident: str) -> list[str]:
+        """Every file written for ``ident`` (an id is finished when all exist)."""
+        if self.fmt == "npy":
+            files = [os.path.join(self.out, ident + ".json"), os.path.join(self.out, ident + ".npy")]
+        else:
+            files = [os.path.join(self.out, ident + "_blob_0.mat")]
+        if self.labels_out:
+            files.append(os.path.join(self.labels_out, ident + ".png"))
+        return files
+
+    def done(self, ident: str) -> bool:
+        """True when every output of ``ident`` exists."""
+        return all(os.path.exists(p) for p in self.paths(ident))
+
+    def write(self, ident: str, scores: np.ndarray, height: int, width: int, zoom: int,
+              mat: np.ndarray | None) -> None:
+        """Write one image's outputs (each atomically; labels first, the score file last)."""
+        from .labels import write_label
+
+        if self.labels_out:
+            full = upsample_scores(scores, zoom, height, width)
+            write_label(os.path.join(self.labels_out, ident + ".png"), full.argmax(0).astype(np.uint8), self.palette)
+        if self.fmt == "npy":
+            save_scores(os.path.join(self.out, ident + ".npy"), scores, height, width, zoom=zoom, dtype=self.dtype)
+        else:
+            save_mat_scores(os.path.join(self.out, ident + "_blob_0.mat"), mat)
+
+
+class _Writer:
+    """Writes finished images on background threads; the first failure is re-raised."""
+
+    def __init__(self, outputs: Outputs, zoom: int, threads: int, limit: int):
+        self.outputs, self.zoom = outputs, zoom
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="extract-write")
+        self.slots = threading.BoundedSemaphore(max(1, limit))
+        self.futures: deque = deque()
+
+    def submit(self, ident, scores, height, width, mat) -> None:
+        self.check()
+        self.slots.acquire()
+        fut = self.pool.submit(self.outputs.write, ident, scores, height, width, self.zoom, mat)
+        fut.add_done_callback(lambda _: self.slots.release())
+        self.futures.append(fut)
+
+    def check(self) -> None:
+        while self.futures and self.futures[0].done():
+            self.futures.popleft().result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        while self.futures:
+            self.futures.popleft().result()
+
+
+# ----------------------------------------------------------------------------- the run
+def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int = 1, workers: int = 2,
+            force: bool = False, list_name: str = "list", progress: bool = True) -> dict[str, int]:
+    """Extract score maps for ``items``; skip finished ids unless ``force``.
+
+    Images are read and preprocessed ``workers`` at a time ahead of the net, grouped into
+    batches of the same canvas size, and written by background threads.
+    Returns {"done": n written, "skipped": n already there}.
+    """
+    from tqdm import tqdm
+
+    if batch < 1:
+        raise DeepLabError(f"--batch must be >= 1, got {batch}")
+    if net.offset and (outputs.fmt == "npy" or outputs.labels_out):
+        raise DeepLabError(f"blob {net.blob!r} is not aligned with the image: its row r lies on pixel "
+                           f"{net.zoom}r - {net.offset} (the net crops the upsampled map before MatWrite); "
+                           f"dump the cropped map MatWrite reads instead (the default --blob)")
+    todo = [it for it in items if force or not outputs.done(it.id)]
+    stats = {"done": 0, "skipped": len(items) - len(todo)}
+    if not todo:
+        return stats
+
+    def read(item: ListItem) -> np.ndarray:
+        return net.prepare(load_image(item, list_name))
+
+    writer = _Writer(outputs, net.zoom, threads=max(1, workers // 2), limit=4 * batch)
+    reader = ThreadPoolExecutor(max(1, workers), thread_name_prefix="extract-read")
+    bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
+    buckets: dict[tuple[int, int], list] = {}
+
+    def run(key):
+        group = buckets.pop(key)
+        canvas = np.zeros((len(group), key[0], key[1], 3), dtype=np.float32)
+        for i, (_, image) in enumerate(group):
+            canvas[i, : image.shape[0], : image.shape[1]] = image
+        scores, mat = net.forward(canvas)
+        for i, (item, image) in enumerate(group):
+            h, w = image.shape[:2]
+            kept = np.ascontiguousarray(scores[i, :, : net.rows(h), : net.rows(w)])
+            writer.submit(item.id, kept, h, w, None if mat is None else mat[i])
+        stats["done"] += len(group)
+        bar.update(len(group))
+
+    try:
+        pending: deque = deque()
+        for item in todo:  # keep up to 2 batches + workers images read ahead of the net
+            pending.append((item, reader.submit(read, item)))
+            if len(pending) >= 2 * batch + max(1, workers):
+                _take(pending, net, buckets, batch, run)
+        while pending:
+            _take(pending, net, buckets, batch, run)
+        for key in list(buckets):
+            run(key)
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        writer.close()
+    return stats
+
+
+def _take(pending: deque, net: ScoreNet, buckets: dict, batch: int, run) -> None:
+    """Move the oldest read image into its canvas bucket; run a bucket once full (or when too
+    many images wait in partly filled buckets)."""
+    item, fut = pending.popleft()
+    image = fut.result()
+    key = net.canvas(image.shape[0], image.shape[1])
+    buckets.setdefault(key, []).append((item, image))
+    if len(buckets[key]) >= batch:
+        run(key)
+    elif sum(len(g) for g in buckets.values()) > 2 * batch:
+        run(max(buckets, key=lambda k: len(buckets[k])))

@@ -1,0 +1,293 @@
+"""What a network definition computes, without running it: per layer its tops' shapes,
+its parameter count, and each blob's stride and receptive field (``tools/netinfo.py``).
+
+The net is built with the engine's own layers on PyTorch's ``meta`` device, so shapes and
+parameter counts come from the same code that runs the net, and nothing is allocated (the
+7x7 variant's 540 MB of weights included). MatWrite layers get their id list cleared first:
+they have no tops, and the list need not exist to describe the net.
+
+Stride and receptive field are per spatial axis (height, width), in input pixels, for the
+blobs of data layers (image and label tops: stride 1, field 1) and everything computed from
+them:
+
+- Convolution and Pooling: ``rf += (k_eff - 1) * stride_in`` with ``k_eff = d (k - 1) + 1``
+  (dilation d; 1 for pooling), and ``stride *= s``. Global pooling sees its whole input.
+- Interp (bilinear, corners aligned): output pixel i reads input position i * r with
+  ``r = (in - 1) / (out - 1)`` (after its pad_beg/pad_end crop), so the stride becomes
+  ``stride * r`` (a fraction when zooming); the field grows by one input stride, since each
+  output blends two neighbouring input samples, unless r is a whole number and every
+  output pixel sits exactly on an input sample (e.g. the label's shrink_factor 8).
+- Padding and Crop shift and cut, keeping stride and field of bottom 0.
+- Eltwise and Concat: the largest field of their bottoms; the stride where the bottoms
+  agree (unknown otherwise: the bottoms are not aligned).
+- Element-wise layers (ReLU, Dropout, Softmax, ...) keep their bottom's values.
+- Anything else (losses, SegAccuracy, data_dim, ...) has no spatial meaning: ``None``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import torch
+
+from . import DeepLabError
+from .layers import REGISTRY
+
+ELEMENTWISE = {"ReLU", "Dropout", "Softmax", "Sigmoid", "TanH", "AbsVal", "Power", "Exp",
+               "BNLL", "PReLU", "ELU", "Threshold", "BatchNorm", "Scale", "Bias", "Split"}
+
+Pair = tuple  # (height value, width value); each an int or Fraction
+
+
+@dataclass
+class BlobInfo:
+    """One top: its shape (None entries where unknown), stride and receptive field per axis."""
+
+    name: str
+    shape: tuple | None
+    stride: Pair | None = None
+    rf: Pair | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": None if self.shape is None else list(self.shape),
+                "stride": _pair_json(self.stride), "rf": _pair_json(self.rf)}
+
+
+@dataclass
+class LayerInfo:
+    """One layer: type, bottoms, tops and learnable parameters (count and blob shapes)."""
+
+    name: str
+    type: str
+    bottoms: list[str]
+    tops: list[BlobInfo]
+    params: int = 0
+    param_shapes: list[tuple] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "type": self.type, "bottoms": self.bottoms,
+                "tops": [t.to_dict() for t in self.tops], "params": self.params,
+                "param_shapes": [list(s) for s in self.param_shapes]}
+
+
+@dataclass
+class NetInfo:
+    """A whole net for one phase: its layers in order, inputs, outputs and total parameters."""
+
+    name: str
+    phase: str
+    layers: list[LayerInfo]
+    inputs: list[str]
+    outputs: list[str]
+    total_params: int
+
+    def blob(self, name: str) -> BlobInfo:
+        """The last layer's top called ``name`` (in-place layers write a blob again)."""
+        found = None
+        for layer in self.layers:
+            for top in layer.tops:
+                if top.name == name:
+                    found = top
+        if found is None:
+            raise DeepLabError(f"net {self.name!r} has no blob {name!r}")
+        return found
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (strides and fields as [height, width], fractions as floats)."""
+        return {"name": self.name, "phase": self.phase, "inputs": self.inputs, "outputs": self.outputs,
+                "total_params": self.total_params, "layers": [layer.to_dict() for layer in self.layers]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def format_table(self) -> str:
+        """A per-layer table (one row per top) followed by the totals."""
+        rows = [("layer", "type", "top", "shape", "stride", "rf", "params")]
+        for layer in self.layers:
+            tops = layer.tops or [BlobInfo("-", None)]
+            for i, top in enumerate(tops):
+                first = i == 0
+                rows.append((layer.name if first else "", layer.type if first else "", top.name,
+                             _shape_text(top.shape) if top.name != "-" else "",
+                             _pair_text(top.stride), _pair_text(top.rf),
+                             f"{layer.params:,}" if first and layer.params else ""))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        lines = []
+        for r in rows:
+            cells = [r[c].rjust(widths[c]) if c == 6 else r[c].ljust(widths[c]) for c in range(len(r))]
+            lines.append("  ".join(cells).rstrip())
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append("")
+        lines.append(f"net {self.name!r} ({self.phase}): {len(self.layers)} layers, "
+                     f"{self.total_params:,} parameters ({self.total_params / 1e6:.1f}M)")
+        for kind, names in (("input", self.inputs), ("output", self.outputs)):
+            for n in names:
+                b = self.blob(n)
+                extra = ""
+                if b.stride is not None:
+                    extra = f", stride {_pair_text(b.stride)}, receptive field {_pair_text(b.rf)}"
+                lines.append(f"{kind} {n}: {_shape_text(b.shape)}{extra}")
+        return "\n".join(lines)
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int, int]:
+    """``"N,C,H,W"`` -> a 4-tuple of positive ints (``--input``)."""
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or min(dims) < 1:
+        raise DeepLabError(f"--input expects N,C,H,W (four positive integers), got {text!r}")
+    return dims
+
+
+def net_info(source, phase: str = "TEST", mapping: dict | None = None,
+             input_shape: tuple | None = None) -> NetInfo:
+    """Describe the net in ``source`` (prototxt path, text or NetParameter) for ``phase``.
+
+    ``input_shape`` (N, C, H, W) replaces the first data layer's image shape (its label top,
+    if any, becomes N x 1 x H x W), e.g. to see what a 321x321 crop gives.
+    """
+    from .net import Net, filter_layers, _phase_id
+    from .prototxt import parse_net
+    from .proto import caffe_pb2
+
+    param = source if hasattr(source, "layer") else parse_net(source, mapping)
+    copy = caffe_pb2.NetParameter()
+    copy.CopyFrom(param)
+    for lp in copy.layer:
+        if lp.type == "MatWrite":
+            lp.mat_write_param.ClearField("source")
+    input_shapes = _input_shapes(filter_layers(copy, _phase_id(phase)), input_shape)
+    with torch.device("meta"):
+        net = Net(copy, phase, input_shapes=input_shapes)
+    return describe(net)
+
+
+def _input_shapes(layers, input_shape) -> dict:
+    if input_shape is None:
+        return {}
+    for lp in layers:
+        cls = REGISTRY.get(lp.type)
+        if cls is not None and cls.is_data and len(lp.top):
+            n, c, h, w = input_shape
+            shapes = {lp.top[0]: (n, c, h, w)}
+            if lp.type == "ImageSegData" and len(lp.top) > 1:
+                shapes[lp.top[1]] = (n, 1, h, w)
+            return shapes
+    raise DeepLabError("--input given, but the net has no data layer (Input or ImageSegData)")
+
+
+def describe(net) -> NetInfo:
+    """NetInfo for an already built ``deeplab.net.Net`` (any device, meta included)."""
+    geometry: dict[str, tuple | None] = {}   # blob -> (stride pair, rf pair) or None
+    shapes: dict[str, tuple] = {}
+    layers = []
+    seen: set[int] = set()
+    total = 0
+    for layer in net.layers:
+        bottoms = [geometry.get(b) for b in layer.bottom_names]
+        bottom_shapes = [shapes.get(b) for b in layer.bottom_names]
+        tops_geo = _geometry(layer, bottoms, bottom_shapes)
+        tops = []
+        for i, (t, shape) in enumerate(zip(layer.top_names, layer.top_shapes)):
+            g = tops_geo[i] if i < len(tops_geo) else None
+            geometry[t] = g
+            shapes[t] = tuple(shape)
+            tops.append(BlobInfo(t, tuple(shape), *(g if g else (None, None))))
+        count = 0
+        param_shapes = []
+        for p in layer.blobs:
+            param_shapes.append(tuple(p.shape))
+            count += p.numel()
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+        layers.append(LayerInfo(layer.name, layer.type, list(layer.bottom_names), tops, count, param_shapes))
+    phase = "TRAIN" if net.phase == 0 else "TEST"
+    return NetInfo(net.name, phase, layers, list(net.input_names), list(net.output_names), total)
+
+
+def _geometry(layer, bottoms: list, bottom_shapes: list) -> list:
+    """Stride and receptive field of each top of ``layer`` from its bottoms' (see module doc)."""
+    t = layer.type
+    if layer.is_data:
+        n = 2 if t == "ImageSegData" else len(layer.top_names)
+        return [((1, 1), (1, 1)) if i < n and len(s) == 4 else None
+                for i, s in enumerate(layer.top_shapes)]
+    if not bottoms or any(b is None for b in bottoms):
+        return []
+    stride, rf = bottoms[0]
+    if stride is None and t not in ("Eltwise", "Concat"):
+        return [(None, rf)] if t in ("Padding", "Crop") or t in ELEMENTWISE else []
+    if t in ("Convolution", "Pooling"):
+        if t == "Pooling" and layer.global_pooling:
+            size = bottom_shapes[0][2:4]
+            if None in size:
+                return []
+            return [(None, tuple(r + (k - 1) * s for r, k, s in zip(rf, size, stride)))]
+        dilation = layer.dilation if t == "Convolution" else (1, 1)
+        keff = [d * (k - 1) + 1 for d, k in zip(dilation, layer.kernel)]
+        return [(tuple(s * st for s, st in zip(stride, layer.stride)),
+                 tuple(r + (k - 1) * s for r, k, s in zip(rf, keff, stride)))]
+    if t == "Interp":
+        return [_interp_geometry(layer, stride, rf, bottom_shapes[0])]
+    if t in ("Padding", "Crop") or t in ELEMENTWISE:
+        return [(stride, rf)] * max(1, len(layer.top_names))
+    if t in ("Eltwise", "Concat"):
+        strides = {b[0] for b in bottoms}
+        fields = [b[1] for b in bottoms]
+        widest = tuple(max(f[a] for f in fields) for a in range(2))
+        return [(strides.pop() if len(strides) == 1 else None, widest)]
+    return []
+
+
+def _interp_geometry(layer, stride, rf, bottom_shape):
+    """Interp: stride times (in - 1) / (out - 1); field + one input stride unless on-sample."""
+    out = layer.top_shapes[0][2:4]
+    ins = None if bottom_shape is None else bottom_shape[2:4]
+    if ins is None or None in ins or None in out:
+        return None
+    new_stride, new_rf = [], []
+    for a in range(2):
+        size_in = ins[a] + layer.pad_beg + layer.pad_end
+        ratio = Fraction(1) if out[a] <= 1 or size_in <= 1 else Fraction(size_in - 1, out[a] - 1)
+        new_stride.append(_norm(stride[a] * ratio))
+        new_rf.append(rf[a] if ratio.denominator == 1 else rf[a] + stride[a])
+    return tuple(new_stride), tuple(new_rf)
+
+
+def _norm(x):
+    if isinstance(x, Fraction) and x.denominator == 1:
+        return int(x)
+    return x
+
+
+def _pair_json(p):
+    if p is None:
+        return None
+    return [None if v is None else (int(v) if Fraction(v).denominator == 1 else float(v)) for v in p]
+
+
+def _num_text(v) -> str:
+    if v is None:
+        return "?"
+    f = Fraction(v)
+    return str(int(f)) if f.denominator == 1 else f"{float(f):.4g}"
+
+
+def _pair_text(p) -> str:
+    if p is None:
+        return "-"
+    h, w = (_num_text(v) for v in p)
+    return h if h == w else f"{h}x{w}"
+
+
+def _shape_text(shape) -> str:
+    if shape is None:
+        return "?"
+    if len(shape) == 0:
+        return "scalar"
+    return "x".join("?" if d is None else str(d) for d in shape)

@@ -1,0 +1,224 @@
+"""deeplab.netinfo and tools/netinfo.py: shapes, parameter counts, strides, receptive fields.
+
+The paper's facts (Section 3.2, Table 2) come out of the real definitions in prototxt/voc12;
+the stride / receptive-field rules are pinned on small nets with hand-computed numbers.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from fractions import Fraction
+
+import pytest
+
+from conftest import REPO
+from deeplab import DeepLabError
+from deeplab.netinfo import net_info, parse_input_shape
+from deeplab.prototxt import parse_net
+
+from deeplab.cli import run_main
+
+_spec = importlib.util.spec_from_file_location("netinfo_tool", REPO / "tools" / "netinfo.py")
+netinfo_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(netinfo_tool)
+
+VOC = REPO / "prototxt" / "voc12"
+SETS = {"DATA_ROOT": "/d", "LIST_DIR": "/l", "TRAIN_SET": "train", "TEST_SET": "val",
+        "FEATURE_DIR": "/f", "NUM_LABELS": "21"}
+
+
+def voc(variant, which):
+    return VOC / variant / f"{which}.prototxt"
+
+
+def set_args(names=SETS):
+    return [a for k, v in names.items() for a in ("--set", f"{k}={v}")]
+
+
+# ----------------------------------------------------------------- the paper's facts
+@pytest.mark.parametrize("variant,exact,paper", [
+    ("DeepLab-7x7", 134_346_581, 134.3), ("DeepLab", 65_140_565, 65.1), ("DeepLab-4x4", 65_140_565, 65.1),
+    ("DeepLab-LargeFOV", 20_505_429, 20.5)])
+def test_parameter_counts_match_table_2(variant, exact, paper):
+    info = net_info(voc(variant, "train"), "TRAIN", SETS)
+    assert info.total_params == exact
+    assert round(info.total_params / 1e6, 1) == paper
+    # VGG-16's conv layers (14,714,688) + fc6 + fc7 + a 21-way fc8, counted by hand for DeepLab:
+    if variant == "DeepLab":
+        assert exact == 14_714_688 + (4 * 4 * 512 * 4096 + 4096) + (4096 * 4096 + 4096) + (4096 * 21 + 21)
+
+
+def test_msc_heads_add_their_parameters():
+    heads = (3 * 9 * 128 + 64 * 9 * 128 + 128 * 9 * 128 + 256 * 9 * 128 + 512 * 9 * 128 + 5 * 128
+             + 5 * (128 * 128 + 128) + 5 * (128 * 21 + 21))
+    assert net_info(voc("DeepLab-MSc", "train"), "TRAIN", SETS).total_params == 65_140_565 + heads
+    assert net_info(voc("DeepLab-MSc-LargeFOV", "test"), "TEST", SETS).total_params == 20_505_429 + heads
+
+
+def test_deeplab_306_gives_39():
+    """Section 3.2: 'Given a 306x306 input image, it produces 39x39 dense raw feature scores'
+    and a receptive field of 308x308 in convolutional mode."""
+    info = net_info(voc("DeepLab", "train"), "TRAIN", SETS, (1, 3, 306, 306))
+    fc8 = info.blob("fc8_voc12")
+    assert fc8.shape == (1, 21, 39, 39) and fc8.stride == (8, 8) and fc8.rf == (308, 308)
+    assert [info.blob(p).shape[2] for p in ("pool1", "pool2", "pool3", "pool4")] == [154, 78, 40, 39]
+    assert info.blob("label_shrink").shape == (1, 1, 39, 39)
+
+
+def test_three_by_three_pools_would_give_40():
+    """The discrepancy documented in prototxt/voc12/DeepLab: 3x3/stride 2/pad 1 pools (the
+    LargeFOV definition's) give 154 -> 78 -> 40 and a 40x40 fc8 for the same 306 input."""
+    p = parse_net(voc("DeepLab", "train"), SETS)
+    for lp in p.layer:
+        if lp.type == "Pooling" and lp.name in ("pool1", "pool2", "pool3", "pool4"):
+            lp.pooling_param.kernel_size = 3
+            lp.pooling_param.pad = 1
+    keep = [lp for lp in p.layer if lp.name not in ("loss", "accuracy")]   # the label would not fit
+    del p.layer[:]
+    p.layer.extend(keep)
+    info = net_info(p, "TRAIN")
+    assert [info.blob(p).shape[2] for p in ("pool1", "pool2", "pool3", "pool4")] == [154, 78, 40, 40]
+    assert info.blob("fc8_voc12").shape[2:] == (40, 40)
+
+
+@pytest.mark.parametrize("which,phase,size,out", [("test", "TEST", 513, 65), ("train", "TRAIN", 321, 41)])
+def test_largefov_sizes(which, phase, size, out):
+    default = net_info(voc("DeepLab-LargeFOV", which), phase, SETS)
+    assert default.blob("data").shape[2:] == (size, size)
+    assert default.blob("fc8_voc12").shape[2:] == (out, out)
+    other = net_info(voc("DeepLab-LargeFOV", which), phase, SETS, (1, 3, 834 - size, 834 - size))
+    assert other.blob("fc8_voc12").shape[2:] == (106 - out, 106 - out)       # 513 <-> 321, 65 <-> 41
+
+
+@pytest.mark.parametrize("variant,rf", [("DeepLab", 308), ("DeepLab-7x7", 404), ("DeepLab-4x4", 404),
+                                        ("DeepLab-LargeFOV", 435), ("DeepLab-MSc", 323)])
+def test_receptive_fields(variant, rf):
+    """308 and VGG-16's 404 are the paper's numbers; LargeFOV: 227 after pool5 (3x3 pools),
+    +16 for pool5a, +24 * 8 for fc6 (3x3, dilation 12, at stride 8)."""
+    info = net_info(voc(variant, "test"), "TEST", SETS)
+    assert info.blob("fc8_voc12").rf == (rf, rf)
+    up = info.blob("fc8_interp")
+    assert up.stride == (1, 1) and up.rf == (rf + 8, rf + 8)
+
+
+def test_deeplab_test_net_is_aligned_with_its_input():
+    info = net_info(voc("DeepLab", "test"), "TEST", SETS)
+    assert info.blob("fc8_voc12").shape[2:] == (67, 67)
+    assert info.blob("fc8_interp").shape[2:] == (529, 529)
+    assert info.blob("fc8_crop").shape[2:] == (514, 514) == info.blob("data").shape[2:]
+
+
+# ----------------------------------------------------------------- the rules, by hand
+SMALL = """
+name: "small"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 33 dim: 33 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+  convolution_param { num_output: 2 kernel_size: 3 pad: 1 } }
+layer { name: "p1" type: "Pooling" bottom: "c1" top: "p1" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "c2" type: "Convolution" bottom: "p1" top: "c2"
+  convolution_param { num_output: 2 kernel_size: 3 dilation: 3 pad: 3 stride: 2 bias_term: false } }
+layer { name: "r2" type: "ReLU" bottom: "c2" top: "c2" }
+layer { name: "side" type: "Convolution" bottom: "data" top: "side"
+  convolution_param { num_output: 2 kernel_h: 1 kernel_w: 5 pad_h: 0 pad_w: 2 stride: 4 } }
+layer { name: "sum" type: "Eltwise" bottom: "c2" bottom: "side" top: "sum" }
+layer { name: "zoom" type: "Interp" bottom: "sum" top: "zoom" interp_param { zoom_factor: 4 } }
+layer { name: "shrink" type: "Interp" bottom: "data" top: "shrink" interp_param { shrink_factor: 4 } }
+layer { name: "cut" type: "Padding" bottom: "zoom" top: "cut" padding_param { pad_beg: -1 pad_end: -2 } }
+layer { name: "g" type: "Pooling" bottom: "sum" top: "g" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "soft" type: "Softmax" bottom: "cut" top: "soft" }
+"""
+
+
+def test_stride_and_receptive_field_rules():
+    info = net_info(SMALL)
+    b = info.blob
+    assert (b("data").stride, b("data").rf) == ((1, 1), (1, 1))
+    assert (b("c1").stride, b("c1").rf) == ((1, 1), (3, 3))
+    assert (b("p1").shape[2:], b("p1").stride, b("p1").rf) == ((17, 17), (2, 2), (5, 5))
+    # dilation 3 on a 3x3 kernel spans 7 inputs of p1, each 2 pixels apart: 5 + 6 * 2
+    assert (b("c2").shape[2:], b("c2").stride, b("c2").rf) == ((9, 9), (4, 4), (17, 17))
+    assert (b("side").shape[2:], b("side").stride, b("side").rf) == ((9, 9), (4, 4), (1, 5))
+    assert (b("sum").stride, b("sum").rf) == ((4, 4), (17, 17))          # the wider field of the two
+    # zoom 4: 9 -> 33, output i reads input i * 8/32: stride 4/4 = 1, one input step (4) wider
+    assert (b("zoom").shape[2:], b("zoom").stride, b("zoom").rf) == ((33, 33), (1, 1), (21, 21))
+    # shrink 4: 33 -> 9, every output on an input pixel (32/8 = 4): field unchanged
+    assert (b("shrink").shape[2:], b("shrink").stride, b("shrink").rf) == ((9, 9), (4, 4), (1, 1))
+    assert (b("cut").shape[2:], b("cut").stride, b("cut").rf) == ((30, 30), (1, 1), (21, 21))
+    assert (b("soft").stride, b("soft").rf) == ((1, 1), (21, 21))
+    # global pooling sees all 9 inputs of sum, 4 apart: 17 + 8 * 4
+    assert (b("g").shape[2:], b("g").stride, b("g").rf) == ((1, 1), None, (49, 49))
+    assert info.total_params == (2 * 9 + 2) + (2 * 2 * 9) + (2 * 5 + 2)
+    params = {layer.name: layer.params for layer in info.layers}
+    assert params == {"data": 0, "c1": 20, "p1": 0, "c2": 36, "r2": 0, "side": 12, "sum": 0, "zoom": 0,
+                      "shrink": 0, "cut": 0, "g": 0, "soft": 0}
+
+
+def test_fractional_stride_when_zoom_does_not_divide():
+    text = SMALL.replace("zoom_factor: 4", "height: 20 width: 20")
+    z = net_info(text).blob("zoom")
+    assert z.shape[2:] == (20, 20) and z.stride == (Fraction(32, 19), Fraction(32, 19)) and z.rf == (21, 21)
+    assert z.to_dict()["stride"] == [pytest.approx(32 / 19)] * 2
+
+
+def test_shared_parameters_count_once():
+    text = SMALL.replace('name: "c1" type: "Convolution" bottom: "data" top: "c1"',
+                         'name: "c1" type: "Convolution" bottom: "data" top: "c1" param { name: "w" }')
+    text += ('layer { name: "c1b" type: "Convolution" bottom: "data" top: "c1b" param { name: "w" } '
+             'convolution_param { num_output: 2 kernel_size: 3 pad: 1 } }\n')
+    info = net_info(text)
+    assert {layer.name: layer.params for layer in info.layers}["c1b"] == 20
+    assert info.total_params == 20 + 36 + 12 + 2          # c1b's bias is its own
+
+
+def test_parse_input_shape():
+    assert parse_input_shape("1,3,321,321") == (1, 3, 321, 321)
+    assert parse_input_shape("2x3x65x65") == (2, 3, 65, 65)
+    for bad in ("1,3,321", "1,3,0,5", "a,b,c,d"):
+        with pytest.raises(DeepLabError, match="--input expects N,C,H,W"):
+            parse_input_shape(bad)
+
+
+# ----------------------------------------------------------------- the command line
+def test_cli_table(capsys):
+    assert netinfo_tool.main([str(voc("DeepLab", "train")), "--input", "1,3,306,306", *set_args()]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line and not line.startswith(" ")}
+    assert rows["fc8_voc12"][:6] == ["fc8_voc12", "Convolution", "fc8_voc12", "1x21x39x39", "8", "308"]
+    assert rows["fc8_voc12"][6] == "86,037"
+    assert rows["pool3"][3:6] == ["1x256x40x40", "8", "44"]
+    assert "net 'DeepLab' (TRAIN): 42 layers, 65,140,565 parameters (65.1M)" in out
+    assert "input data: 1x3x306x306, stride 1, receptive field 1" in out
+
+
+def test_cli_json(capsys):
+    assert netinfo_tool.main([str(voc("DeepLab-LargeFOV", "test")), "--json", *set_args()]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["name"], data["phase"], data["total_params"]) == ("DeepLab-LargeFOV", "TEST", 20_505_429)
+    layers = {layer["name"]: layer for layer in data["layers"]}
+    fc8 = layers["fc8_voc12"]["tops"][0]
+    assert fc8 == {"name": "fc8_voc12", "shape": [1, 21, 65, 65], "stride": [8, 8], "rf": [435, 435]}
+    assert layers["fc6"]["params"] == 3 * 3 * 512 * 1024 + 1024
+    assert layers["fc6"]["param_shapes"] == [[1024, 512, 3, 3], [1024]]
+    assert layers["fc8_mat"]["tops"] == []
+
+
+def test_cli_phase_defaults_by_file_name():
+    assert netinfo_tool.default_phase("prototxt/voc12/DeepLab/train.prototxt") == "TRAIN"
+    assert netinfo_tool.default_phase("prototxt/voc12/DeepLab/test.prototxt") == "TEST"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--input", "1,3,5"], "error: --input expects N,C,H,W"),
+    ([], "error: " + str(VOC / "DeepLab" / "test.prototxt") + ":"),
+])
+def test_cli_errors_are_one_line(capsys, argv, message):
+    sets = dict(SETS)
+    del sets["FEATURE_DIR"]                    # the test net's MatWrite prefix needs it
+    args = [str(voc("DeepLab", "test")), *set_args(sets if not argv else SETS), *argv]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(netinfo_tool.main, args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    if not argv:
+        assert "placeholder ${FEATURE_DIR} has no value; pass --set FEATURE_DIR=..." in err

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Run a test prototxt over an image list and dump one score map per image.
+
+Examples:
+  tools/extract.py --model prototxt/voc12/DeepLab-LargeFOV/test.prototxt \\
+      --weights models/DeepLab-LargeFOV/train2_iter_6000.caffemodel \\
+      --list data/voc12/lists/val.txt --root data/voc12/VOC2012 --out exp/features/val/fc8 \\
+      --labels-out exp/res/val/dcnn --batch 4 --gpu 0 --amp bf16
+  tools/extract.py ... --format mat --out exp/features/val/fc8      # the release's .mat files
+  tools/extract.py ... --shard 2/4                                 # second quarter of the list
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from deeplab import DeepLabError
+from deeplab.cli import parse_set, parse_shard, run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="extract.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Forward every listed image through a test prototxt (TEST phase) and write its score blob.\n"
+                    "Preprocessing comes from the net's ImageSegData layer: the BGR image minus transform_param's\n"
+                    "mean_value, placed top-left on a crop_size canvas padded with the mean colour. An image larger\n"
+                    "than the crop runs at its own size, padded up until the scores cover it: nothing is truncated.\n"
+                    "The stride-8 score rows/cols covering an H x W image are kept: ceil((H-1)/8)+1 x ceil((W-1)/8)+1.\n"
+                    "Nets that crop the upsampled map before MatWrite (DeepLab's 514 nets) are dumped at full\n"
+                    "resolution (stride 1) from the blob MatWrite reads, which is the one aligned with the image.",
+        epilog="Outputs per id (X = the image file's stem, or the id itself in an id list):\n"
+               "  npy: OUT/X.npy (C x h x w stride-8 scores) + OUT/X.json {height, width, zoom, classes};\n"
+               "       deeplab.scoremaps.load_scores() upsamples them like the Interp layer.\n"
+               "  mat: OUT/X_blob_0.mat, exactly what the fork's MAT_WRITE wrote: the zoom-8 upsampled blob\n"
+               "       over the whole padded canvas, variable 'data', MATLAB order W x H x C x 1 (float32).\n"
+               "  --labels-out: DIR/X.png, argmax of the full-resolution scores as a palette PNG.\n"
+               "Finished ids are skipped unless --force; a bad image stops the run naming its list line.\n"
+               + (__doc__ or "").split("\n", 1)[1])
+    p.add_argument("--model", required=True, help="test prototxt with an ImageSegData layer (V1 or V2 syntax)")
+    p.add_argument("--weights", required=True, help=".caffemodel with weights for every layer the scores need")
+    p.add_argument("--list", required=True,
+                   help="list file: release-style lines '/JPEGImages/X.jpg [/SegmentationClassAug/X.png]' "
+                        "(paths relative to --root; the label column is ignored), or one id per line "
+                        "(image <root>/X.jpg, X.png or X.jpeg)")
+    p.add_argument("--root", default="", help="folder the list's paths are relative to (the release's DATA_ROOT)")
+    p.add_argument("--out", required=True, help="output folder for score maps")
+    p.add_argument("--blob", default=None,
+                   help="blob to dump (default: the bottom of the Interp that feeds MatWrite, e.g. fc8_voc12; "
+                        "else the net's only fc8* blob)")
+    p.add_argument("--format", choices=("npy", "mat"), default="npy", help="npy (default) or mat (MAT_WRITE layout)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                   help="dtype of .npy scores (default float16; .mat is always float32 as the fork wrote)")
+    p.add_argument("--labels-out", default=None, metavar="DIR", help="also write argmax label PNGs here")
+    p.add_argument("--classes", default="voc12",
+                   help="palette for --labels-out: voc12 (default), camvid, or a file of 'index name R G B' lines; "
+                        "its class count must match the blob's channels")
+    p.add_argument("--gpu", type=int, default=None, metavar="ID", help="CUDA device (default: CPU; -1 = CPU)")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="autocast the forward to bfloat16/float16 (meant for GPUs; scores come back as float32)")
+    p.add_argument("--batch", type=int, default=1, help="images per forward (same canvas size; default 1)")
+    p.add_argument("--workers", type=int, default=2, help="threads reading images ahead of the net (default 2)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="fill a ${NAME} placeholder of the prototxt (repeatable), e.g. --set EXP=voc12")
+    p.add_argument("--shard", default=None, metavar="K/N", help="process only the K-th of N interleaved parts")
+    p.add_argument("--force", action="store_true", help="redo ids whose outputs already exist")
+    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory layout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from deeplab.extract import Outputs, ScoreNet, extract, read_list, shard
+    from deeplab.labels import load_classes
+
+    for what, path in (("--model", args.model), ("--weights", args.weights), ("--list", args.list)):
+        if not os.path.isfile(path):
+            raise DeepLabError(f"{what} {path} not found")
+    if args.workers < 1:
+        raise DeepLabError(f"--workers must be >= 1, got {args.workers}")
+    device = "cpu"
+    if args.gpu is not None and args.gpu >= 0:
+        if not torch.cuda.is_available():
+            raise DeepLabError(f"--gpu {args.gpu}: CUDA is not available in this PyTorch build/machine")
+        if args.gpu >= torch.cuda.device_count():
+            raise DeepLabError(f"--gpu {args.gpu}: only {torch.cuda.device_count()} CUDA device(s)")
+        device = f"cuda:{args.gpu}"
+    k, n = parse_shard(args.shard)
+    items = shard(read_list(args.list, args.root), k, n)
+    net = ScoreNet(args.model, args.weights, blob=args.blob, mapping=parse_set(args.set), device=device,
+                   amp=args.amp, want_mat=args.format == "mat", channels_last=not args.no_channels_last)
+    palette = None
+    if args.labels_out:
+        classes = load_classes(args.classes)
+        if classes.num_classes != net.num_classes:
+            raise DeepLabError(f"blob {net.blob!r} has {net.num_classes} channels but class list "
+                               f"{args.classes!r} has {classes.num_classes} classes; pass --classes")
+        palette = classes.palette
+    outputs = Outputs(args.out, args.format, args.dtype, args.labels_out, palette)
+    stats = extract(net, items, outputs, batch=args.batch, workers=args.workers, force=args.force,
+                    list_name=args.list, progress=not args.quiet)
+    print(f"{stats['done']} written, {stats['skipped']} already done ({len(items)} images"
+          f"{'' if n == 1 else f' in shard {k + 1}/{n}'}; blob {net.blob}, stride {net.zoom}) -> {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
