@@ -9,6 +9,9 @@ from typing import Callable, Iterator
 
 from . import DeepLabError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a tool's ``main``; a user error prints ``error: ...`` on one line and exits 2."""
@@ -38,6 +41,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -139,7 +139,7 @@ def test_mat_is_what_mat_write_wrote(data, tmp_path):
         mat = scipy.io.loadmat(out / f"{ident}_blob_0.mat")
         data_ = mat["data"]
         assert data_.dtype == np.float32 and data_.shape == (zw, zh, 3, 1)  # MATLAB W x H x C x N
-        np.testing.assert_allclose(data_[..., 0], blob_to_matlab(interp), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(data_, blob_to_matlab(interp), rtol=1e-5, atol=1e-5)
         c, y, x = 2, min(7, h - 1), min(30, cw - 1)
         assert data_[x, y, c, 0] == pytest.approx(float(interp[c, y, x]), rel=1e-5, abs=1e-5)
         engine = scipy.io.loadmat(engine_mat)["data"]  # the engine's own MatWrite layer

@@ -189,7 +189,7 @@ def test_msc_heads_match_fc8(variant):
 def test_solver(variant):
     s = parse_solver(VOC / variant / "solver.prototxt", mapping())
     assert s.net == "prototxt/voc12/X/train.prototxt"
-    assert s.snapshot_prefix == "exper/voc12/model/X/train"
+    assert s.snapshot_prefix == "exper/voc12/model/train"
     assert (s.lr_policy, s.stepsize, s.max_iter, s.snapshot) == ("step", 2000, 6000, 2000)
     floats = (s.base_lr, s.gamma, s.momentum, s.weight_decay)      # float32 fields
     assert floats == pytest.approx((0.001, 0.1, 0.9, 0.0005), rel=1e-6)

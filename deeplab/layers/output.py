@@ -10,15 +10,16 @@ from . import Layer, register
 
 
 def blob_to_matlab(chw: np.ndarray) -> np.ndarray:
-    """C x H x W (row-major, as Caffe stores it) -> the W x H x C array MATLAB sees."""
-    return np.ascontiguousarray(np.transpose(chw, (2, 1, 0)))
+    """C x H x W (row-major, as Caffe stores it) -> the W x H x C x 1 array MATLAB sees
+    (the fork wrote each image as a 4-D W x H x C x N array with N = 1)."""
+    return np.ascontiguousarray(np.transpose(chw, (2, 1, 0)))[..., None]
 
 
 @register("MatWrite")
 class MatWrite(Layer):
     """Writes each bottom of every ``period``-th forward pass, one file per image, named by
     the ids of ``source`` (first column, ``strip`` trailing characters removed) or, without a
-    source, ``iter_<k>_<n>``. Variable ``data`` in MATLAB's W x H x C order; set
+    source, ``iter_<k>_<n>``. Variable ``data`` in MATLAB's W x H x C x 1 order; set
     ``self.format = "npy"`` to write C x H x W ``.npy`` files instead."""
 
     num_bottoms = None

@@ -1,0 +1,296 @@
+"""ImageSegData loading: the DeepLab fork's image + label source, fed to a Net.
+
+A list file holds ``/JPEGImages/x.jpg /SegmentationClassAug/x.png`` lines (one column when
+the layer has no labels) relative to ``root_folder``; paths in the prototxt are relative to
+the working directory, as in Caffe. Images are read with OpenCV as BGR 0-255; labels as
+class indices (deeplab.labels.read_label). The fork's TransformImgAndSeg: pad image with the
+mean and label with ignore_label at the bottom/right up to crop_size, then crop (random in
+TRAIN, centred in TEST), mirror with probability 1/2 when ``mirror``, subtract the mean,
+times ``scale``.
+
+Sample order and augmentation are a function of (seed, position): position p of the stream
+is item p mod N of epoch p div N (shuffled per epoch from (seed, epoch) when ``shuffle``),
+and its crop/mirror draw from (seed, p). Batch b of process r (of w) holds positions
+(b*w + r)*B ... (b*w + r + 1)*B - 1, so w processes with batch B see exactly the samples of
+one process with batch w*B, and a resumed run picks up at the right place.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .. import DeepLabError
+from ..labels import read_label
+
+NONE, IMAGE, PIXEL = 0, 1, 2
+
+
+@dataclass
+class Entry:
+    """One list line: where it is, the image path, and the label (path or class id)."""
+
+    where: str  # "list.txt:12"
+    image: str
+    label: str | None
+
+
+def read_list(source: str, root_folder: str = "", label_type: int = PIXEL) -> list[Entry]:
+    """Parse a list file; every listed file must exist (an error names the list line)."""
+    try:
+        with open(source) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise DeepLabError(f"list file {source} not found (relative to the working directory "
+                           f"{os.getcwd()})") from None
+    except OSError as e:
+        raise DeepLabError(f"cannot read list file {source}: {e.strerror}") from None
+    entries = []
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        where = f"{source}:{n}"
+        want = 1 if label_type == NONE else 2
+        if len(parts) < want:
+            raise DeepLabError(f"{where}: expected an image and a label, got {line.strip()!r}")
+        image = root_folder + parts[0]
+        label = None
+        if label_type == PIXEL:
+            label = root_folder + parts[1]
+        elif label_type == IMAGE:
+            label = parts[1]
+            if not label.lstrip("-").isdigit():
+                raise DeepLabError(f"{where}: label_type IMAGE needs an integer class, got {label!r}")
+        for path in (image, label if label_type == PIXEL else None):
+            if path is not None and not os.path.isfile(path):
+                raise DeepLabError(f"{where}: {path} does not exist")
+        entries.append(Entry(where, image, label))
+    if not entries:
+        raise DeepLabError(f"list file {source} lists no images")
+    return entries
+
+
+@dataclass
+class Transform:
+    """The fork's transform_param for image + label, and image_data_param's reading."""
+
+    crop: int = 0
+    mirror: bool = False
+    mean: tuple = ()
+    scale: float = 1.0
+    train: bool = True
+    ignore_label: int = 255
+    new_size: tuple = (0, 0)   # (height, width), 0 = keep
+    color: bool = True
+
+    def __call__(self, img: np.ndarray, lab: np.ndarray, rng: np.random.Generator):
+        """HxWxC uint8 image, HxW uint8 label -> (CxHxW float32, 1xHxW float32, (h, w))."""
+        h, w = img.shape[:2]
+        c = img.shape[2]
+        mean = np.zeros(c, np.float32)
+        if self.mean:
+            mean = np.array(self.mean * c if len(self.mean) == 1 else self.mean, np.float32)
+        img = img.astype(np.float32)
+        do_mirror = self.mirror and bool(rng.integers(2))
+        if self.crop:
+            ph, pw = max(self.crop - h, 0), max(self.crop - w, 0)
+            if ph or pw:  # pad bottom/right: image with the mean, label with ignore_label
+                img = np.concatenate([img, np.broadcast_to(mean, (ph, w, c))], 0) if ph else img
+                img = np.concatenate([img, np.broadcast_to(mean, (h + ph, pw, c))], 1) if pw else img
+                lab = np.pad(lab, ((0, ph), (0, pw)), constant_values=self.ignore_label)
+            H, W = img.shape[:2]
+            if self.train:
+                y, x = int(rng.integers(H - self.crop + 1)), int(rng.integers(W - self.crop + 1))
+            else:
+                y, x = (H - self.crop) // 2, (W - self.crop) // 2
+            img = img[y:y + self.crop, x:x + self.crop]
+            lab = lab[y:y + self.crop, x:x + self.crop]
+        if do_mirror:
+            img, lab = img[:, ::-1], lab[:, ::-1]
+        img = img - mean
+        if self.scale != 1.0:
+            img = img * np.float32(self.scale)
+        dims = (min(h, self.crop) if self.crop else h, min(w, self.crop) if self.crop else w)
+        data = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
+        return data, np.ascontiguousarray(lab, dtype=np.float32)[None], dims
+
+    def read(self, entry: Entry, label_type: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read one list entry: BGR (or grey) uint8 image and uint8 label of the same size."""
+        img = cv2.imread(entry.image, cv2.IMREAD_COLOR if self.color else cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise DeepLabError(f"{entry.where}: cannot read image {entry.image}")
+        if img.ndim == 2:
+            img = img[:, :, None]
+        nh, nw = self.new_size
+        if nh and nw:
+            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape(nh, nw, -1)
+        h, w = img.shape[:2]
+        if label_type == PIXEL:
+            try:
+                lab = read_label(entry.label)
+            except DeepLabError as e:
+                raise DeepLabError(f"{entry.where}: {e}") from None
+            if nh and nw:
+                lab = cv2.resize(lab, (nw, nh), interpolation=cv2.INTER_NEAREST)
+            if lab.shape != (h, w):
+                raise DeepLabError(f"{entry.where}: label {entry.label} is {lab.shape[0]}x{lab.shape[1]} "
+                                   f"but image {entry.image} is {h}x{w}")
+        else:
+            value = int(entry.label) if label_type == IMAGE else self.ignore_label
+            lab = np.full((h, w), value, np.uint8)
+        return img, lab
+
+
+class ImageSegSource(Dataset):
+    """The samples of one ImageSegData layer, indexed by stream position (see module doc)."""
+
+    def __init__(self, lp, phase: str = "TRAIN", seed: int = 0):
+        p, t = lp.image_data_param, lp.transform_param
+        self.name, self.tops = lp.name, list(lp.top)
+        if t.mean_file or p.mean_file:
+            raise DeepLabError(f"layer {lp.name!r}: mean_file is not supported by ImageSegData; use mean_value")
+        if bool(p.new_height) != bool(p.new_width):
+            raise DeepLabError(f"layer {lp.name!r}: new_height and new_width must be set together")
+        if not p.source:
+            raise DeepLabError(f"layer {lp.name!r}: image_data_param.source (the list file) is not set")
+        self.label_type = _label_type(p)
+        self.transform = Transform(
+            crop=int(t.crop_size), mirror=bool(t.mirror), mean=tuple(float(v) for v in t.mean_value),
+            scale=float(t.scale), train=phase.upper() == "TRAIN", ignore_label=int(p.ignore_label),
+            new_size=(int(p.new_height), int(p.new_width)), color=bool(p.is_color))
+        if self.transform.mean and len(self.transform.mean) not in (1, 3 if p.is_color else 1):
+            raise DeepLabError(f"layer {lp.name!r}: give 1 mean_value or one per channel")
+        self.entries = read_list(p.source, p.root_folder, self.label_type)
+        self.batch_size = int(p.batch_size) or 1
+        self.shuffle, self.seed = bool(p.shuffle), int(seed)
+        self.skip = int(np.random.default_rng([self.seed, 7]).integers(p.rand_skip)) if p.rand_skip else 0
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def item_index(self, pos: int) -> int:
+        """Which list entry stream position ``pos`` reads."""
+        epoch, k = divmod(pos + self.skip, len(self.entries))
+        if not self.shuffle:
+            return k
+        if self._perm is None or self._perm[0] != epoch:
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, 0x5EED])
+            self._perm = (epoch, rng.permutation(len(self.entries)))
+        return int(self._perm[1][k])
+
+    def __getitem__(self, pos: int):
+        """(data, label, dims) of stream position ``pos``, or the DeepLabError it raised."""
+        try:
+            entry = self.entries[self.item_index(pos)]
+            img, lab = self.transform.read(entry, self.label_type)
+            data, label, dims = self.transform(img, lab, np.random.default_rng([self.seed & 0xFFFFFFFF, pos]))
+            return data, label, np.array(dims, np.float32).reshape(1, 1, 2), entry.where
+        except DeepLabError as e:
+            return e
+
+
+def _label_type(p) -> int:
+    """The fork's label_type; unset means PIXEL (its released prototxts rely on that)."""
+    if not p.has_label:
+        return NONE
+    return int(p.label_type) if p.HasField("label_type") else PIXEL
+
+
+class _Batches(torch.utils.data.Sampler):
+    """Positions of batches ``start, start + 1, ...`` for process ``rank`` of ``world``."""
+
+    def __init__(self, start: int, batch: int, rank: int, world: int):
+        self.start, self.batch, self.rank, self.world = start, batch, rank, world
+
+    def __iter__(self):
+        b = self.start
+        while True:
+            first = (b * self.world + self.rank) * self.batch
+            yield list(range(first, first + self.batch))
+            b += 1
+
+
+def _collate(items):
+    for it in items:
+        if isinstance(it, DeepLabError):
+            return it
+    shapes = {it[0].shape for it in items}
+    if len(shapes) > 1:
+        where = ", ".join(f"{it[3]} {it[0].shape[1]}x{it[0].shape[2]}" for it in items)
+        return DeepLabError(f"images of one batch differ in size and no crop_size is set ({where})")
+    return tuple(torch.from_numpy(np.stack([it[k] for it in items])) for k in range(3))
+
+
+class Stream:
+    """Batches of one ImageSegData layer by batch index, loaded ahead by DataLoader workers.
+
+    ``stream(b)`` returns {top: tensor}; asking for batch b+1 after b reuses the running
+    loader, any other index restarts it there.
+    """
+
+    def __init__(self, source: ImageSegSource, rank: int = 0, world: int = 1, workers: int = 0,
+                 pin_memory: bool = False):
+        self.source, self.rank, self.world = source, rank, world
+        self.workers, self.pin = workers, pin_memory
+        self._it, self._next = None, None
+
+    def _start(self, b: int) -> None:
+        loader = DataLoader(self.source, batch_sampler=_Batches(b, self.source.batch_size, self.rank, self.world),
+                            num_workers=self.workers, collate_fn=_collate, pin_memory=self.pin,
+                            prefetch_factor=4 if self.workers else None, persistent_workers=False)
+        self._it, self._next = iter(loader), b
+
+    def __call__(self, b: int) -> dict[str, torch.Tensor]:
+        if self._it is None or b != self._next:
+            self.close()
+            self._start(b)
+        batch = next(self._it)
+        self._next = b + 1
+        if isinstance(batch, DeepLabError):
+            self.close()
+            raise batch
+        return dict(zip(self.source.tops, batch))
+
+    def close(self) -> None:
+        """Stop the loader's workers."""
+        if self._it is not None:
+            shutdown = getattr(self._it, "_shutdown_workers", None)
+            if shutdown:
+                shutdown()
+        self._it = None
+
+
+class NetFeed:
+    """All ImageSegData layers of a Net as one feed: ``feed(b)`` -> {top: tensor}."""
+
+    def __init__(self, net, seed: int = 0, rank: int = 0, world: int = 1, workers: int = 0,
+                 pin_memory: bool = False):
+        phase = "TRAIN" if net.phase == 0 else "TEST"
+        self.streams = []
+        for layer in net.layers:
+            if not layer.is_data:
+                continue
+            if layer.type != "ImageSegData":
+                raise DeepLabError(f"layer {layer.name!r} ({layer.type}): tools/train.py reads data only through "
+                                   "ImageSegData layers; an Input layer needs its data fed by code")
+            src = ImageSegSource(layer.param, phase, seed)
+            self.streams.append(Stream(src, rank, world, workers, pin_memory))
+        if not self.streams:
+            raise DeepLabError(f"net {net.name!r} ({phase}) has no ImageSegData layer to read data from")
+
+    def __call__(self, b: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for s in self.streams:
+            out.update(s(b))
+        return out
+
+    def close(self) -> None:
+        """Stop every stream's workers."""
+        for s in self.streams:
+            s.close()

@@ -1,0 +1,512 @@
+"""Caffe's SGD solver over a :class:`deeplab.net.Net`, as BVLC Caffe's Solver / SGDSolver.
+
+One iteration (Solver::Step): clear the diffs; test every ``test_interval``; ``iter_size``
+forward/backward passes accumulating diffs; average the diffs over processes (Caffe's
+multi-GPU P2PSync does the same); then SGDSolver::ApplyUpdate: the learning rate of the
+policy, ClipGradients (global L2 norm over every learnable diff, before normalisation),
+and per learnable param Normalize (diff /= iter_size), Regularize (diff += weight_decay x
+decay_mult x w, or x sign(w) for L1), ComputeUpdateValue (v = momentum v + rate x lr_mult x
+diff) and w -= v. Snapshots are ``<prefix>_iter_N.caffemodel`` + ``.solverstate``. Log
+lines are glog-formatted as Caffe prints them, so Caffe log parsers read them.
+
+Randomness is a function of (seed, iteration): dropout is reseeded from (seed, iteration,
+pass, rank) before each pass and data positions follow the iteration (deeplab.data.imageseg),
+so a run resumed from a snapshot continues exactly as the uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+
+from . import DeepLabError
+from .io import SolverState, load_solverstate, save_solverstate
+
+POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+_f32 = np.float32
+
+
+# ------------------------------------------------------------------ learning rate
+def learning_rate(param, it: int, current_step: int = 0) -> tuple[float, int]:
+    """Caffe's SGDSolver::GetLearningRate at iteration ``it`` -> (rate, new current_step).
+
+    Float32 arithmetic where Caffe's is (Dtype = float); ``pow(float, int)`` promotes to
+    double in C++, so those powers are taken in double, as Caffe's are.
+    """
+    policy = param.lr_policy
+    base, gamma, power = _f32(param.base_lr), _f32(param.gamma), _f32(param.power)
+    if policy == "fixed":
+        rate = base
+    elif policy == "step":
+        _need(param.stepsize > 0, "lr_policy 'step' needs stepsize > 0")
+        current_step = it // param.stepsize
+        rate = float(base) * float(gamma) ** current_step
+    elif policy == "exp":
+        rate = float(base) * float(gamma) ** it
+    elif policy == "inv":
+        rate = base * np.power(_f32(1) + gamma * _f32(it), -power)
+    elif policy == "multistep":
+        # One step per call, as Caffe (called every iteration).
+        if current_step < len(param.stepvalue) and it >= param.stepvalue[current_step]:
+            current_step += 1
+        rate = float(base) * float(gamma) ** current_step
+    elif policy == "poly":
+        _need(param.max_iter > 0, "lr_policy 'poly' needs max_iter > 0")
+        rate = base * np.power(_f32(1) - _f32(it) / _f32(param.max_iter), power)
+    elif policy == "sigmoid":
+        _need(param.stepsize > 0, "lr_policy 'sigmoid' needs stepsize > 0")
+        rate = base * (_f32(1) / (_f32(1) + np.exp(-gamma * (_f32(it) - _f32(param.stepsize)))))
+    else:
+        raise DeepLabError(f"solver: unknown lr_policy {policy!r} (one of {', '.join(POLICIES)})")
+    return float(_f32(rate)), current_step
+
+
+def lr_at(param, it: int) -> float:
+    """The learning rate at iteration ``it`` of a run started at 0 (multistep replayed)."""
+    step = 0
+    if param.lr_policy == "multistep":
+        step = sum(1 for v in param.stepvalue[:] if it > v)  # steps taken before this call
+    return learning_rate(param, it, step)[0]
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise DeepLabError(f"solver: {message}")
+
+
+def check_solver(param) -> None:
+    """Caffe's solver parameter checks, as one-line errors."""
+    _need(param.type in ("SGD", ""), f"type {param.type!r} is not supported (only SGD)")
+    _need(param.lr_policy in POLICIES, f"unknown lr_policy {param.lr_policy!r} (one of {', '.join(POLICIES)})")
+    _need(param.iter_size >= 1, "iter_size must be >= 1")
+    _need(param.average_loss >= 1, "average_loss must be >= 1")
+    _need(param.max_iter >= 0, "max_iter must be >= 0")
+    _need(param.regularization_type in ("L1", "L2"),
+          f"unknown regularization_type {param.regularization_type!r} (L1 or L2)")
+    _need(param.gamma >= 0 or param.lr_policy in ("fixed", "poly"), "gamma must be >= 0")
+    _need(list(param.stepvalue) == sorted(param.stepvalue), "stepvalue must be increasing")
+
+
+# ------------------------------------------------------------------ the update rule
+class SGD:
+    """Caffe's SGD update over a net's learnable params, with the momentum history."""
+
+    def __init__(self, params, param):
+        self.params = params
+        self.history = [torch.zeros_like(p.param, memory_format=torch.preserve_format) for p in params]
+        self.momentum = _f32(param.momentum)
+        self.weight_decay = _f32(param.weight_decay)
+        self.l1 = param.regularization_type == "L1"
+        self.clip = _f32(param.clip_gradients)
+        self.iter_size = int(param.iter_size)
+
+    @torch.no_grad()
+    def clip_gradients(self) -> tuple[float, float] | None:
+        """ClipGradients: scale every diff down if their global L2 norm exceeds the
+        threshold. Returns (norm, scale) when it did."""
+        if self.clip < 0:
+            return None
+        grads = [p.param.grad for p in self.params if p.param.grad is not None]
+        if not grads:
+            return None
+        norm = float(torch.sqrt(sum(g.float().pow(2).sum() for g in grads)))
+        if norm > self.clip:
+            scale = float(self.clip / _f32(norm))
+            for g in grads:
+                g.mul_(scale)
+            return norm, scale
+        return None
+
+    @torch.no_grad()
+    def update(self, rate: float) -> None:
+        """Normalize, Regularize, ComputeUpdateValue for each param, then w -= v."""
+        norm = float(_f32(1) / _f32(self.iter_size))
+        for p, v in zip(self.params, self.history):
+            w = p.param
+            g = w.grad if w.grad is not None else torch.zeros_like(w)  # no path to the loss: zero diff
+            if self.iter_size > 1:
+                g.mul_(norm)
+            decay = float(self.weight_decay * _f32(p.decay_mult))
+            if decay:
+                g.add_(torch.sign(w) if self.l1 else w, alpha=decay)
+            v.mul_(float(self.momentum)).add_(g, alpha=float(_f32(rate) * _f32(p.lr_mult)))
+            w.sub_(v)
+
+
+# ------------------------------------------------------------------ log lines
+class CaffeLog:
+    """Writes glog-formatted lines (``I1125 10:00:00.000000 12345 solver.cpp:228] ...``)
+    to a file and to stderr (through tqdm so a progress bar stays intact)."""
+
+    def __init__(self, path: str | None = None, stderr: bool = True):
+        self.file = None
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self.file = open(path, "a", buffering=1)
+            self.file.write(time.strftime("Log file created at: %Y/%m/%d %H:%M:%S\n"))
+        self.stderr = stderr
+        self.pid = os.getpid()
+
+    def __call__(self, where: str, message: str, level: str = "I") -> None:
+        now = time.time()
+        t = time.localtime(now)
+        line = (f"{level}{t.tm_mon:02d}{t.tm_mday:02d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}."
+                f"{int((now % 1) * 1e6):06d} {self.pid:5d} {where}] {message}")
+        if self.file:
+            self.file.write(line + "\n")
+        if self.stderr:
+            from tqdm import tqdm
+            tqdm.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        """Close the log file."""
+        if self.file:
+            self.file.close()
+            self.file = None
+
+
+def _g(x: float) -> str:
+    """A float as C++'s default ostream prints it (6 significant digits)."""
+    return f"{x:.6g}"
+
+
+def output_lines(kind: str, names, values, loss_weights) -> list[str]:
+    """``    Train net output #k: name = v (* w = wv loss)`` lines, one per blob element."""
+    lines, k = [], 0
+    for name, vals in zip(names, values):
+        w = loss_weights.get(name, 0.0)
+        for v in vals:
+            extra = f" (* {_g(w)} = {_g(w * v)} loss)" if w else ""
+            lines.append(f"    {kind} net output #{k}: {name} = {_g(v)}{extra}")
+            k += 1
+    return lines
+
+
+# ------------------------------------------------------------------ the solver
+class Solver:
+    """Runs Caffe's SGD on ``net``.
+
+    ``train_feed(batch_index)`` returns the net's input tensors for one forward pass (pass
+    ``k`` of iteration ``it`` has batch index ``it * iter_size + k``); ``test_nets`` /
+    ``test_feeds`` the same for testing. ``dist`` is a deeplab.distributed.Dist (rank, world)
+    or None; ``log`` a CaffeLog or None; ``amp`` None, "bf16" or "fp16".
+    """
+
+    def __init__(self, param, net, train_feed, test_nets=(), test_feeds=(), *, seed: int = 0,
+                 device="cpu", dist=None, log=None, amp=None, channels_last=False, progress=True):
+        check_solver(param)
+        self.param, self.net, self.train_feed = param, net, train_feed
+        self.test_nets, self.test_feeds = list(test_nets), list(test_feeds)
+        self.seed, self.device = int(seed), torch.device(device)
+        self.rank, self.world = (dist.rank, dist.world) if dist is not None else (0, 1)
+        _need(self.rank != 0 or len(self.test_nets) == len(param.test_iter),
+              f"{len(self.test_nets)} test net(s) but {len(param.test_iter)} test_iter value(s); give one per test net")
+        self.dist = dist
+        self.log = log if (log is not None and self.rank == 0) else None
+        self.amp = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.channels_last = channels_last
+        self.progress = progress and self.rank == 0
+        self.params = net.learnable_params()
+        for p in self.params:
+            p.param.requires_grad_(p.lr_mult != 0)  # Caffe computes no diff for lr_mult 0
+        for tn in self.test_nets:
+            share_weights(net, tn)
+        self.sgd = SGD(self.params, param)
+        self.iter, self.current_step = 0, 0
+        self.loss_scale, self._good_steps = (2.0 ** 16 if self.amp == torch.float16 else 1.0), 0
+        self._losses: list[torch.Tensor] = []
+        self.last_outputs: dict[str, torch.Tensor] = {}
+        self._request = None  # "stop" / "snapshot", set by signals
+        self.stopped_early = False
+
+    # -------------------------------------------------------------- helpers
+    def _info(self, where: str, msg: str, level: str = "I") -> None:
+        if self.log is not None:
+            self.log(where, msg, level)
+
+    def _inputs(self, feed, index: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, v in feed(index).items():
+            v = v.to(self.device, non_blocking=True)
+            if self.channels_last and v.dim() == 4 and v.is_floating_point():
+                v = v.contiguous(memory_format=torch.channels_last)
+            out[k] = v
+        return out
+
+    def _autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def _reseed(self, k: int) -> None:
+        """Dropout (any torch RNG use) as a function of (seed, iteration, pass, rank)."""
+        s = np.random.SeedSequence([self.seed & 0xFFFFFFFF, self.iter, k, self.rank]).generate_state(2)
+        torch.manual_seed(int(s[0]) << 32 | int(s[1]))
+
+    def _update_smoothed(self, loss: torch.Tensor, start_iter: int) -> None:
+        """Caffe's UpdateSmoothedLoss: the mean loss of the last ``average_loss`` iterations
+        (kept as a window and summed when shown, so float round-off does not drift)."""
+        n = self.param.average_loss
+        if len(self._losses) < n:
+            self._losses.append(loss)
+        else:
+            self._losses[(self.iter - start_iter) % n] = loss
+
+    def smoothed(self) -> float:
+        """The smoothed loss that Caffe's display line shows."""
+        return float(torch.stack(self._losses).mean()) if self._losses else math.nan
+
+    # -------------------------------------------------------------- one iteration
+    def forward_backward(self) -> torch.Tensor:
+        """The ``iter_size`` passes of the current iteration; returns their mean loss."""
+        net, total, n = self.net, None, self.param.iter_size
+        for k in range(n):
+            inputs = self._inputs(self.train_feed, self.iter * n + k)
+            self._reseed(k)
+            with self._autocast():
+                blobs = net(inputs)
+                loss = net.loss(blobs)
+            (loss * self.loss_scale if self.loss_scale != 1.0 else loss).backward()
+            total = loss.detach().float() if total is None else total + loss.detach().float()
+            if k == n - 1:
+                self.last_outputs = {b: blobs[b].detach() for b in net.output_names if b in blobs}
+            del blobs, loss
+        return total / n
+
+    def _finish_gradients(self) -> bool:
+        """Average diffs over processes, undo fp16 loss scaling; False if they overflowed."""
+        if self.world > 1:
+            from .distributed import average_gradients
+            average_gradients([p.param for p in self.params], self.world)
+        if self.loss_scale == 1.0:
+            return True
+        grads = [p.param.grad for p in self.params if p.param.grad is not None]
+        with torch.no_grad():
+            for g in grads:
+                g.div_(self.loss_scale)
+            finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
+        if not finite:  # dynamic loss scaling: halve and retry the iteration
+            self.loss_scale /= 2
+            self._good_steps = 0
+            self._info("solver.cpp:0", f"fp16 gradients overflowed; loss scale now {self.loss_scale:g}", "W")
+            return False
+        self._good_steps += 1
+        if self._good_steps % 2000 == 0:
+            self.loss_scale *= 2
+        return True
+
+    def apply_update(self) -> None:
+        """SGDSolver::ApplyUpdate: rate, ClipGradients, per-param update, net update."""
+        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        if self.param.display and self.iter % self.param.display == 0:
+            self._info("sgd_solver.cpp:106", f"Iteration {self.iter}, lr = {_g(rate)}")
+        clipped = self.sgd.clip_gradients()
+        if clipped:
+            self._info("sgd_solver.cpp:92", f"Gradient clipping: scaling down gradients (L2 norm {_g(clipped[0])} "
+                       f"> {_g(float(self.sgd.clip))}) by scale factor {_g(clipped[1])}")
+        self.sgd.update(rate)
+
+    def step(self, iters: int) -> None:
+        """Solver::Step: run ``iters`` iterations (fewer if stopped by a signal)."""
+        p = self.param
+        start_iter, stop_iter = self.iter, self.iter + iters
+        self._losses = []
+        bar = _bar(self.progress, start_iter, p.max_iter)
+        try:
+            while self.iter < stop_iter:
+                for q in self.params:
+                    q.param.grad = None  # ClearParamDiffs
+                if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                    self.test_all()
+                display = p.display and self.iter % p.display == 0
+                loss = self.forward_backward()
+                if not self._finish_gradients():
+                    continue
+                self._update_smoothed(loss, start_iter)
+                if display:
+                    self._display(bar)
+                self.apply_update()
+                self.iter += 1
+                bar.update(1)
+                request = self._requested()
+                if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
+                    self.snapshot()
+                if request == "stop":
+                    self.stopped_early = True
+                    break
+        finally:
+            bar.close()
+
+    def _display(self, bar) -> None:
+        smoothed = self.smoothed()
+        self._info("solver.cpp:228", f"Iteration {self.iter}, loss = {_g(smoothed)}")
+        names = sorted(self.last_outputs)  # Caffe's output blobs come from a std::set: by name
+        values = [self.last_outputs[n].float().reshape(-1).tolist() for n in names]
+        for line in output_lines("Train", names, values, self.net.loss_weights):
+            self._info("solver.cpp:244", line)
+        bar.set_postfix(loss=f"{smoothed:.4g}")
+
+    def _requested(self) -> str | None:
+        """The action a signal asked for; agreed over processes so all ranks act alike."""
+        request, self._request = self._request, None
+        if self.world > 1:
+            from .distributed import agree_request
+            request = agree_request(request, self.device)
+        return request
+
+    # -------------------------------------------------------------- solve
+    def solve(self, resume: str | None = None) -> None:
+        """Solver::Solve: restore, step to max_iter, snapshot, final display and test."""
+        p = self.param
+        self._info("solver.cpp:288", f"Solving {self.net.name}")
+        self._info("solver.cpp:289", f"Learning Rate Policy: {p.lr_policy}")
+        if resume:
+            self._info("solver.cpp:295", f"Restoring previous solver status from {resume}")
+            self.restore(resume)
+        start_iter = self.iter
+        with self._signals():
+            self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if self.stopped_early:
+            self._info("solver.cpp:310", "Optimization stopped early.")
+            return
+        if p.display and self.iter % p.display == 0 and self.rank == 0:
+            with torch.no_grad(), self._autocast():
+                self._reseed(0)
+                loss = self.net.loss(self.net(self._inputs(self.train_feed, self.iter * p.iter_size))).float()
+            self._update_smoothed(loss, start_iter)
+            self._info("solver.cpp:326", f"Iteration {self.iter}, loss = {_g(self.smoothed())}")
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        self._info("solver.cpp:331", "Optimization Done.")
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT (and SIGTERM, as a scheduler or torchrun stops jobs): snapshot and stop after
+        the current iteration, a second one aborts; SIGHUP: snapshot and go on (Caffe's
+        defaults for SIGINT and SIGHUP)."""
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_stop(signum, frame):
+            self._request = "stop"
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+        def on_hup(signum, frame):
+            self._request = self._request or "snapshot"
+
+        handlers = {signal.SIGINT: on_stop, signal.SIGTERM: on_stop}
+        if hasattr(signal, "SIGHUP"):
+            handlers[signal.SIGHUP] = on_hup
+        old = {s: signal.signal(s, h) for s, h in handlers.items()}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # -------------------------------------------------------------- testing
+    def test_all(self) -> None:
+        """Solver::TestAll (rank 0 only, as Caffe's root solver)."""
+        if self.rank != 0:
+            return
+        for i in range(len(self.test_nets)):
+            self.test(i)
+
+    @torch.no_grad()
+    def test(self, i: int) -> None:
+        """Solver::Test: mean of each output over test_iter batches, logged as Caffe does."""
+        p, net, feed = self.param, self.test_nets[i], self.test_feeds[i]
+        self._info("solver.cpp:330", f"Iteration {self.iter}, Testing net (#{i})")
+        n_iter = int(p.test_iter[i])
+        done_tests = self.iter // p.test_interval - (0 if p.test_initialization else 1) if p.test_interval else 0
+        names, sums, loss = None, None, 0.0
+        for j in range(n_iter):
+            with self._autocast():
+                blobs = net(self._inputs(feed, max(done_tests, 0) * n_iter + j))
+            if p.test_compute_loss:
+                loss += float(net.loss(blobs))
+            if names is None:
+                names = sorted(b for b in net.output_names if b in blobs)
+            vals = [blobs[b].double().reshape(-1) for b in names]
+            sums = vals if sums is None else [s + v for s, v in zip(sums, vals)]
+        if p.test_compute_loss:
+            self._info("solver.cpp:381", f"Test loss: {_g(loss / n_iter)}")
+        means = [(s / n_iter).tolist() for s in sums or []]
+        for line in output_lines("Test", names or [], means, net.loss_weights):
+            self._info("solver.cpp:397", line)
+
+    # -------------------------------------------------------------- snapshots
+    def snapshot_filename(self, ext: str) -> str:
+        """Caffe's SnapshotFilename: ``<snapshot_prefix>_iter_<N><ext>``."""
+        return f"{self.param.snapshot_prefix}_iter_{self.iter}{ext}"
+
+    def snapshot(self) -> None:
+        """Write ``.caffemodel`` and ``.solverstate`` (rank 0 only, atomically)."""
+        if self.rank != 0:
+            return
+        model = self.snapshot_filename(".caffemodel")
+        self._info("solver.cpp:454", f"Snapshotting to binary proto file {model}")
+        self.net.save(model)
+        state_path = self.snapshot_filename(".solverstate")
+        self._info("sgd_solver.cpp:273", f"Snapshotting solver state to binary proto file {state_path}")
+        history = [h.detach().float().cpu().numpy() for h in self.sgd.history]
+        save_solverstate(state_path, SolverState(self.iter, model, history, self.current_step))
+
+    @torch.no_grad()
+    def restore(self, path: str) -> None:
+        """Resume from a ``.solverstate``: iteration, current_step, momentum history and
+        the weights of its learned_net (relative to the working directory as in Caffe,
+        else beside the solverstate)."""
+        state = load_solverstate(path)
+        if state.learned_net:
+            model = state.learned_net
+            if not os.path.isabs(model) and not os.path.exists(model):
+                beside = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.basename(model))
+                model = beside if os.path.exists(beside) else model
+            if not os.path.exists(model):
+                raise DeepLabError(f"{path}: its learned_net {state.learned_net} does not exist")
+            self.net.copy_from(model)
+        if len(state.history) != len(self.sgd.history):
+            raise DeepLabError(f"{path}: holds {len(state.history)} history blobs but the net has "
+                               f"{len(self.sgd.history)} learnable params")
+        for i, (h, v) in enumerate(zip(state.history, self.sgd.history)):
+            if h.size != v.numel():
+                raise DeepLabError(f"{path}: history blob {i} ({self.params[i].layer!r} blob {self.params[i].index}) "
+                                   f"has shape {tuple(h.shape)} but the net's is {tuple(v.shape)}")
+            v.copy_(torch.from_numpy(np.ascontiguousarray(h).reshape(tuple(v.shape))))
+        self.iter, self.current_step = state.iter, state.current_step
+        if self.world > 1:
+            from .distributed import broadcast_params
+            broadcast_params([p.param for p in self.params] + self.sgd.history)
+
+
+def share_weights(train_net, test_net) -> None:
+    """Caffe's ShareTrainedLayersWith: a test layer uses the train layer's blobs by name."""
+    for layer in test_net.layers:
+        if not len(layer.blobs) or layer.name not in train_net._index:
+            continue
+        src = train_net.layer(layer.name)
+        if len(src.blobs) != len(layer.blobs):
+            raise DeepLabError(f"layer {layer.name!r}: {len(layer.blobs)} blobs in the test net, "
+                               f"{len(src.blobs)} in the train net")
+        for i, b in enumerate(src.blobs):
+            if tuple(b.shape) != tuple(layer.blobs[i].shape):
+                raise DeepLabError(f"layer {layer.name!r}: blob {i} has shape {tuple(layer.blobs[i].shape)} in the "
+                                   f"test net but {tuple(b.shape)} in the train net")
+            layer.blobs[i] = b
+
+
+def _bar(enabled: bool, start: int, total: int):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, disable=True if not enabled else None,  # None: off unless a TTY unit="iter", dynamic_ncols=True,
+                desc="train", file=sys.stderr)

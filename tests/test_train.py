@@ -1,0 +1,163 @@
+"""tools/train.py end to end on a tiny generated dataset: the loss falls, snapshots and the
+Caffe-format log, exact resume, Ctrl-C, and one-line errors (exit code 2)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, REPO
+from deeplab.caffelog import parse_log
+from deeplab.cli import run_main
+from deeplab.io import load_caffemodel, load_solverstate
+from deeplab.labels import write_label
+
+TINY = FIXTURES / "tiny"
+TRAIN_PY = REPO / "tools" / "train.py"
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("train_tool", TRAIN_PY)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+train = load_tool()
+
+
+def make_dataset(root, n_train=8, n_val=4, sizes=((20, 24), (14, 18)), seed=0):
+    """Grey images with a blue (class 1) and a green (class 2) rectangle, plus noise; some
+    smaller than the crop (16) so padding is exercised. Writes train.txt and val.txt."""
+    rng = np.random.default_rng(seed)
+    for sub in ("img", "lab"):
+        os.makedirs(root / sub, exist_ok=True)
+    for split, n in (("train", n_train), ("val", n_val)):
+        lines = []
+        for i in range(n):
+            h, w = sizes[i % len(sizes)]
+            img = np.full((h, w, 3), 128.0)
+            lab = np.zeros((h, w), np.uint8)
+            for cls, colour in ((1, (200, 40, 40)), (2, (40, 200, 40))):  # BGR
+                y, x = rng.integers(0, h - 5), rng.integers(0, w - 5)
+                hh, ww = rng.integers(4, 9, 2)
+                img[y:y + hh, x:x + ww] = colour
+                lab[y:y + hh, x:x + ww] = cls
+            img = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / "img" / f"{split}{i}.png"), img)
+            write_label(root / "lab" / f"{split}{i}.png", lab)
+            lines.append(f"/img/{split}{i}.png /lab/{split}{i}.png")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def argv(root, prefix, max_iter, snapshot=0, batch=2, dropout=0.2, extra=()):
+    sets = dict(ROOT=root, NET=TINY / "train_test.prototxt", PREFIX=prefix, MAX_ITER=max_iter,
+                SNAPSHOT=snapshot, BATCH=batch, DROPOUT=dropout)
+    out = ["--solver", str(TINY / "solver.prototxt"), "--quiet", "--workers", "0", "--cpu"]
+    for k, v in sets.items():
+        out += ["--set", f"{k}={v}"]
+    return out + list(extra)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+def weights(path):
+    return {(layer.name, i): b for layer in load_caffemodel(path) for i, b in enumerate(layer.blobs)}
+
+
+def test_tiny_net_trains_and_its_loss_falls(data, tmp_path):
+    log = tmp_path / "log" / "train.log"
+    prefix = tmp_path / "snap" / "tiny"
+    assert train.main(argv(data, prefix, 20, snapshot=10, batch=4, extra=["--log-file", str(log)])) == 0
+    for it in (10, 20):
+        assert (tmp_path / "snap" / f"tiny_iter_{it}.caffemodel").exists()
+        assert load_solverstate(tmp_path / "snap" / f"tiny_iter_{it}.solverstate").iter == it
+    parsed = parse_log(log)  # Caffe's log format, read by the log parser
+    _, losses = parsed.series("loss")
+    assert len(losses) == 5 and losses[-1] < 0.3 * losses[0]  # display 5: iterations 0, 5, ..., 20
+    _, lrs = parsed.series("lr")
+    assert lrs == [0.01, 0.01, 0.005, 0.005]  # step policy: gamma 0.5 every 10
+    its, test_acc = parsed.series("test_accuracy")
+    assert its == [0, 20] and test_acc[-1] > test_acc[0]  # test_interval 20
+    text = log.read_text()
+    assert "Snapshotting solver state to binary proto file" in text and "Optimization Done." in text
+    # --weights copies layers by name; max_iter 0 snapshots them unchanged.
+    trained = tmp_path / "snap" / "tiny_iter_20.caffemodel"
+    assert train.main(argv(data, tmp_path / "ft", 0, extra=["--weights", str(trained)])) == 0
+    assert all(np.array_equal(a, b) for a, b in zip(weights(trained).values(),
+                                                    weights(tmp_path / "ft_iter_0.caffemodel").values()))
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(data, tmp_path):
+    """9 iterations straight (data in a worker process) == 4 iterations, then resumed from
+    the snapshot to 9: shuffling, crops, mirrors and dropout follow (seed, iteration)."""
+    assert train.main(argv(data, tmp_path / "a", 9, extra=["--workers", "1"])) == 0
+    assert train.main(argv(data, tmp_path / "b", 4)) == 0
+    assert train.main(argv(data, tmp_path / "b", 9, extra=["--snapshot", str(tmp_path / "b_iter_4.solverstate")])) == 0
+    a, b = weights(tmp_path / "a_iter_9.caffemodel"), weights(tmp_path / "b_iter_9.caffemodel")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    ha = load_solverstate(tmp_path / "a_iter_9.solverstate").history
+    hb = load_solverstate(tmp_path / "b_iter_9.solverstate").history
+    assert all(np.array_equal(x, y) for x, y in zip(ha, hb))
+
+
+def test_ctrl_c_snapshots_then_stops(data, tmp_path):
+    cmd = [sys.executable, str(TRAIN_PY)] + [a for a in argv(data, tmp_path / "s", 100000) if a != "--quiet"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if "Iteration 5, loss" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Optimization stopped early." in rest
+    states = list(tmp_path.glob("s_iter_*.solverstate"))
+    assert len(states) == 1
+    it = load_solverstate(states[0]).iter
+    assert it >= 5 and (tmp_path / f"s_iter_{it}.caffemodel").exists()
+
+
+def run_error(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_main(train.main, args)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_errors_are_one_line_with_exit_code_2(data, tmp_path, capsys):
+    err = run_error(argv(tmp_path / "nothing", tmp_path / "p", 1), capsys)
+    assert "list file" in err and "nothing/train.txt not found" in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "train.txt").write_text((data / "train.txt").read_text().replace("/img/train1.png", "/img/gone.png"))
+    (broken / "img").symlink_to(data / "img")
+    (broken / "lab").symlink_to(data / "lab")
+    err = run_error(argv(broken, tmp_path / "p", 1), capsys)
+    assert "train.txt:2:" in err and "img/gone.png does not exist" in err
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text((TINY / "solver.prototxt").read_text() + "learning_rate_boost: 2\n")
+    args = argv(data, tmp_path / "p", 1)
+    args[args.index("--solver") + 1] = str(solver)
+    err = run_error(args, capsys)
+    assert "solver.prototxt:" in err and "learning_rate_boost" in err
+    err = run_error(["--solver", str(tmp_path / "missing.prototxt")], capsys)
+    assert "missing.prototxt" in err
+    err = run_error(argv(data, tmp_path / "p", 1, extra=["--weights", "a.caffemodel", "--snapshot", "x"]), capsys)
+    assert "not both" in err
