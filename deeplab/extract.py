@@ -9,14 +9,15 @@ is never truncated: its canvas grows to the smallest size whose output still cov
 
 The net is cut down to the layers the score blob needs (no MatWrite side effects, no
 label), and the score blob's stride-``zoom`` rows and columns covering the image are kept:
-``rows = ceil((H - 1) / zoom) + 1``, since the fork's zoom Interp maps ``r`` rows onto
-``(r - 1) * zoom + 1`` pixels. Outputs: ``<id>.npy`` + ``<id>.json`` (deeplab.scoremaps),
-or ``<id>_blob_0.mat`` (MAT_WRITE's upsampled blob over the whole canvas), and optionally
-``<id>.png`` argmax labels at full resolution.
+``rows = ceil((H - 1 + offset) / zoom) + 1``, since the fork's zoom Interp maps ``r`` rows
+onto ``(r - 1) * zoom + 1`` pixels, of which a Padding crop between the Interp and MatWrite
+(DeepLab's 514 nets: -7 / -8) drops the first ``offset``. Outputs: ``<id>.npy`` +
+``<id>.json`` (deeplab.scoremaps; the sidecar records the offset), or ``<id>_blob_0.mat``
+(MAT_WRITE's blob over the whole canvas), and optionally ``<id>.png`` argmax labels at
+full resolution.
 """
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections import deque
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from . import DeepLabError
 from .net import PHASES, Net, filter_layers
 from .prototxt import parse_net
-from .scoremaps import save_mat_scores, save_scores, upsample_scores
+from .scoremaps import rows_needed, save_mat_scores, save_scores, upsample_scores
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 _LOOKUP_EXTS = (".jpg", ".png", ".jpeg")
@@ -113,16 +114,22 @@ def find_data_layer(layers):
 
 
 def default_blob(layers) -> str:
-    """The blob the fork dumped at stride 8: the bottom of the zoom Interp feeding MatWrite; if
-    MatWrite gets a cropped upsampled map instead (DeepLab's 514 nets: Interp, then Padding
-    -7/-8), MatWrite's own bottom, which is aligned with the image; without MatWrite the only
-    fc8* top."""
+    """The stride-8 blob behind what the fork dumped: walking back from MatWrite through
+    Padding layers, the bottom of the zoom Interp (DeepLab's 514 nets: fc8, Interp, Padding
+    -7/-8, MatWrite; :func:`mat_write_chain` gives the offset); MatWrite's own bottom if no
+    zoom Interp leads there; without MatWrite the only fc8* top."""
     producer = {t: lp for lp in layers for t in lp.top}
     for lp in layers:
         if lp.type == "MatWrite" and lp.bottom:
             src = producer.get(lp.bottom[0])
-            if src is not None and src.type == "Interp" and _is_plain_zoom(src):
-                return src.bottom[0]
+            for _ in range(len(layers)):
+                if src is None or src.type not in ("Padding", "Interp") or not src.bottom:
+                    break
+                if src.type == "Interp":
+                    if _is_zoom(src):
+                        return src.bottom[0]
+                    break
+                src = producer.get(src.bottom[0])
             return lp.bottom[0]
     fc8 = sorted({t for lp in layers for t in lp.top if t.startswith("fc8")})
     if len(fc8) == 1:
@@ -151,7 +158,7 @@ def mat_write_chain(layers, blob: str):
             return cur, -shift
         if lp.type == "Interp":
             p = lp.interp_param
-            if not (p.HasField("zoom_factor") and not p.HasField("shrink_factor") and not p.HasField("height")):
+            if not _is_zoom(lp):
                 return None, 0
             shift, scale = (shift + p.pad_beg) * p.zoom_factor, scale * p.zoom_factor
         else:
@@ -188,7 +195,8 @@ class ScoreNet:
     of the Interp after it, checked against the strides the net really has). With
     ``want_mat`` the forward also returns MAT_WRITE's upsampled blob over the whole canvas.
     ``offset``: score row r lies on pixel ``r * zoom - offset`` (0 unless the net crops the
-    upsampled map before MatWrite, as DeepLab's 514 nets do by 7 pixels).
+    upsampled map before MatWrite, as DeepLab's 514 nets do by 7 pixels); it is what the
+    ``.npy`` sidecar records.
     """
 
     def __init__(self, model, weights=None, blob: str | None = None, mapping=None, device="cpu",
@@ -207,12 +215,13 @@ class ScoreNet:
             raise DeepLabError(f"--blob {self.blob!r} is the input image, not a score map")
         interp = next((lp for lp in layers if lp.type == "Interp" and lp.bottom[:1] == [self.blob]), None)
         chain_end, self.offset = mat_write_chain(layers, self.blob)
-        self.mat_blob = chain_end if want_mat and chain_end != self.blob else None
-        targets = [self.blob] + ([self.mat_blob] if self.mat_blob else [])
-        self.param = type(param)()
-        self.param.CopyFrom(param)
-        del self.param.layer[:]
-        self.param.layer.extend(prune_layers(layers, targets))
+        self.mat_chain_end = chain_end
+        # The map MatWrite reads must cover the image whatever the format, so that .npy and .mat
+        # dumps come from the same canvas (a 514 net's Padding crops the zoomed map's end).
+        self.cover_blob = chain_end if chain_end not in (None, self.blob) else None
+        self.mat_blob = self.cover_blob if want_mat else None
+        self.param = _pruned(param, layers, [self.blob] + ([self.mat_blob] if self.mat_blob else []))
+        self._shape_param = _pruned(param, layers, [self.blob] + ([self.cover_blob] if self.cover_blob else []))
         self._shapes: dict[tuple[int, int], dict | None] = {}
         self.probe = probe = self.crop or 513
         self.net = Net(self.param, "TEST", input_shapes={self.input_name: (1, 3, probe, probe)})
@@ -257,20 +266,21 @@ class ScoreNet:
         if key not in self._shapes:
             try:
                 with torch.device("meta"):
-                    shapes = Net(self.param, "TEST", input_shapes={self.input_name: (1, 3, h, w)}).blob_shapes
-                self._shapes[key] = {b: tuple(shapes[b][2:4]) for b in (self.blob, self.mat_blob) if b}
+                    shapes = Net(self._shape_param, "TEST", input_shapes={self.input_name: (1, 3, h, w)}).blob_shapes
+                self._shapes[key] = {b: tuple(shapes[b][2:4]) for b in (self.blob, self.cover_blob) if b}
             except DeepLabError:
                 self._shapes[key] = None
         found = self._shapes[key]
         return None if found is None else found[blob or self.blob]
 
     def rows(self, size: int) -> int:
-        """Score rows covering ``size`` pixels at this stride: ceil((size - 1) / zoom) + 1."""
-        return math.ceil((size - 1) / self.zoom) + 1
+        """Score rows covering ``size`` pixels at this stride and offset:
+        ceil((size - 1 + offset) / zoom) + 1."""
+        return rows_needed(size, self.zoom, max(self.offset, 0))
 
     def canvas(self, h: int, w: int) -> tuple[int, int]:
         """The input size for an ``h`` x ``w`` image: the crop, or (per axis) the smallest larger
-        size the net accepts whose scores cover the image."""
+        size the net accepts whose scores, and the map MatWrite reads, cover the image."""
         ref = self.crop or self.probe
         sizes = []
         for axis, size in ((0, h), (1, w)):
@@ -292,7 +302,7 @@ class ScoreNet:
         out = self.out_hw(*hw)
         if out is None or out[axis] < self.rows(size):
             return False
-        return self.mat_blob is None or self.out_hw(*hw, blob=self.mat_blob)[axis] >= size
+        return self.cover_blob is None or self.out_hw(*hw, blob=self.cover_blob)[axis] >= size
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """BGR uint8 H x W x 3 -> float32 (image - mean) * scale, as Caffe's DataTransformer."""
@@ -323,10 +333,25 @@ class ScoreNet:
         return scores.cpu().numpy(), mat
 
 
-def _is_plain_zoom(lp) -> bool:
+def _pruned(param, layers, targets):
+    """A copy of ``param`` holding only the ``layers`` that ``targets`` need."""
+    out = type(param)()
+    out.CopyFrom(param)
+    del out.layer[:]
+    out.layer.extend(prune_layers(layers, targets))
+    return out
+
+
+def _is_zoom(lp) -> bool:
+    """An Interp sized by zoom_factor alone (pad_beg/pad_end allowed)."""
     p = lp.interp_param
-    return (p.HasField("zoom_factor") and not p.HasField("shrink_factor") and not p.HasField("height")
-            and not p.pad_beg and not p.pad_end)
+    return p.HasField("zoom_factor") and not p.HasField("shrink_factor") and not p.HasField("height")
+
+
+def _is_plain_zoom(lp) -> bool:
+    """An Interp sized by zoom_factor alone, without cropping its input."""
+    p = lp.interp_param
+    return _is_zoom(lp) and not p.pad_beg and not p.pad_end
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -355,15 +380,17 @@ class Outputs:
         return all(os.path.exists(p) for p in self.paths(ident))
 
     def write(self, ident: str, scores: np.ndarray, height: int, width: int, zoom: int,
-              mat: np.ndarray | None) -> None:
-        """Write one image's outputs (each atomically; labels first, the score file last)."""
+              mat: np.ndarray | None, offset: int = 0) -> None:
+        """Write one image's outputs (each atomically; labels first, the score file last).
+        Score row r lies on pixel ``r * zoom - offset``."""
         from .labels import write_label
 
         if self.labels_out:
-            full = upsample_scores(scores, zoom, height, width)
+            full = upsample_scores(scores, zoom, height, width, offset)
             write_label(os.path.join(self.labels_out, ident + ".png"), full.argmax(0).astype(np.uint8), self.palette)
         if self.fmt == "npy":
-            save_scores(os.path.join(self.out, ident + ".npy"), scores, height, width, zoom=zoom, dtype=self.dtype)
+            save_scores(os.path.join(self.out, ident + ".npy"), scores, height, width, zoom=zoom, dtype=self.dtype,
+                        offset=offset)
         else:
             save_mat_scores(os.path.join(self.out, ident + "_blob_0.mat"), mat)
 
@@ -371,8 +398,8 @@ class Outputs:
 class _Writer:
     """Writes finished images on background threads; the first failure is re-raised."""
 
-    def __init__(self, outputs: Outputs, zoom: int, threads: int, limit: int):
-        self.outputs, self.zoom = outputs, zoom
+    def __init__(self, outputs: Outputs, zoom: int, offset: int, threads: int, limit: int):
+        self.outputs, self.zoom, self.offset = outputs, zoom, offset
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="extract-write")
         self.slots = threading.BoundedSemaphore(max(1, limit))
         self.futures: deque = deque()
@@ -380,7 +407,7 @@ class _Writer:
     def submit(self, ident, scores, height, width, mat) -> None:
         self.check()
         self.slots.acquire()
-        fut = self.pool.submit(self.outputs.write, ident, scores, height, width, self.zoom, mat)
+        fut = self.pool.submit(self.outputs.write, ident, scores, height, width, self.zoom, mat, self.offset)
         fut.add_done_callback(lambda _: self.slots.release())
         self.futures.append(fut)
 
@@ -407,10 +434,10 @@ def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int =
 
     if batch < 1:
         raise DeepLabError(f"--batch must be >= 1, got {batch}")
-    if net.offset and (outputs.fmt == "npy" or outputs.labels_out):
-        raise DeepLabError(f"blob {net.blob!r} is not aligned with the image: its row r lies on pixel "
-                           f"{net.zoom}r - {net.offset} (the net crops the upsampled map before MatWrite); "
-                           f"dump the cropped map MatWrite reads instead (the default --blob)")
+    if net.offset < 0 and (outputs.fmt == "npy" or outputs.labels_out):
+        raise DeepLabError(f"blob {net.blob!r}: its row r lies on pixel {net.zoom}r + {-net.offset} (the net pads "
+                           f"the upsampled map before MatWrite), which a score map cannot record; dump the blob "
+                           f"MatWrite reads with --blob {net.mat_chain_end!r}, or use --format mat")
     todo = [it for it in items if force or not outputs.done(it.id)]
     stats = {"done": 0, "skipped": len(items) - len(todo)}
     if not todo:
@@ -419,7 +446,7 @@ def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int =
     def read(item: ListItem) -> np.ndarray:
         return net.prepare(load_image(item, list_name))
 
-    writer = _Writer(outputs, net.zoom, threads=max(1, workers // 2), limit=4 * batch)
+    writer = _Writer(outputs, net.zoom, net.offset, threads=max(1, workers // 2), limit=4 * batch)
     reader = ThreadPoolExecutor(max(1, workers), thread_name_prefix="extract-read")
     bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
     buckets: dict[tuple[int, int], list] = {}

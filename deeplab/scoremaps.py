@@ -3,8 +3,11 @@
 Two formats:
 
 * ``<id>.npy`` + ``<id>.json``: the stride-8 network output (C x h x w, float16 by default)
-  with a sidecar ``{"height": H, "width": W, "zoom": 8, "classes": C}`` recording the image
-  size. Readers upsample it with the Interp layer's alignment and crop to H x W.
+  with a sidecar ``{"height": H, "width": W, "zoom": 8, "classes": C, "offset": 0}`` recording
+  the image size and the alignment: row ``r`` of the map lies on pixel ``r * zoom - offset``
+  (``offset`` is 0 when absent; DeepLab's 514 nets crop their zoomed map by 7, so 7 there).
+  Readers upsample it with the Interp layer's alignment, drop ``offset`` rows and columns
+  and crop to H x W.
 * ``<id>_blob_0.mat``: what the DeepLab fork's MAT_WRITE layer wrote, variable ``data`` in
   MATLAB order W x H x C (x N=1), i.e. the C x H x W blob stored column-major
   (``data[w, h, c] = blob[c, h, w]``), already upsampled but covering the padded crop; the
@@ -40,39 +43,52 @@ def zoomed_size(size: int, zoom: int) -> int:
     return size + (size - 1) * (zoom - 1)
 
 
-def _interp_axis(n_in: int, n_out: int, n_keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source index pairs and weights of Caffe's Interp along one axis (corners aligned)."""
+def _interp_axis(n_in: int, n_out: int, start: int, n_keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source index pairs and weights of Caffe's Interp along one axis (corners aligned), for
+    output indices ``start`` .. ``start + n_keep - 1``."""
     # Caffe interp.cpp: ratio = (in - 1) / (out - 1) in float; src = ratio * dst;
     # i0 = floor(src); i1 = i0 + 1 unless i0 is the last row; lambda = src - i0.
     ratio = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0)
-    src = np.arange(n_keep, dtype=np.float32) * ratio
+    src = np.arange(start, start + n_keep, dtype=np.float32) * ratio
     i0 = np.minimum(src.astype(np.int64), n_in - 1)
     i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
     lam = (src - i0).astype(np.float32)
     return i0, i1, lam
 
 
-def upsample_scores(scores: np.ndarray, zoom: int, height: int, width: int) -> np.ndarray:
+def rows_needed(size: int, zoom: int, offset: int = 0) -> int:
+    """Stride-``zoom`` rows whose zoomed map, less ``offset`` rows, covers ``size`` pixels:
+    ceil((size - 1 + offset) / zoom) + 1."""
+    return -(-(size - 1 + offset) // zoom) + 1
+
+
+def upsample_scores(scores: np.ndarray, zoom: int, height: int, width: int, offset: int = 0) -> np.ndarray:
     """Upsample C x h x w scores like the fork's Interp layer (``zoom_factor``), crop to H x W.
 
     Output size before the crop is h + (h - 1)(zoom - 1); bilinear with corners aligned
-    (source coordinate = out_index * (in - 1) / (out - 1)). Only the kept rows and columns
-    are computed. Returns float32 C x height x width.
+    (source coordinate = out_index * (in - 1) / (out - 1), i.e. out_index / zoom). The first
+    ``offset`` rows and columns of the zoomed map are dropped (a Padding crop after the
+    Interp): pixel y samples source coordinate (y + offset) / zoom. Only the kept rows and
+    columns are computed. Returns float32 C x height x width.
     """
     scores = np.asarray(scores)
     if scores.ndim != 3:
         raise DeepLabError(f"score map must be C x h x w, got shape {scores.shape}")
     if zoom < 1:
         raise DeepLabError(f"zoom must be >= 1, got {zoom}")
+    if offset < 0:
+        raise DeepLabError(f"offset must be >= 0 (row r lies on pixel r * zoom - offset), got {offset}")
     _, h, w = scores.shape
     out_h, out_w = zoomed_size(h, zoom), zoomed_size(w, zoom)
-    if height > out_h or width > out_w or height < 1 or width < 1:
-        raise DeepLabError(f"score map {h}x{w} at zoom {zoom} covers {out_h}x{out_w} pixels, "
-                           f"not the image's {height}x{width}")
+    if height < 1 or width < 1 or height + offset > out_h or width + offset > out_w:
+        shifted = f" less the first {offset} rows and columns" if offset else ""
+        raise DeepLabError(f"score map {h}x{w} at zoom {zoom} covers {out_h}x{out_w} pixels{shifted}, "
+                           f"not the image's {height}x{width} (it needs {rows_needed(height, zoom, offset)}x"
+                           f"{rows_needed(width, zoom, offset)} rows and columns)")
     s = scores.astype(np.float32, copy=False)
-    r0, r1, rl = _interp_axis(h, out_h, height)
+    r0, r1, rl = _interp_axis(h, out_h, offset, height)
     rows = s[:, r0, :] * (1 - rl)[None, :, None] + s[:, r1, :] * rl[None, :, None]
-    c0, c1, cl = _interp_axis(w, out_w, width)
+    c0, c1, cl = _interp_axis(w, out_w, offset, width)
     out = rows[:, :, c0] * (1 - cl)[None, None, :] + rows[:, :, c1] * cl[None, None, :]
     return np.ascontiguousarray(out, dtype=np.float32)
 
@@ -83,19 +99,24 @@ def sidecar_path(path_npy: str | os.PathLike) -> str:
 
 
 def save_scores(path_npy, scores: np.ndarray, height: int, width: int, zoom: int = 8,
-                dtype="float16") -> None:
+                dtype="float16", offset: int = 0) -> None:
     """Write stride-``zoom`` C x h x w scores to ``<id>.npy`` and the sidecar ``<id>.json``.
 
-    ``height`` x ``width`` is the image's size; the zoomed map must cover it. Both files are
-    written atomically (the sidecar first, so a present ``.npy`` always has its sidecar).
+    ``height`` x ``width`` is the image's size; row ``r`` lies on pixel ``r * zoom - offset``,
+    and the zoomed map less its first ``offset`` rows and columns must cover the image. Both
+    files are written atomically (the sidecar first, so a present ``.npy`` always has its sidecar).
     """
     scores = np.asarray(scores)
     if scores.ndim != 3:
         raise DeepLabError(f"{path_npy}: scores must be C x h x w, got shape {scores.shape}")
+    if zoom < 1 or offset < 0:
+        raise DeepLabError(f"{path_npy}: zoom must be >= 1 and offset >= 0, got zoom {zoom}, offset {offset}")
     c, h, w = scores.shape
-    if zoomed_size(h, zoom) < height or zoomed_size(w, zoom) < width:
-        raise DeepLabError(f"{path_npy}: scores {h}x{w} at zoom {zoom} do not cover the image's {height}x{width}")
-    meta = {"height": int(height), "width": int(width), "zoom": int(zoom), "classes": int(c)}
+    if zoomed_size(h, zoom) < height + offset or zoomed_size(w, zoom) < width + offset:
+        at = f"zoom {zoom}, offset {offset}" if offset else f"zoom {zoom}"
+        raise DeepLabError(f"{path_npy}: scores {h}x{w} at {at} do not cover the image's {height}x{width} "
+                           f"(it needs {rows_needed(height, zoom, offset)}x{rows_needed(width, zoom, offset)})")
+    meta = {"height": int(height), "width": int(width), "zoom": int(zoom), "classes": int(c), "offset": int(offset)}
     write_bytes_atomic(sidecar_path(path_npy), (json.dumps(meta) + "\n").encode())
     with atomic_path(path_npy) as tmp:
         np.save(tmp, np.ascontiguousarray(scores, dtype=dtype))
@@ -147,17 +168,22 @@ def _read_sidecar(path_json: str) -> dict:
     except (OSError, ValueError) as e:
         raise DeepLabError(f"cannot read sidecar {path_json}: {e}") from None
     try:
-        return {k: int(meta[k]) for k in ("height", "width", "zoom", "classes")}
-    except (KeyError, TypeError, ValueError):
-        raise DeepLabError(f"{path_json}: expected integer height, width, zoom and classes, got {meta}") from None
+        out = {k: int(meta[k]) for k in ("height", "width", "zoom", "classes")}
+        out["offset"] = int(meta.get("offset", 0))  # absent in files from before the key existed
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise DeepLabError(f"{path_json}: expected integer height, width, zoom and classes "
+                           f"(and optional offset), got {meta}") from None
+    if out["zoom"] < 1 or out["offset"] < 0:
+        raise DeepLabError(f"{path_json}: zoom must be >= 1 and offset >= 0, got {meta}")
+    return out
 
 
 def load_scores(path, image_hw: tuple[int, int] | None = None) -> ScoreMap:
     """Load a score map at full image resolution (float32 C x H x W).
 
-    ``.npy`` (with its sidecar) is upsampled with the Interp alignment and cropped to the
-    recorded size; ``image_hw``, if given, must agree with it. ``.mat`` (MAT_WRITE layout)
-    is cropped to ``image_hw``, which is required there.
+    ``.npy`` (with its sidecar) is upsampled with the Interp alignment, shifted by the
+    sidecar's ``offset`` and cropped to the recorded size; ``image_hw``, if given, must agree
+    with it. ``.mat`` (MAT_WRITE layout) is cropped to ``image_hw``, which is required there.
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
@@ -176,7 +202,7 @@ def load_scores(path, image_hw: tuple[int, int] | None = None) -> ScoreMap:
             raise DeepLabError(f"{path}: scores were extracted for a {height}x{width} image, "
                                f"but the image is {image_hw[0]}x{image_hw[1]}")
         try:
-            scores = upsample_scores(raw, meta["zoom"], height, width)
+            scores = upsample_scores(raw, meta["zoom"], height, width, meta["offset"])
         except DeepLabError as e:
             raise DeepLabError(f"{path}: {e}") from None
         return ScoreMap(scores, height, width)

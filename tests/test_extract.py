@@ -114,7 +114,8 @@ def test_npy_matches_engine_forward(data, tmp_path):
         saved = np.load(out / f"{ident}.npy")
         assert saved.dtype == np.float32 and saved.shape == (3, rows, cols)
         np.testing.assert_allclose(saved, fc8[:, :rows, :cols], rtol=1e-5, atol=1e-5)
-        assert json.loads((out / f"{ident}.json").read_text()) == {"height": h, "width": w, "zoom": 8, "classes": 3}
+        assert json.loads((out / f"{ident}.json").read_text()) == {"height": h, "width": w, "zoom": 8, "classes": 3,
+                                                                   "offset": 0}
         full = load_scores(out / f"{ident}.npy")
         assert full.scores.shape == (3, h, w)  # never truncated, also for images larger than the crop
 
@@ -247,31 +248,170 @@ def test_blob_choice(data, tmp_path):
         ScoreNet(PROTOTXT, mapping={k: v for k, v in mapping().items() if k != "EXP"})
 
 
-def test_cropped_upsampling_is_not_dumped_misaligned(data, tmp_path):
-    """DeepLab's 514 nets crop the zoomed map by 7 pixels before MatWrite: fc8's row r lies on
-    pixel 8r - 7, so the default is the image-aligned map MatWrite reads, and fc8 is refused."""
-    text = (FIXTURES / "extract" / "tiny_test.prototxt").read_text()
-    mat_write = 'layers { name: "fc8_mat" type: MAT_WRITE bottom: "fc8_interp"'
-    assert mat_write in text
-    text = text.replace(mat_write, 'layers { bottom: "fc8_interp" top: "fc8_crop" name: "fc8_crop" type: PADDING\n'
-                                   '  padding_param { pad_beg: -7 pad_end: -8 } }\n'
-                                   + mat_write.replace("fc8_interp", "fc8_crop"))
-    model = tmp_path / "cropped.prototxt"
-    model.write_text(text)
-    net = ScoreNet(str(model), mapping=mapping())
-    assert (net.blob, net.zoom, net.offset) == ("fc8_crop", 1, 0)
-    # fc8_crop has 8(r - 1) + 1 - 15 rows for r fc8 rows: 20 x 27 needs r = 5 x 6, i.e. inputs
-    # 34 x 42 (34 -> 18 -> 10 -> 6, 42 -> 22 -> 12 -> 7; 33 gives 5 and 41 gives 6)
-    assert net.canvas(20, 27) == (34, 42) and net.rows(20) == 20
-    fc8 = ScoreNet(str(model), mapping=mapping(), blob="fc8_voc12")
-    assert (fc8.zoom, fc8.offset) == (8, 7)
-    root, weights = data
-    argv = ["--model", str(model), "--weights", str(weights), "--list", str(root / "list.txt"), "--root", str(root),
-            "--out", str(tmp_path / "out"), "--quiet", *SETS]
-    with pytest.raises(DeepLabError, match=r"row r lies on pixel 8r - 7"):
-        tool.main(argv + ["--blob", "fc8_voc12"])
-    assert tool.main(argv + ["--blob", "fc8_voc12", "--format", "mat"]) == 0  # the .mat is MatWrite's blob
-    assert tool.main(argv + ["--out", str(tmp_path / "npy"), "--dtype", "float32"]) == 0
-    full = load_scores(tmp_path / "npy" / "tall.npy")
-    mat = load_scores(tmp_path / "out" / "tall_blob_0.mat", (50, 37))
-    np.testing.assert_allclose(full.scores, mat.scores, rtol=1e-5, atol=1e-5)
+# A tiny net in the style of DeepLab's 514 test nets (prototxt/voc12/DeepLab/test.prototxt): a crop
+# of 8k + 2 = 34 pixels; pool1-3 MAX 2x2 stride 2 pad 1 and pool4 2x2 stride 1 pad 1 give
+# 34 -> 18 -> 10 -> 6 -> 7 fc8 rows; Interp zoom 8 makes 49, Padding -7/-8 crops back to 34,
+# so fc8 row r lies on pixel 8r - 7.
+TINY_514 = """name: "tiny514"
+layer { name: "data" type: "ImageSegData" top: "data"
+  image_data_param { source: "unused.txt" batch_size: 1 label_type: NONE has_label: false }
+  transform_param { mean_value: 104.008 mean_value: 116.669 mean_value: 122.675 crop_size: 34 mirror: false } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 pad: 1 kernel_size: 3 weight_filler { type: "gaussian" std: 0.02 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+  convolution_param { num_output: 5 pad: 1 kernel_size: 3 weight_filler { type: "gaussian" std: 0.2 } } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 } }
+layer { name: "pool3" type: "Pooling" bottom: "pool2" top: "pool3"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 } }
+layer { name: "pool4" type: "Pooling" bottom: "pool3" top: "pool4"
+  pooling_param { pool: MAX kernel_size: 2 stride: 1 pad: 1 } }
+layer { name: "fc6" type: "Convolution" bottom: "pool4" top: "fc6"
+  convolution_param { num_output: 6 pad: 2 dilation: 2 kernel_size: 3 weight_filler { type: "gaussian" std: 0.2 } } }
+layer { name: "relu6" type: "ReLU" bottom: "fc6" top: "fc6" }
+layer { name: "fc8_voc12" type: "Convolution" bottom: "fc6" top: "fc8_voc12"
+  convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "fc8_interp" type: "Interp" bottom: "fc8_voc12" top: "fc8_interp" interp_param { zoom_factor: 8 } }
+layer { name: "fc8_crop" type: "Padding" bottom: "fc8_interp" top: "fc8_crop"
+  padding_param { pad_beg: -7 pad_end: -8 } }
+layer { name: "fc8_mat" type: "MatWrite" bottom: "fc8_crop"
+  mat_write_param { prefix: "${FEATURE_DIR}/" } include { phase: TEST } }
+"""
+# id -> (canvas, fc8 rows x cols kept = ceil((H - 1 + 7) / 8) + 1). 20 -> 5, 27 -> 6, 33 -> 6,
+# 50 -> 8, 37 -> 7, 21 -> 5, 45 -> 8. The crop (7 x 7 fc8, 34 x 34 cropped map) covers small
+# and exact. Larger images get the smallest canvas on which the net's own cropped map (n fc8
+# rows -> 8(n - 1) + 1 - 15) covers them too, as --format mat needs, so that both formats
+# come from the same canvas: 50 rows need n = 9 (input 50 -> 26 -> 14 -> 8 -> 9), 37 and 45
+# columns need n = 8 and 9 (inputs 42 -> 22 -> 12 -> 7 -> 8 and 50); 41 would give only 7.
+GEOMETRY_514 = {"small": ((34, 34), (5, 6)), "exact": ((34, 34), (6, 6)), "tall": ((50, 42), (8, 7)),
+                "wide": ((34, 50), (5, 8))}
+
+
+@pytest.fixture(scope="module")
+def net514(data, tmp_path_factory):
+    """The 514-style model file and random weights for it."""
+    folder = tmp_path_factory.mktemp("net514")
+    model = folder / "test.prototxt"
+    model.write_text(TINY_514)
+    torch.manual_seed(1)
+    weights = folder / "tiny514.caffemodel"
+    Net(str(model), "TEST", mapping={"FEATURE_DIR": str(folder)}).save(weights)
+    return model, weights
+
+
+def run514(data, net514, out, *extra):
+    root = data[0]
+    model, weights = net514
+    return tool.main(["--model", str(model), "--weights", str(weights), "--list", str(root / "list.txt"),
+                      "--root", str(root), "--out", str(out), "--quiet", "--set", "FEATURE_DIR=unused", *extra])
+
+
+def reference514(data, net514, ident, feature_dir):
+    """The whole 514-style net (MatWrite included) on the hand-made canvas: fc8, its zoomed map
+    and the cropped zoomed map, which MatWrite also writes to ``feature_dir/iter_0_0_blob_0.mat``."""
+    root = data[0]
+    model, weights = net514
+    h, w, _, _ = IMAGES[ident]
+    (ch, cw), _ = GEOMETRY_514[ident]
+    canvas = np.zeros((ch, cw, 3), np.float32)
+    canvas[:h, :w] = cv2.imread(str(root / "JPEGImages" / f"{ident}.png")).astype(np.float32) - MEAN
+    net = Net(str(model), "TEST", mapping={"FEATURE_DIR": str(feature_dir)}, input_shapes={"data": (1, 3, ch, cw)})
+    net.copy_from(str(weights))
+    with torch.no_grad():
+        blobs = net({"data": torch.from_numpy(canvas.transpose(2, 0, 1)[None].copy())},
+                    outputs=["fc8_voc12", "fc8_interp", "fc8_crop"])
+    return tuple(blobs[b][0].numpy() for b in ("fc8_voc12", "fc8_interp", "fc8_crop"))
+
+
+def test_514_geometry(net514):
+    model = str(net514[0])
+    net = ScoreNet(model, mapping={"FEATURE_DIR": "unused"})
+    assert (net.blob, net.zoom, net.offset, net.crop) == ("fc8_voc12", 8, 7, 34)
+    assert net.out_hw(34, 34) == (7, 7)
+    for ident, (canvas, kept) in GEOMETRY_514.items():
+        h, w = IMAGES[ident][:2]
+        assert net.canvas(h, w) == canvas
+        assert (net.rows(h), net.rows(w)) == kept
+    # the image-aligned stride-1 map can still be asked for by name
+    crop = ScoreNet(model, mapping={"FEATURE_DIR": "unused"}, blob="fc8_crop")
+    assert (crop.zoom, crop.offset) == (1, 0)
+
+
+def test_514_npy_equals_the_nets_cropped_upsampling(data, net514, tmp_path):
+    import densecrf.io
+
+    out, labels = tmp_path / "npy", tmp_path / "labels"
+    classes = tmp_path / "three.txt"
+    classes.write_text("0 background 0 0 0\n1 cat 10 20 30\n2 dog 40 50 60\n")
+    assert run514(data, net514, out, "--dtype", "float32", "--batch", "2", "--labels-out", str(labels),
+                  "--classes", str(classes)) == 0
+    for ident, (h, w, _, _) in IMAGES.items():
+        (ch, cw), (rows, cols) = GEOMETRY_514[ident]
+        feature_dir = tmp_path / f"engine_{ident}"
+        fc8, zoomed, cropped = reference514(data, net514, ident, feature_dir)
+        assert cropped.shape == (3, ch, cw)
+        saved = np.load(out / f"{ident}.npy")
+        assert saved.shape == (3, rows, cols)  # stride 8, not the stride-1 map
+        np.testing.assert_allclose(saved, fc8[:, :rows, :cols], rtol=1e-5, atol=1e-5)
+        assert json.loads((out / f"{ident}.json").read_text()) == {"height": h, "width": w, "zoom": 8, "classes": 3,
+                                                                   "offset": 7}
+        full = load_scores(out / f"{ident}.npy").scores
+        # the net's own cropped map, and what its MatWrite wrote, over the image area
+        np.testing.assert_allclose(full, cropped[:, :h, :w], rtol=1e-5, atol=1e-5)
+        engine = scipy.io.loadmat(feature_dir / "iter_0_0_blob_0.mat")["data"][..., 0].transpose(2, 1, 0)
+        np.testing.assert_allclose(full, engine[:, :h, :w], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(full, zoomed[:, 7:7 + h, 7:7 + w], rtol=1e-5, atol=1e-5)  # Interp, drop 7
+        # without the offset the map would be 7 pixels off
+        assert not np.allclose(upsample_scores(saved, 8, h, w), full, atol=1e-3)
+        label = read_label(labels / f"{ident}.png")
+        np.testing.assert_array_equal(label, full.argmax(0))
+        # the CRF stage reads it unchanged
+        image, scores = densecrf.io.load_pair(str(data[0] / "JPEGImages"), str(out), ident)
+        assert image.shape == (h, w, 3) and (scores.height, scores.width) == (h, w)
+        np.testing.assert_array_equal(scores.scores, full)
+
+
+def test_514_mat_is_the_cropped_map(data, net514, tmp_path):
+    """--format mat dumps MatWrite's bottom, the cropped map, over the same canvas as .npy."""
+    assert run514(data, net514, tmp_path / "mat", "--format", "mat") == 0
+    assert run514(data, net514, tmp_path / "npy", "--dtype", "float32") == 0
+    for ident, (h, w, _, _) in IMAGES.items():
+        (ch, cw), _ = GEOMETRY_514[ident]
+        data_ = scipy.io.loadmat(tmp_path / "mat" / f"{ident}_blob_0.mat")["data"]
+        assert data_.shape == (cw, ch, 3, 1)  # MATLAB W x H x C x N
+        mat = load_scores(tmp_path / "mat" / f"{ident}_blob_0.mat", (h, w)).scores
+        np.testing.assert_allclose(load_scores(tmp_path / "npy" / f"{ident}.npy").scores, mat, rtol=1e-5, atol=1e-5)
+
+
+def test_padding_before_mat_write_is_refused(data, net514, tmp_path):
+    """A Padding that adds rows puts fc8's row r on pixel 8r + 1: no offset >= 0 records that."""
+    model = tmp_path / "padded.prototxt"
+    model.write_text(TINY_514.replace("pad_beg: -7 pad_end: -8", "pad_beg: 1 pad_end: 0"))
+    net = ScoreNet(str(model), mapping={"FEATURE_DIR": "unused"})
+    assert (net.blob, net.zoom, net.offset) == ("fc8_voc12", 8, -1)
+    root = data[0]
+    argv = ["--model", str(model), "--weights", str(net514[1]), "--list", str(root / "list.txt"), "--root", str(root),
+            "--out", str(tmp_path / "out"), "--quiet", "--set", "FEATURE_DIR=unused"]
+    with pytest.raises(DeepLabError, match=r"row r lies on pixel 8r \+ 1 .* --blob 'fc8_crop'"):
+        tool.main(argv)
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+@pytest.mark.parametrize("variant, offset", [("DeepLab", 7), ("DeepLab-4x4", 7), ("DeepLab-7x7", 7),
+                                             ("DeepLab-LargeFOV", 0)])
+def test_release_nets_dump_fc8_with_their_offset(variant, offset):
+    """The release's test nets: fc8 at stride 8 is dumped, with the 514 nets' offset of 7."""
+    from deeplab.extract import default_blob, mat_write_chain
+    from deeplab.net import PHASES, filter_layers
+    from deeplab.prototxt import parse_net
+
+    mapping = {"DATA_ROOT": "", "LIST_DIR": "", "TEST_SET": "val", "FEATURE_DIR": "f", "NUM_LABELS": "21"}
+    layers = filter_layers(parse_net(str(REPO / "prototxt" / "voc12" / variant / "test.prototxt"), mapping),
+                           PHASES["TEST"])
+    blob = default_blob(layers)
+    assert blob == "fc8_voc12"
+    assert mat_write_chain(layers, blob) == ("fc8_crop" if offset else "fc8_interp", offset)

@@ -26,12 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "Preprocessing comes from the net's ImageSegData layer: the BGR image minus transform_param's\n"
                     "mean_value, placed top-left on a crop_size canvas padded with the mean colour. An image larger\n"
                     "than the crop runs at its own size, padded up until the scores cover it: nothing is truncated.\n"
-                    "The stride-8 score rows/cols covering an H x W image are kept: ceil((H-1)/8)+1 x ceil((W-1)/8)+1.\n"
-                    "Nets that crop the upsampled map before MatWrite (DeepLab's 514 nets) are dumped at full\n"
-                    "resolution (stride 1) from the blob MatWrite reads, which is the one aligned with the image.",
+                    "The stride-8 score rows/cols covering an H x W image are kept: ceil((H-1+o)/8)+1 x ceil((W-1+o)/8)+1,\n"
+                    "where o is the net's offset: 0, or 7 for nets that crop the zoomed map before MatWrite (DeepLab's\n"
+                    "514 nets: Interp, then Padding -7/-8), whose fc8 row r lies on pixel 8r - 7 (recorded in the sidecar).",
         epilog="Outputs per id (X = the image file's stem, or the id itself in an id list):\n"
-               "  npy: OUT/X.npy (C x h x w stride-8 scores) + OUT/X.json {height, width, zoom, classes};\n"
-               "       deeplab.scoremaps.load_scores() upsamples them like the Interp layer.\n"
+               "  npy: OUT/X.npy (C x h x w stride-8 scores) + OUT/X.json {height, width, zoom, classes, offset};\n"
+               "       deeplab.scoremaps.load_scores() upsamples them like the Interp layer, dropping the first\n"
+               "       offset rows/cols.\n"
                "  mat: OUT/X_blob_0.mat, exactly what the fork's MAT_WRITE wrote: the zoom-8 upsampled blob\n"
                "       over the whole padded canvas, variable 'data', MATLAB order W x H x C x 1 (float32).\n"
                "  --labels-out: DIR/X.png, argmax of the full-resolution scores as a palette PNG.\n"
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="", help="folder the list's paths are relative to (the release's DATA_ROOT)")
     p.add_argument("--out", required=True, help="output folder for score maps")
     p.add_argument("--blob", default=None,
-                   help="blob to dump (default: the bottom of the Interp that feeds MatWrite, e.g. fc8_voc12; "
+                   help="blob to dump (default: the bottom of the zoom Interp that feeds MatWrite, through any Padding, "
+                        "e.g. fc8_voc12; "
                         "else the net's only fc8* blob)")
     p.add_argument("--format", choices=("npy", "mat"), default="npy", help="npy (default) or mat (MAT_WRITE layout)")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16",
