@@ -10,7 +10,7 @@ from deeplab.cli import parse_shard, run_main
 
 from .backends import BACKENDS, DEFAULT_BACKEND
 from .batch import BatchJob, run_batch, select_shard, summary
-from .io import read_id_list
+from .io import read_ids
 from .params import NORMALIZATIONS, CRFParams
 
 DESCRIPTION = "Refine dumped score maps with the fully connected CRF (DeepLab, Section 4.2), in parallel."
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     job = BatchJob(images_dir=args.images, scores_dir=args.scores, out_dir=args.out, params=params_from_args(args),
                    backend=args.backend, save_prob=args.save_prob, prob_dtype=args.prob_dtype,
                    palette=palette, num_classes=num_classes)
-    ids = select_shard(read_id_list(args.list), parse_shard(args.shard))
+    ids = select_shard(read_ids(args.list), parse_shard(args.shard))
     result = run_batch(job, ids, workers=args.jobs, force=args.force, progress=not args.quiet)
     print(summary(result, args.out), file=sys.stderr if result.failed else sys.stdout)
     return 1 if result.failed else 0

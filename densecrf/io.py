@@ -6,42 +6,10 @@ import os
 import numpy as np
 
 from deeplab import DeepLabError
+from deeplab.lists import read_ids
 from deeplab.scoremaps import ScoreMap, load_scores
 
 IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG", ".ppm", ".bmp")
-
-
-def read_id_list(path: str | os.PathLike) -> list[str]:
-    """Image ids from a list file.
-
-    A line is either an id (``2007_000033``) or release-style
-    ``/JPEGImages/2007_000033.jpg /SegmentationClassAug/2007_000033.png``: the id is the
-    basename of the first column without its extension. Blank lines and ``#`` comments are skipped.
-    """
-    ids: list[str] = []
-    seen: dict[str, int] = {}
-    try:
-        with open(path) as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        raise DeepLabError(f"list file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DeepLabError(f"cannot read list file {path}: {e}") from None
-    for lineno, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        first = line.split()[0]
-        image_id = os.path.splitext(os.path.basename(first))[0]
-        if not image_id:
-            raise DeepLabError(f"{path}:{lineno}: no image id in {line!r}")
-        if image_id in seen:
-            raise DeepLabError(f"{path}:{lineno}: id {image_id!r} repeats line {seen[image_id]}")
-        seen[image_id] = lineno
-        ids.append(image_id)
-    if not ids:
-        raise DeepLabError(f"list file {path} holds no image ids")
-    return ids
 
 
 def find_image(images_dir: str, image_id: str) -> str:

@@ -113,8 +113,11 @@ def test_read_ids_both_list_styles(tmp_path):
     p = tmp_path / "l.txt"
     p.write_text("2007_000033\n\n/JPEGImages/2007_000042.jpg /SegmentationClassAug/2007_000042.png\n")
     assert read_ids(p) == ["2007_000033", "2007_000042"]
-    with pytest.raises(DeepLabError, match="cannot read list file"):
+    with pytest.raises(DeepLabError, match="list file .*nope.txt not found"):
         read_ids(tmp_path / "nope.txt")
+    p.write_text("a\nb\na\n")
+    with pytest.raises(DeepLabError, match=r"l.txt:3: id 'a' repeats line 1"):
+        read_ids(p)
 
 
 def test_table_layout_and_json_roundtrip(tmp_path):

@@ -238,7 +238,7 @@ def test_test_net_forward_writes_scores(variant, size, tmp_path):
     with torch.inference_mode():
         net({"data": torch.randn(1, 3, size, size)})
     data = scipy.io.loadmat(tmp_path / "feat" / "val" / "fc8" / "img0_blob_0.mat")["data"]
-    assert data.shape == (size, size, 21)      # MATLAB order W x H x C
+    assert data.shape == (size, size, 21, 1)   # MATLAB order W x H x C x N
     assert np.isfinite(data).all() and data.std() > 0
 
 

@@ -9,7 +9,7 @@ from deeplab import DeepLabError
 from deeplab.cli import run_main, write_bytes_atomic
 from deeplab.labels import load_classes
 from densecrf.backends import BACKENDS, DEFAULT_BACKEND
-from densecrf.io import read_id_list
+from deeplab.lists import read_ids
 from densecrf.params import NORMALIZATIONS, CRFParams
 from densecrf.search import (COARSE, SearchData, check_inputs, choose_subset, open_run, parse_grid,
                              plot_heatmap, run_search)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     base = CRFParams(iters=args.iters, pos_w=args.pos_w, pos_xy_std=args.pos_xy_std, normalization=args.normalization)
     coarse = {"bi_w": parse_grid(args.bi_w), "bi_xy_std": parse_grid(args.bi_xy_std),
               "bi_rgb_std": parse_grid(args.bi_rgb_std)}
-    ids = choose_subset(read_id_list(args.list), args.n, args.seed)
+    ids = choose_subset(read_ids(args.list), args.n, args.seed)
     data = SearchData(args.images, args.scores, args.labels, tuple(ids), load_classes(args.classes).num_classes,
                       args.ignore_label, args.backend)
     check_inputs(data)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from .. import DeepLabError
 from ..cli import atomic_path
 from ..labels import load_classes, read_label, write_label
+from ..lists import read_ids
 from .download import copy_or_link
 
 # Public addresses of the two archives and their published MD5 sums.
@@ -30,21 +31,6 @@ VOC_CLASSES = 21
 
 
 # ---------------------------------------------------------------- list files
-def read_ids(path: str | os.PathLike) -> list[str]:
-    """Ids from an id list (one per line) or a release list (first token's stem)."""
-    ids = []
-    try:
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) > 2:
-                    raise DeepLabError(f"{path}:{lineno}: expected an id or 'image [label]', got {line.strip()!r}")
-                ids.append(os.path.splitext(os.path.basename(parts[0]))[0])
-    except FileNotFoundError:
-        raise DeepLabError(f"list file {path} not found") from None
-    return ids
 
 
 def write_list(list_dir: str | os.PathLike, name: str, ids: list[str], image_fmt: str,

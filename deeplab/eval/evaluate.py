@@ -18,29 +18,10 @@ from tqdm import tqdm
 from .. import DeepLabError
 from ..cli import write_bytes_atomic
 from ..labels import read_label
+from ..lists import read_ids  # noqa: F401  (re-exported for tools and tests)
 from .confusion import ConfusionMatrix
 from .tables import format_table
 from .trimap import TrimapAccumulator, void_distance
-
-
-def read_ids(list_path: str | os.PathLike) -> list[str]:
-    """Ids from a list file: one id per line, or release-style ``/JPEGImages/X.jpg /Seg.../X.png``.
-
-    The id is the base name of the first column without its extension.
-    """
-    try:
-        with open(list_path) as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise DeepLabError(f"cannot read list file {list_path}: {e.strerror}") from None
-    ids = []
-    for line in lines:
-        parts = line.split()
-        if parts and not parts[0].startswith("#"):
-            ids.append(os.path.splitext(os.path.basename(parts[0]))[0])
-    if not ids:
-        raise DeepLabError(f"list file {list_path} holds no ids")
-    return ids
 
 
 def _read(folder: str, image_id: str, what: str) -> np.ndarray:
