@@ -2,12 +2,10 @@
 
 One iteration (Solver::Step): clear the diffs; test every ``test_interval``; ``iter_size``
 forward/backward passes accumulating diffs; average the diffs over processes (Caffe's
-multi-GPU P2PSync does the same); then SGDSolver::ApplyUpdate: the learning rate of the
-policy, ClipGradients (global L2 norm over every learnable diff, before normalisation),
-and per learnable param Normalize (diff /= iter_size), Regularize (diff += weight_decay x
-decay_mult x w, or x sign(w) for L1), ComputeUpdateValue (v = momentum v + rate x lr_mult x
-diff) and w -= v. Snapshots are ``<prefix>_iter_N.caffemodel`` + ``.solverstate``. Log
-lines are glog-formatted as Caffe prints them, so Caffe log parsers read them.
+multi-GPU P2PSync does the same); then SGDSolver::ApplyUpdate (the learning-rate policy,
+ClipGradients, and per param Normalize, Regularize, ComputeUpdateValue, w -= v: these live
+in deeplab.sgd). Snapshots are ``<prefix>_iter_N.caffemodel`` + ``.solverstate``. Log lines
+are glog-formatted as Caffe prints them, so Caffe log parsers read them.
 
 Randomness is a function of (seed, iteration): dropout is reseeded from (seed, iteration,
 pass, rank) before each pass and data positions follow the iteration (deeplab.data.imageseg),
@@ -27,116 +25,7 @@ import torch
 
 from . import DeepLabError
 from .io import SolverState, load_solverstate, save_solverstate
-
-POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
-_f32 = np.float32
-
-
-# ------------------------------------------------------------------ learning rate
-def learning_rate(param, it: int, current_step: int = 0) -> tuple[float, int]:
-    """Caffe's SGDSolver::GetLearningRate at iteration ``it`` -> (rate, new current_step).
-
-    Float32 arithmetic where Caffe's is (Dtype = float); ``pow(float, int)`` promotes to
-    double in C++, so those powers are taken in double, as Caffe's are.
-    """
-    policy = param.lr_policy
-    base, gamma, power = _f32(param.base_lr), _f32(param.gamma), _f32(param.power)
-    if policy == "fixed":
-        rate = base
-    elif policy == "step":
-        _need(param.stepsize > 0, "lr_policy 'step' needs stepsize > 0")
-        current_step = it // param.stepsize
-        rate = float(base) * float(gamma) ** current_step
-    elif policy == "exp":
-        rate = float(base) * float(gamma) ** it
-    elif policy == "inv":
-        rate = base * np.power(_f32(1) + gamma * _f32(it), -power)
-    elif policy == "multistep":
-        # One step per call, as Caffe (called every iteration).
-        if current_step < len(param.stepvalue) and it >= param.stepvalue[current_step]:
-            current_step += 1
-        rate = float(base) * float(gamma) ** current_step
-    elif policy == "poly":
-        _need(param.max_iter > 0, "lr_policy 'poly' needs max_iter > 0")
-        rate = base * np.power(_f32(1) - _f32(it) / _f32(param.max_iter), power)
-    elif policy == "sigmoid":
-        _need(param.stepsize > 0, "lr_policy 'sigmoid' needs stepsize > 0")
-        rate = base * (_f32(1) / (_f32(1) + np.exp(-gamma * (_f32(it) - _f32(param.stepsize)))))
-    else:
-        raise DeepLabError(f"solver: unknown lr_policy {policy!r} (one of {', '.join(POLICIES)})")
-    return float(_f32(rate)), current_step
-
-
-def lr_at(param, it: int) -> float:
-    """The learning rate at iteration ``it`` of a run started at 0 (multistep replayed)."""
-    step = 0
-    if param.lr_policy == "multistep":
-        step = sum(1 for v in param.stepvalue[:] if it > v)  # steps taken before this call
-    return learning_rate(param, it, step)[0]
-
-
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise DeepLabError(f"solver: {message}")
-
-
-def check_solver(param) -> None:
-    """Caffe's solver parameter checks, as one-line errors."""
-    _need(param.type in ("SGD", ""), f"type {param.type!r} is not supported (only SGD)")
-    _need(param.lr_policy in POLICIES, f"unknown lr_policy {param.lr_policy!r} (one of {', '.join(POLICIES)})")
-    _need(param.iter_size >= 1, "iter_size must be >= 1")
-    _need(param.average_loss >= 1, "average_loss must be >= 1")
-    _need(param.max_iter >= 0, "max_iter must be >= 0")
-    _need(param.regularization_type in ("L1", "L2"),
-          f"unknown regularization_type {param.regularization_type!r} (L1 or L2)")
-    _need(param.gamma >= 0 or param.lr_policy in ("fixed", "poly"), "gamma must be >= 0")
-    _need(list(param.stepvalue) == sorted(param.stepvalue), "stepvalue must be increasing")
-
-
-# ------------------------------------------------------------------ the update rule
-class SGD:
-    """Caffe's SGD update over a net's learnable params, with the momentum history."""
-
-    def __init__(self, params, param):
-        self.params = params
-        self.history = [torch.zeros_like(p.param, memory_format=torch.preserve_format) for p in params]
-        self.momentum = _f32(param.momentum)
-        self.weight_decay = _f32(param.weight_decay)
-        self.l1 = param.regularization_type == "L1"
-        self.clip = _f32(param.clip_gradients)
-        self.iter_size = int(param.iter_size)
-
-    @torch.no_grad()
-    def clip_gradients(self) -> tuple[float, float] | None:
-        """ClipGradients: scale every diff down if their global L2 norm exceeds the
-        threshold. Returns (norm, scale) when it did."""
-        if self.clip < 0:
-            return None
-        grads = [p.param.grad for p in self.params if p.param.grad is not None]
-        if not grads:
-            return None
-        norm = float(torch.sqrt(sum(g.float().pow(2).sum() for g in grads)))
-        if norm > self.clip:
-            scale = float(self.clip / _f32(norm))
-            for g in grads:
-                g.mul_(scale)
-            return norm, scale
-        return None
-
-    @torch.no_grad()
-    def update(self, rate: float) -> None:
-        """Normalize, Regularize, ComputeUpdateValue for each param, then w -= v."""
-        norm = float(_f32(1) / _f32(self.iter_size))
-        for p, v in zip(self.params, self.history):
-            w = p.param
-            g = w.grad if w.grad is not None else torch.zeros_like(w)  # no path to the loss: zero diff
-            if self.iter_size > 1:
-                g.mul_(norm)
-            decay = float(self.weight_decay * _f32(p.decay_mult))
-            if decay:
-                g.add_(torch.sign(w) if self.l1 else w, alpha=decay)
-            v.mul_(float(self.momentum)).add_(g, alpha=float(_f32(rate) * _f32(p.lr_mult)))
-            w.sub_(v)
+from .sgd import SGD, check_solver, learning_rate
 
 
 # ------------------------------------------------------------------ log lines
@@ -205,8 +94,9 @@ class Solver:
         self.test_nets, self.test_feeds = list(test_nets), list(test_feeds)
         self.seed, self.device = int(seed), torch.device(device)
         self.rank, self.world = (dist.rank, dist.world) if dist is not None else (0, 1)
-        _need(self.rank != 0 or len(self.test_nets) == len(param.test_iter),
-              f"{len(self.test_nets)} test net(s) but {len(param.test_iter)} test_iter value(s); give one per test net")
+        if self.rank == 0 and len(self.test_nets) != len(param.test_iter):
+            raise DeepLabError(f"solver: {len(self.test_nets)} test net(s) but {len(param.test_iter)} test_iter "
+                               f"value(s); give one per test net")
         self.dist = dist
         self.log = log if (log is not None and self.rank == 0) else None
         self.amp = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]

@@ -19,11 +19,12 @@ import torch
 from conftest import FIXTURES, REPO
 from deeplab import DeepLabError
 from deeplab.cli import run_main
-from deeplab.extract import ScoreNet, read_list
+from deeplab.extract import read_list
 from deeplab.labels import read_label
 from deeplab.layers.output import blob_to_matlab
 from deeplab.net import Net
 from deeplab.scoremaps import load_scores, upsample_scores
+from deeplab.scorenet import ScoreNet
 
 PROTOTXT = str(FIXTURES / "extract" / "tiny_test.prototxt")
 MEAN = np.array([104.008, 116.669, 122.675], np.float32)
@@ -405,9 +406,9 @@ def test_padding_before_mat_write_is_refused(data, net514, tmp_path):
                                              ("DeepLab-LargeFOV", 0)])
 def test_release_nets_dump_fc8_with_their_offset(variant, offset):
     """The release's test nets: fc8 at stride 8 is dumped, with the 514 nets' offset of 7."""
-    from deeplab.extract import default_blob, mat_write_chain
     from deeplab.net import PHASES, filter_layers
     from deeplab.prototxt import parse_net
+    from deeplab.scorenet import default_blob, mat_write_chain
 
     mapping = {"DATA_ROOT": "", "LIST_DIR": "", "TEST_SET": "val", "FEATURE_DIR": "f", "NUM_LABELS": "21"}
     layers = filter_layers(parse_net(str(REPO / "prototxt" / "voc12" / variant / "test.prototxt"), mapping),

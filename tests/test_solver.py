@@ -15,7 +15,8 @@ from deeplab.io import load_caffemodel, load_solverstate
 from deeplab.net import LearnableParam, Net
 from deeplab.proto import caffe_pb2 as pb
 from deeplab.prototxt import parse_solver
-from deeplab.solver import SGD, Solver, learning_rate, lr_at
+from deeplab.sgd import SGD, learning_rate, lr_at
+from deeplab.solver import Solver
 
 GOLDEN = FIXTURES / "golden"
 SOLVERS = ["solver_step", "solver_poly", "solver_multistep"]

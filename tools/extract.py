@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from deeplab.extract import Outputs, ScoreNet, extract, read_list, shard
+    from deeplab.extract import Outputs, extract, read_list, shard
+    from deeplab.scorenet import ScoreNet
     from deeplab.labels import load_classes
 
     for what, path in (("--model", args.model), ("--weights", args.weights), ("--list", args.list)):

@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     from deeplab import distributed
     from deeplab.data.imageseg import NetFeed
     from deeplab.prototxt import parse_solver
-    from deeplab.solver import CaffeLog, Solver, check_solver
+    from deeplab.sgd import check_solver
+    from deeplab.solver import CaffeLog, Solver
 
     if args.weights and args.snapshot:
         raise DeepLabError("give --snapshot to resume or --weights to finetune, not both")

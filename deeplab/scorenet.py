@@ -1,0 +1,278 @@
+"""The net side of score-map extraction: a test prototxt cut down to its score blob.
+
+The test net's data layer (ImageSegData) gives the preprocessing: ``transform_param.mean_value``
+(BGR), ``scale`` and ``crop_size``; an image (BGR, 0-255) minus the mean is placed top-left on
+a zero canvas (zero after subtraction = the mean colour, the fork's padding) of crop x crop
+pixels. An image larger than the crop is never truncated: its canvas grows to the smallest
+size whose output still covers it.
+
+The net is cut down to the layers the score blob needs (no MatWrite side effects, no
+label), and the score blob's stride-``zoom`` rows and columns covering the image are kept:
+``rows = ceil((H - 1 + offset) / zoom) + 1``, since the fork's zoom Interp maps ``r`` rows
+onto ``(r - 1) * zoom + 1`` pixels, of which a Padding crop between the Interp and MatWrite
+(DeepLab's 514 nets: -7 / -8) drops the first ``offset``. The batch run over an image list
+is deeplab.extract.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import DeepLabError
+from .net import PHASES, Net, filter_layers
+from .prototxt import parse_net
+from .scoremaps import rows_needed
+
+_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ----------------------------------------------------------------------------- the net
+def find_data_layer(layers):
+    """The test net's ImageSegData layer (its transform_param is the preprocessing)."""
+    found = [lp for lp in layers if lp.type == "ImageSegData"]
+    if not found:
+        types = sorted({lp.type for lp in layers})
+        raise DeepLabError(f"the test net has no ImageSegData layer in the TEST phase (layer types: {types})")
+    return found[0]
+
+
+def default_blob(layers) -> str:
+    """The stride-8 blob behind what the fork dumped: walking back from MatWrite through
+    Padding layers, the bottom of the zoom Interp (DeepLab's 514 nets: fc8, Interp, Padding
+    -7/-8, MatWrite; :func:`mat_write_chain` gives the offset); MatWrite's own bottom if no
+    zoom Interp leads there; without MatWrite the only fc8* top."""
+    producer = {t: lp for lp in layers for t in lp.top}
+    for lp in layers:
+        if lp.type == "MatWrite" and lp.bottom:
+            src = producer.get(lp.bottom[0])
+            for _ in range(len(layers)):
+                if src is None or src.type not in ("Padding", "Interp") or not src.bottom:
+                    break
+                if src.type == "Interp":
+                    if _is_zoom(src):
+                        return src.bottom[0]
+                    break
+                src = producer.get(src.bottom[0])
+            return lp.bottom[0]
+    fc8 = sorted({t for lp in layers for t in lp.top if t.startswith("fc8")})
+    if len(fc8) == 1:
+        return fc8[0]
+    raise DeepLabError(f"cannot tell which blob holds the scores (no MatWrite; fc8 blobs: {fc8}); pass --blob NAME")
+
+
+def mat_write_chain(layers, blob: str):
+    """Follow ``blob`` through the Interp / Padding layers that lead to MatWrite.
+
+    Returns (MatWrite's bottom, offset) where score row ``r`` of ``blob`` lies on image pixel
+    ``r * zoom - offset`` (the fork's MatWrite bottom is aligned with the image), or
+    (None, 0) when ``blob`` does not reach MatWrite that way.
+    """
+    consumers: dict[str, list] = {}
+    for lp in layers:
+        for b in set(lp.bottom):
+            consumers.setdefault(b, []).append(lp)
+    cur, shift, scale = blob, 0, 1  # index in cur = (blob index) * scale + shift
+    for _ in range(len(layers)):
+        nxt = [lp for lp in consumers.get(cur, []) if lp.type in ("MatWrite", "Interp", "Padding")]
+        if len(nxt) != 1:
+            return None, 0
+        lp = nxt[0]
+        if lp.type == "MatWrite":
+            return cur, -shift
+        if lp.type == "Interp":
+            p = lp.interp_param
+            if not _is_zoom(lp):
+                return None, 0
+            shift, scale = (shift + p.pad_beg) * p.zoom_factor, scale * p.zoom_factor
+        else:
+            shift += lp.padding_param.pad_beg
+        cur = lp.top[0]
+    return None, 0
+
+
+def prune_layers(layers, targets) -> list:
+    """The layers needed to compute ``targets`` (walking back from the end), in order."""
+    needed, kept = set(targets), []
+    for lp in reversed(layers):
+        if needed & set(lp.top):
+            kept.append(lp)
+            needed |= set(lp.bottom)
+    return kept[::-1]
+
+
+def _mean_scale(lp) -> tuple[np.ndarray, float]:
+    tp = lp.transform_param
+    if tp.mean_file:
+        raise DeepLabError(f"layer {lp.name!r}: transform_param.mean_file is not supported; give mean_value x3 (BGR)")
+    means = list(tp.mean_value)
+    if len(means) not in (0, 1, 3):
+        raise DeepLabError(f"layer {lp.name!r}: transform_param needs 1 or 3 mean_value entries, got {len(means)}")
+    mean = np.array(means * (3 if len(means) == 1 else 1) if means else [0.0] * 3, dtype=np.float32)
+    return mean, float(tp.scale) if tp.HasField("scale") else 1.0
+
+
+class ScoreNet:
+    """A test prototxt cut down to its score blob, with weights, preprocessing and geometry.
+
+    ``blob`` defaults to :func:`default_blob`. ``zoom`` is the blob's stride (the zoom_factor
+    of the Interp after it, checked against the strides the net really has). With
+    ``want_mat`` the forward also returns MAT_WRITE's upsampled blob over the whole canvas.
+    ``offset``: score row r lies on pixel ``r * zoom - offset`` (0 unless the net crops the
+    upsampled map before MatWrite, as DeepLab's 514 nets do by 7 pixels); it is what the
+    ``.npy`` sidecar records.
+    """
+
+    def __init__(self, model, weights=None, blob: str | None = None, mapping=None, device="cpu",
+                 amp: str | None = None, want_mat: bool = False, channels_last: bool = True):
+        param = parse_net(model, mapping)
+        layers = filter_layers(param, PHASES["TEST"])
+        data = find_data_layer(layers)
+        self.input_name = data.top[0]
+        self.mean, self.scale = _mean_scale(data)
+        self.crop = int(data.transform_param.crop_size) or None
+        tops = {t for lp in layers for t in lp.top}
+        self.blob = blob or default_blob(layers)
+        if self.blob not in tops:
+            raise DeepLabError(f"--blob {self.blob!r} is not a blob of the test net (blobs: {sorted(tops)})")
+        if self.blob == self.input_name:
+            raise DeepLabError(f"--blob {self.blob!r} is the input image, not a score map")
+        interp = next((lp for lp in layers if lp.type == "Interp" and lp.bottom[:1] == [self.blob]), None)
+        chain_end, self.offset = mat_write_chain(layers, self.blob)
+        self.mat_chain_end = chain_end
+        # The map MatWrite reads must cover the image whatever the format, so that .npy and .mat
+        # dumps come from the same canvas (a 514 net's Padding crops the zoomed map's end).
+        self.cover_blob = chain_end if chain_end not in (None, self.blob) else None
+        self.mat_blob = self.cover_blob if want_mat else None
+        self.param = _pruned(param, layers, [self.blob] + ([self.mat_blob] if self.mat_blob else []))
+        self._shape_param = _pruned(param, layers, [self.blob] + ([self.cover_blob] if self.cover_blob else []))
+        self._shapes: dict[tuple[int, int], dict | None] = {}
+        self.probe = probe = self.crop or 513
+        self.net = Net(self.param, "TEST", input_shapes={self.input_name: (1, 3, probe, probe)})
+        self.num_classes = int(self.net.blob_shapes[self.blob][1])
+        self.zoom = self._stride(probe, interp)
+        self.want_mat = want_mat
+        if weights is not None:
+            report = self.net.copy_from(weights)
+            missing = [lay.name for lay in self.net.layers if len(lay.blobs) and lay.name not in report["copied"]]
+            if missing:
+                raise DeepLabError(f"{weights}: no weights for layer(s) {missing} of {model}")
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.net.eval()
+        if amp is not None and amp not in _AMP:
+            raise DeepLabError(f"--amp must be bf16 or fp16, got {amp!r}")
+        self.amp = _AMP.get(amp) if amp else None
+
+    def _stride(self, probe: int, interp) -> int:
+        # The stride from two input sizes 64 apart (robust to blobs cropped after upsampling).
+        o1, o2 = self.out_hw(probe, probe), self.out_hw(probe + 64, probe + 64)
+        if o1 is None or o2 is None or o2[0] <= o1[0]:
+            raise DeepLabError(f"blob {self.blob!r} has {o1} then {o2} rows and columns for inputs of "
+                               f"{probe} and {probe + 64} pixels; cannot tell its stride")
+        stride = 64 / (o2[0] - o1[0])
+        if interp is not None and _is_plain_zoom(interp):
+            zoom = int(interp.interp_param.zoom_factor)
+            if abs(stride - zoom) > 0.5:
+                raise DeepLabError(f"layer {interp.name!r}: zoom_factor {zoom} but blob {self.blob!r} has stride "
+                                   f"{stride:.2f}")
+            return zoom
+        return max(1, round(stride))
+
+    def out_hw(self, h: int, w: int, blob: str | None = None) -> tuple[int, int] | None:
+        """``blob``'s (default: the score blob's) rows and columns for an ``h`` x ``w`` input, by
+        shape inference only; None where the net does not accept that size (e.g. MSc branches
+        that disagree)."""
+        key = (h, w)
+        if key not in self._shapes:
+            try:
+                with torch.device("meta"):
+                    shapes = Net(self._shape_param, "TEST", input_shapes={self.input_name: (1, 3, h, w)}).blob_shapes
+                self._shapes[key] = {b: tuple(shapes[b][2:4]) for b in (self.blob, self.cover_blob) if b}
+            except DeepLabError:
+                self._shapes[key] = None
+        found = self._shapes[key]
+        return None if found is None else found[blob or self.blob]
+
+    def rows(self, size: int) -> int:
+        """Score rows covering ``size`` pixels at this stride and offset:
+        ceil((size - 1 + offset) / zoom) + 1."""
+        return rows_needed(size, self.zoom, max(self.offset, 0))
+
+    def canvas(self, h: int, w: int) -> tuple[int, int]:
+        """The input size for an ``h`` x ``w`` image: the crop, or (per axis) the smallest larger
+        size the net accepts whose scores, and the map MatWrite reads, cover the image."""
+        ref = self.crop or self.probe
+        sizes = []
+        for axis, size in ((0, h), (1, w)):
+            s = start = max(self.crop or size, size)
+            for _ in range(64):
+                if self._covers(s, ref, axis, size):
+                    break
+                s += 1
+            else:
+                raise DeepLabError(f"no input size from {start} to {s} gives blob {self.blob!r} the "
+                                   f"{self.rows(size)} outputs that cover {size} pixels at stride {self.zoom}")
+            sizes.append(s)
+        if self.out_hw(*sizes) is None:
+            raise DeepLabError(f"the net does not accept a {sizes[0]}x{sizes[1]} input (for a {h}x{w} image)")
+        return sizes[0], sizes[1]
+
+    def _covers(self, s: int, ref: int, axis: int, size: int) -> bool:
+        hw = (s, ref) if axis == 0 else (ref, s)
+        out = self.out_hw(*hw)
+        if out is None or out[axis] < self.rows(size):
+            return False
+        return self.cover_blob is None or self.out_hw(*hw, blob=self.cover_blob)[axis] >= size
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """BGR uint8 H x W x 3 -> float32 (image - mean) * scale, as Caffe's DataTransformer."""
+        out = image.astype(np.float32) - self.mean
+        if self.scale != 1.0:
+            out *= self.scale
+        return out
+
+    @torch.inference_mode()
+    def forward(self, batch_nhwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run an N x H x W x 3 float32 canvas batch; return the score blob (N x C x h x w float32)
+        and, with ``want_mat``, the zoomed blob over the whole canvas (else None)."""
+        x = torch.from_numpy(batch_nhwc).permute(0, 3, 1, 2)  # NCHW view, channels_last strides
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        outputs = [self.blob] + ([self.mat_blob] if self.mat_blob else [])
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            blobs = self.net({self.input_name: x}, outputs=outputs)
+        scores = blobs[self.blob].float()
+        mat = None
+        if self.want_mat:
+            if self.mat_blob:
+                mat = blobs[self.mat_blob].float()
+            else:  # the fork's zoom Interp: corners aligned, in + (in - 1)(zoom - 1)
+                h, w = scores.shape[2:]
+                size = (h + (h - 1) * (self.zoom - 1), w + (w - 1) * (self.zoom - 1))
+                mat = F.interpolate(scores, size=size, mode="bilinear", align_corners=True)
+            mat = mat.cpu().numpy()
+        return scores.cpu().numpy(), mat
+
+
+def _pruned(param, layers, targets):
+    """A copy of ``param`` holding only the ``layers`` that ``targets`` need."""
+    out = type(param)()
+    out.CopyFrom(param)
+    del out.layer[:]
+    out.layer.extend(prune_layers(layers, targets))
+    return out
+
+
+def _is_zoom(lp) -> bool:
+    """An Interp sized by zoom_factor alone (pad_beg/pad_end allowed)."""
+    p = lp.interp_param
+    return p.HasField("zoom_factor") and not p.HasField("shrink_factor") and not p.HasField("height")
+
+
+def _is_plain_zoom(lp) -> bool:
+    """An Interp sized by zoom_factor alone, without cropping its input."""
+    p = lp.interp_param
+    return _is_zoom(lp) and not p.pad_beg and not p.pad_end
