@@ -103,32 +103,41 @@ class Net(nn.Module):
         input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
         phase_name = "TRAIN" if self.phase == 0 else "TEST"
         for lp in filter_layers(param, self.phase, level, stages):
-            if lp.name in self._index:
-                raise DeepLabError(f"layer {lp.name!r}: duplicate layer name")
-            for b in lp.bottom:
-                if b not in self.blob_shapes:
-                    raise DeepLabError(f"layer {lp.name!r}: bottom {b!r} is not produced by any earlier layer")
-            for t in lp.top:
-                if t in self.blob_shapes and t not in lp.bottom:
-                    raise DeepLabError(f"layer {lp.name!r}: top {t!r} is produced by more than one layer")
-            layer = make_layer(lp, [self.blob_shapes[b] for b in lp.bottom], phase_name)
-            layer.bottom_names = list(lp.bottom)
-            layer.top_names = list(lp.top)
-            if layer.is_data:
-                layer.top_shapes = [input_shapes.get(t, s) for t, s in zip(lp.top, layer.top_shapes)]
-                self.input_names.extend(lp.top)
-            for t, s in zip(lp.top, layer.top_shapes):
-                self.blob_shapes[t] = s
-            self._share_params(layer, lp, shared)
-            self._set_loss_weights(layer, lp)
-            self._index[lp.name] = len(self.layers)
-            self.layers.append(layer)
+            try:
+                self._add_layer(lp, phase_name, input_shapes, shared)
+            except DeepLabError as e:
+                from .prototxt import locate_layer
+                where = locate_layer(source, lp.name)
+                raise DeepLabError(f"{where}: {e}" if where else str(e)) from None
         consumed = {b for layer in self.layers for b in layer.bottom_names}
         self.output_names = [t for t in self.blob_shapes if t not in consumed or t in self.loss_weights]
         self.train(self.phase == 0)
         self._free_plan: dict[frozenset, list[list[str]]] = {}
 
     # ----------------------------------------------------------------- building
+    def _add_layer(self, lp, phase_name: str, input_shapes: dict, shared: dict) -> None:
+        """Check a layer's bottoms and tops, build it and record its tops' shapes."""
+        if lp.name in self._index:
+            raise DeepLabError(f"layer {lp.name!r}: duplicate layer name")
+        for b in lp.bottom:
+            if b not in self.blob_shapes:
+                raise DeepLabError(f"layer {lp.name!r}: bottom {b!r} is not produced by any earlier layer")
+        for t in lp.top:
+            if t in self.blob_shapes and t not in lp.bottom:
+                raise DeepLabError(f"layer {lp.name!r}: top {t!r} is produced by more than one layer")
+        layer = make_layer(lp, [self.blob_shapes[b] for b in lp.bottom], phase_name)
+        layer.bottom_names = list(lp.bottom)
+        layer.top_names = list(lp.top)
+        if layer.is_data:
+            layer.top_shapes = [input_shapes.get(t, s) for t, s in zip(lp.top, layer.top_shapes)]
+            self.input_names.extend(lp.top)
+        for t, s in zip(lp.top, layer.top_shapes):
+            self.blob_shapes[t] = s
+        self._share_params(layer, lp, shared)
+        self._set_loss_weights(layer, lp)
+        self._index[lp.name] = len(self.layers)
+        self.layers.append(layer)
+
     def _share_params(self, layer: Layer, lp, shared) -> None:
         for i in range(len(layer.blobs)):
             name = lp.param[i].name if i < len(lp.param) else ""

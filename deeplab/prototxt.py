@@ -110,6 +110,18 @@ def _read_source(source: str | os.PathLike) -> tuple[str, str]:
         raise DeepLabError(f"{path}: cannot read: {e}") from None
 
 
+def locate_layer(source, name: str) -> str | None:
+    """``FILE:LINE`` of the layer called ``name`` in a prototxt path or text (None if unknown)."""
+    if hasattr(source, "layer"):
+        return None
+    text, filename = _read_source(source)
+    pattern = re.compile(r'(^|[{\s])name\s*:\s*["\']%s["\']' % re.escape(name))
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if pattern.search(line.split("#", 1)[0]):
+            return f"{filename}:{lineno}"
+    return None
+
+
 def _parse_text(text: str, message: Message, filename: str) -> None:
     """``text_format.Parse`` with errors turned into ``FILE:LINE:COL: message``."""
     try:

@@ -127,7 +127,7 @@ def test_placeholders_fill_and_unfilled_is_named():
 def test_user_errors_are_one_clear_line():
     with pytest.raises(DeepLabError, match=r"bottom 'nope' is not produced"):
         Net(V2_NET.replace('bottom: "pool1" top: "fc6"', 'bottom: "nope" top: "fc6"'), "TEST")
-    with pytest.raises(DeepLabError, match=r"unknown layer type 'Convolutoin'"):
+    with pytest.raises(DeepLabError, match=r"<string>:9: layer 'fc6': unknown layer type 'Convolutoin'"):
         Net(V2_NET.replace('"fc6" type: "Convolution"', '"fc6" type: "Convolutoin"'), "TEST")
     with pytest.raises(DeepLabError, match=r":4:"):      # malformed text: line number of the error
         Net(V2_NET.replace('top: "conv1"\n', 'top: "conv1" }}\n', 1), "TEST")
@@ -143,4 +143,5 @@ def test_netinfo_style_tool_error_exits_2_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "unknown layer type 'ReLu'" in r.stderr
+    assert f"{bad}:7: layer 'relu1'" in r.stderr          # file and line of the layer
     assert "Traceback" not in r.stderr
