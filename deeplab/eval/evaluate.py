@@ -11,6 +11,7 @@ import json
 import math
 import multiprocessing
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
@@ -84,19 +85,39 @@ def _image_scores(mat: np.ndarray) -> dict:
 
 
 def _eval_chunk(args):
-    pred_dir, gt_dir, ids, n, ignore, widths = args
-    cm = ConfusionMatrix(n, ignore)
-    tri = TrimapAccumulator(n, widths, ignore) if widths else None
-    per_image = {}
-    for image_id in ids:
-        gt = _read(gt_dir, image_id, "ground truth")
-        pred = _read(pred_dir, image_id, "prediction")
-        code, mat = image_codes(gt, pred, n, ignore, image_id)
-        cm.mat += mat
-        if tri is not None:
-            tri.update(gt, pred, void_distance(gt, ignore), code)
-        per_image[image_id] = _image_scores(mat)
-    return cm, tri, per_image
+    """Evaluate one list chunk in a worker process -> (confusion, trimap counts, per-image scores)."""
+    return next(_eval_stream(*args, every=len(args[2])))
+
+
+def _eval_stream(pred_dir, gt_dir, ids, n, ignore, widths, every=16):
+    """Yield partial (confusion, trimap counts, per-image scores) every ``every`` images.
+
+    PNG decoding releases the GIL: a reader thread decodes the next images while one is scored.
+    """
+    def read_pair(image_id):
+        return image_id, _read(gt_dir, image_id, "ground truth"), _read(pred_dir, image_id, "prediction")
+
+    def fresh():
+        return ConfusionMatrix(n, ignore), TrimapAccumulator(n, widths, ignore) if widths else None, {}
+
+    cm, tri, per_image = fresh()
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        for image_id, gt, pred in reader.map(read_pair, ids):
+            _score(image_id, gt, pred, n, ignore, cm, tri, per_image)
+            if len(per_image) == every:
+                yield cm, tri, per_image
+                cm, tri, per_image = fresh()
+    if per_image:
+        yield cm, tri, per_image
+
+
+def _score(image_id, gt, pred, n, ignore, cm, tri, per_image) -> None:
+    """Add one image to the set's confusion matrix, trimap counts and per-image scores."""
+    code, mat = image_codes(gt, pred, n, ignore, image_id)
+    cm.mat += mat
+    if tri is not None:
+        tri.update(gt, pred, void_distance(gt, ignore), code)
+    per_image[image_id] = _image_scores(mat)
 
 
 def _clean(x):
@@ -142,9 +163,8 @@ def evaluate(pred_dir, gt_dir, ids, num_classes, ignore=255, trimap_widths=None,
     per_image: dict = {}
     bar = tqdm(total=len(ids), desc="eval", unit="img", disable=not progress)
     if jobs == 1:
-        # small chunks keep the bar moving without a pool
-        results = (_eval_chunk((pred_dir, gt_dir, ids[k:k + 16], int(num_classes), ignore, widths))
-                   for k in range(0, len(ids), 16))
+        # partial results every 16 images keep the bar moving without a pool
+        results = _eval_stream(pred_dir, gt_dir, ids, int(num_classes), ignore, widths)
         pool = None
     else:
         pool = multiprocessing.get_context("fork").Pool(jobs)
