@@ -93,6 +93,7 @@ netinfo: install
 
 train: $(MODEL)
 $(MODEL): $(CONF)/solver.prototxt $(CONF)/train.prototxt | install
+	@$(if $(wildcard $(INIT)),,$(if $(filter synthetic,$(DATASET)),,echo "note: $(INIT) not found: training from the prototxt's fillers (make init-vgg16, or INIT=path)"))
 	$(PY) tools/train.py --solver $(CONF)/solver.prototxt $(if $(wildcard $(INIT)),--weights $(INIT),) \
 	    $(VARS) $(GPU_ARG) --log-file $(EXPER)/log/train.log $(TRAIN_ARGS)
 
