@@ -144,6 +144,15 @@ def _parse_blob(buf: bytes, start: int, end: int) -> np.ndarray:
     return data.reshape(shape)
 
 
+def _top_fields(buf) -> Iterator[tuple[int, int, int, int, int]]:
+    """The top-level fields of a message: (number, wire type, start, value start, value end)."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        number, wire, vstart, vend = _field(buf, pos, end)
+        yield number, wire, pos, vstart, vend
+        pos = vend
+
+
 @contextlib.contextmanager
 def _mapped(path: str | os.PathLike) -> Iterator[tuple[bytes | mmap.mmap, str]]:
     """The file's bytes, memory-mapped: blob data is copied once, from the page cache
@@ -212,17 +221,14 @@ def load_caffemodel(path: str | os.PathLike) -> list[LayerBlobs]:
     seen = 0
     with _mapped(path) as (buf, path):
         _check_not_hdf5(buf, path)
-        pos, end = 0, len(buf)
         error = None
         try:
-            while pos < end:
-                number, wire, vstart, vend = _field(buf, pos, end)
+            for number, wire, _, vstart, vend in _top_fields(buf):
                 if number in (_NET_LAYER, _NET_LAYERS) and wire == _LEN:
                     seen += 1
                     layer = _parse_layer(buf, vstart, vend, v1=number == _NET_LAYERS)
                     if layer.blobs:
                         layers.append(layer)
-                pos = vend
         except _Corrupt as e:  # raised below, once the traceback (and its views) is gone
             error = f"{path}: truncated or corrupt caffemodel (layer {seen}): {e}"
         if error:
@@ -238,16 +244,13 @@ def load_solverstate(path: str | os.PathLike) -> SolverState:
     rest = bytearray()
     with _mapped(path) as (buf, path):
         _check_not_hdf5(buf, path)
-        pos, end = 0, len(buf)
         error = None
         try:
-            while pos < end:
-                number, wire, vstart, vend = _field(buf, pos, end)
+            for number, wire, start, vstart, vend in _top_fields(buf):
                 if number == _HISTORY and wire == _LEN:
                     history.append(_parse_blob(buf, vstart, vend))
                 else:
-                    rest += buf[pos:vend]
-                pos = vend
+                    rest += buf[start:vend]
             meta = pb.SolverState.FromString(bytes(rest))
         except (_Corrupt, DecodeError) as e:
             error = f"{path}: truncated or corrupt solverstate: {e}"

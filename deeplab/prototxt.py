@@ -150,12 +150,7 @@ def _describe_path(message: Message, path: str) -> str:
 
 def parse_net(source: str | os.PathLike, mapping: dict[str, str] | None = None) -> pb.NetParameter:
     """Parse a net prototxt (path or text), fill placeholders, upgrade to V2 ``layer`` form."""
-    text, filename = _read_source(source)
-    text = fill_placeholders(text, mapping, filename)
-    net = pb.NetParameter()
-    _parse_text(text, net, filename)
-    upgrade_net(net, filename)
-    return net
+    return _parse(source, mapping, pb.NetParameter(), upgrade_net)
 
 
 def parse_solver(source: str | os.PathLike,
@@ -164,12 +159,15 @@ def parse_solver(source: str | os.PathLike,
 
     Inline nets (``net_param``, ``train_net_param``, ``test_net_param``) are upgraded too.
     """
+    return _parse(source, mapping, pb.SolverParameter(), upgrade_solver)
+
+
+def _parse(source, mapping, message, upgrade):
+    """Read, fill placeholders, parse into ``message`` and upgrade it in place."""
     text, filename = _read_source(source)
-    text = fill_placeholders(text, mapping, filename)
-    solver = pb.SolverParameter()
-    _parse_text(text, solver, filename)
-    upgrade_solver(solver, filename)
-    return solver
+    _parse_text(fill_placeholders(text, mapping, filename), message, filename)
+    upgrade(message, filename)
+    return message
 
 
 def format_net(net: pb.NetParameter) -> str:
