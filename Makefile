@@ -77,9 +77,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-## Regenerate deeplab/proto/caffe_pb2.py from caffe.proto (protoc from grpcio-tools).
+## Regenerate caffe/proto/caffe_pb2.py from caffe.proto (protoc from grpcio-tools).
 proto: install
-	cd deeplab/proto && ../../$(PY) -m grpc_tools.protoc --proto_path=. --python_out=. caffe.proto
+	cd caffe/proto && ../../$(PY) -m grpc_tools.protoc --proto_path=. --python_out=. caffe.proto
 
 test: install
 	$(PY) -m pytest tests

@@ -23,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.reference import LargeFOV  # noqa: E402
-from deeplab.net import Net  # noqa: E402
-from deeplab.prototxt import parse_net  # noqa: E402
+from caffe.net import Net  # noqa: E402
+from caffe.prototxt import parse_net  # noqa: E402
 
 PROTOTXT = os.path.join(ROOT, "prototxt", "voc12", "DeepLab-LargeFOV", "test.prototxt")
 MAPPING = {"DATA_ROOT": ".", "LIST_DIR": ".", "TEST_SET": "bench", "FEATURE_DIR": ".", "NUM_LABELS": "21"}

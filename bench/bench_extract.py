@@ -77,7 +77,7 @@ class DeepLab(nn.Module):
 
     @torch.no_grad()
     def load_from_net(self, net) -> None:
-        """Copy weights and biases from a deeplab.net.Net with the same layer names."""
+        """Copy weights and biases from a caffe.net.Net with the same layer names."""
         for name in [n for names in self.blocks for n in names] + ["fc6", "fc7", "fc8_voc12"]:
             conv, blobs = getattr(self, name), net.layer(name).blobs
             conv.weight.copy_(blobs[0])

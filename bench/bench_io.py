@@ -1,4 +1,4 @@
-"""Benchmark deeplab.io on a VGG-16-sized caffemodel (~553 MB) against the naive way.
+"""Benchmark caffe.model_io on a VGG-16-sized caffemodel (~553 MB) against the naive way.
 
 Writes random weights with the 16 VGG-16 layer shapes (fc6 is 4096 x 25088) to a temporary
 folder, then times ``load_caffemodel`` / ``save_caffemodel`` and, as the reference measured
@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from deeplab.io import LayerBlobs, load_caffemodel, save_caffemodel
-from deeplab.proto import caffe_pb2 as pb
+from caffe.model_io import LayerBlobs, load_caffemodel, save_caffemodel
+from caffe.proto import caffe_pb2 as pb
 
 VGG16 = [("conv1_1", 64, 3, 3), ("conv1_2", 64, 64, 3), ("conv2_1", 128, 64, 3),
          ("conv2_2", 128, 128, 3), ("conv3_1", 256, 128, 3), ("conv3_2", 256, 256, 3),

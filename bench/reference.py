@@ -10,7 +10,7 @@ including padding (count_include_pad, as Caffe), fc6 3x3 dilation 12 pad 12 to 1
 stride-8 scores (fc8_voc12); ``upsample`` is the test net's Interp zoom_factor 8.
 
     model = LargeFOV(num_classes=21)
-    model.load_from_net(net)          # copy weights from a deeplab.net.Net, by layer name
+    model.load_from_net(net)          # copy weights from a caffe.net.Net, by layer name
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class LargeFOV(nn.Module):
 
     @torch.no_grad()
     def load_from_net(self, net) -> None:
-        """Copy weights and biases from a deeplab.net.Net with the same layer names."""
+        """Copy weights and biases from a caffe.net.Net with the same layer names."""
         for name in self.conv_names():
             conv = getattr(self, name)
             blobs = net.layer(name).blobs

@@ -1,12 +1,12 @@
-"""DeepLab v1 driven by Caffe prototxt files, executed with PyTorch.
+"""The DeepLab v1 pipeline over the ``caffe`` engine, by stage: dataset preparation
+(``deeplab.data``), score-map extraction, evaluation (``deeplab.eval``), report, model zoo and
+VGG-16 initialisation.
 
-Importing the package is light: torch is imported only by the modules that need it
-(``deeplab.net``, ``deeplab.layers``, ``deeplab.solver``), so ``deeplab.eval`` and
-``deeplab.proto`` work in processes without torch (the CRF stage).
+Importing the package is light: torch is imported only by the modules that run a net
+(``deeplab.extract``, ``deeplab.scorenet``), so ``deeplab.eval`` works in processes without
+torch (the CRF stage).
 """
+from caffe import CaffeError as DeepLabError  # one user-error class for engine and pipeline
 
 __version__ = "0.1.0"
-
-
-class DeepLabError(Exception):
-    """A user error: bad prototxt, bad file, shape mismatch. Tools print it as one line."""
+__all__ = ["DeepLabError"]

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from caffe.files import atomic_path
+from caffe.images import read_label  # noqa: F401  (label PNGs are read where images are)
+
 from . import DeepLabError
-from .cli import atomic_path
 
 CLASSES_DIR = os.path.join(os.path.dirname(__file__), "data", "classes")
 
@@ -83,22 +85,6 @@ def load_classes(spec: str) -> ClassSet:
         names.append(name)
         palette[idx] = rgb
     return ClassSet(os.path.splitext(os.path.basename(path))[0], tuple(names), palette, void)
-
-
-def read_label(path: str | os.PathLike) -> np.ndarray:
-    """Read a label PNG as an H x W uint8 array of class indices (palette or grey)."""
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("P", "L"):
-                return np.array(im, dtype=np.uint8)
-            if im.mode in ("I", "I;16"):
-                return np.array(im).astype(np.uint8)
-            mode = im.mode
-    except FileNotFoundError:
-        raise DeepLabError(f"label file {path} not found") from None
-    except OSError as e:
-        raise DeepLabError(f"cannot read label file {path}: {e}") from None
-    raise DeepLabError(f"label file {path} is a {mode} image; expected palette or grey class indices")
 
 
 def write_label(path: str | os.PathLike, label: np.ndarray, palette: np.ndarray | None = None) -> None:

@@ -32,7 +32,7 @@ from fractions import Fraction
 import torch
 
 from . import DeepLabError
-from .layers import REGISTRY
+from caffe.layer import REGISTRY
 
 ELEMENTWISE = {"ReLU", "Dropout", "Softmax", "Sigmoid", "TanH", "AbsVal", "Power", "Exp",
                "BNLL", "PReLU", "ELU", "Threshold", "BatchNorm", "Scale", "Bias", "Split"}
@@ -150,9 +150,9 @@ def net_info(source, phase: str = "TEST", mapping: dict | None = None,
     ``input_shape`` (N, C, H, W) replaces the first data layer's image shape (its label top,
     if any, becomes N x 1 x H x W), e.g. to see what a 321x321 crop gives.
     """
-    from .net import Net, filter_layers, _phase_id
-    from .prototxt import parse_net
-    from .proto import caffe_pb2
+    from caffe.net import Net, filter_layers, _phase_id
+    from caffe.prototxt import parse_net
+    from caffe.proto import caffe_pb2
 
     param = source if hasattr(source, "layer") else parse_net(source, mapping)
     copy = caffe_pb2.NetParameter()
@@ -181,7 +181,7 @@ def _input_shapes(layers, input_shape) -> dict:
 
 
 def describe(net) -> NetInfo:
-    """NetInfo for an already built ``deeplab.net.Net`` (any device, meta included)."""
+    """NetInfo for an already built ``caffe.net.Net`` (any device, meta included)."""
     geometry: dict[str, tuple | None] = {}   # blob -> (stride pair, rf pair) or None
     shapes: dict[str, tuple] = {}
     layers = []

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import DeepLabError
-from .cli import atomic_path, write_bytes_atomic
+from caffe.files import atomic_path, write_bytes_atomic
 
 
 @dataclass

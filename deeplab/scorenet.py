@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import DeepLabError
-from .net import PHASES, Net, filter_layers
-from .prototxt import parse_net
+from caffe.net import PHASES, Net, filter_layers
+from caffe.prototxt import parse_net
 from .scoremaps import rows_needed
 
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}

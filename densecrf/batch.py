@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from deeplab import DeepLabError
-from deeplab.cli import atomic_path
+from caffe.files import atomic_path
 from deeplab.labels import write_label
 
 from . import refine

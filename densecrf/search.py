@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from deeplab import DeepLabError
-from deeplab.cli import atomic_path, write_bytes_atomic
+from caffe.files import atomic_path, write_bytes_atomic
 from deeplab.eval import ConfusionMatrix
 from deeplab.labels import read_label
 

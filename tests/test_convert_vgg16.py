@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from conftest import REPO, shared_path
 from deeplab import DeepLabError
 from deeplab import vgg16
-from deeplab.io import load_caffemodel
-from deeplab.proto import caffe_pb2 as pb
+from caffe.model_io import load_caffemodel
+from caffe.proto import caffe_pb2 as pb
 
 spec = importlib.util.spec_from_file_location("convert_vgg16", REPO / "tools" / "convert_vgg16.py")
 tool = importlib.util.module_from_spec(spec)
@@ -186,7 +186,7 @@ def test_onnx_source_undoes_the_nhwc_flatten(tmp_path):
 
 
 def test_onnx_full_vgg16_to_caffemodels_loaded_into_a_net(tmp_path):
-    from deeplab.net import Net
+    from caffe.net import Net
 
     rng = np.random.default_rng(3)
     path = tmp_path / "vgg16.onnx"
@@ -252,9 +252,9 @@ def test_real_imagenet_convolutions_respond_sensibly(tmp_path):
     fire more on the image's objects than on its background; shuffled weights do not."""
     from PIL import Image
 
-    from deeplab.io import save_caffemodel
+    from caffe.model_io import save_caffemodel
     from deeplab.labels import read_label
-    from deeplab.net import Net
+    from caffe.net import Net
 
     w = vgg16.from_onnx(_real_onnx(tmp_path))
     assert float(w.convs["conv1_1"][1][0]) == pytest.approx(0.73429835, abs=1e-7)

@@ -40,6 +40,11 @@ def test_prepare_real_camvid_maps_void_and_writes_release_lists(tmp_path):
         assert np.array(ours_im.getpalette()[:33]).reshape(11, 3).tolist() == palette[:11].tolist()
         assert (root / "images" / f"{i}.png").read_bytes() == (src / "images" / f"{i}.png").read_bytes()
     assert any((np.array(Image.open(src / "labels" / f"{i}.png")) == 11).any() for i in train + val)
+    # The blind test split: images from test_images/, no labels, a list of images only.
+    test = ds.read_ids(src / "lists" / "test.txt")[:3]
+    assert (lists / "test.txt").read_text().splitlines()[0] == f"/images/{test[0]}.png"
+    assert (root / "images" / f"{test[0]}.png").read_bytes() == (src / "test_images" / f"{test[0]}.png").read_bytes()
+    assert not (root / "labels" / f"{test[0]}.png").exists()
 
 
 def test_segnet_layout_and_bad_labels(tmp_path):

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 from test_train import TRAIN_PY, argv, make_dataset, train, weights
-from deeplab.io import load_solverstate
+from caffe.model_io import load_solverstate
 
 
 def test_two_gloo_processes_equal_one_with_the_combined_batch(tmp_path):

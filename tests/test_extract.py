@@ -21,8 +21,8 @@ from deeplab import DeepLabError
 from deeplab.cli import run_main
 from deeplab.extract import read_list
 from deeplab.labels import read_label
-from deeplab.layers.output import blob_to_matlab
-from deeplab.net import Net
+from caffe.layer.output import blob_to_matlab
+from caffe.net import Net
 from deeplab.scoremaps import load_scores, upsample_scores
 from deeplab.scorenet import ScoreNet
 
@@ -406,8 +406,8 @@ def test_padding_before_mat_write_is_refused(data, net514, tmp_path):
                                              ("DeepLab-LargeFOV", 0)])
 def test_release_nets_dump_fc8_with_their_offset(variant, offset):
     """The release's test nets: fc8 at stride 8 is dumped, with the 514 nets' offset of 7."""
-    from deeplab.net import PHASES, filter_layers
-    from deeplab.prototxt import parse_net
+    from caffe.net import PHASES, filter_layers
+    from caffe.prototxt import parse_net
     from deeplab.scorenet import default_blob, mat_write_chain
 
     mapping = {"DATA_ROOT": "", "LIST_DIR": "", "TEST_SET": "val", "FEATURE_DIR": "f", "NUM_LABELS": "21"}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES
-from deeplab.net import Net
+from caffe.net import Net
 
 GOLDEN = FIXTURES / "golden" / "layers"
 

@@ -1,4 +1,4 @@
-"""ImageSegData loading (deeplab/data/imageseg.py): list parsing and errors, the fork's
+"""ImageSegData loading (caffe/imageseg.py): list parsing and errors, the fork's
 pad / crop / mirror keeping image and label aligned, per-epoch shuffling, sharding."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from google.protobuf import text_format
 
 from deeplab import DeepLabError
-from deeplab.data.imageseg import ImageSegSource, Stream, Transform, read_list
+from caffe.imageseg import ImageSegSource, Stream, Transform, read_list
 from deeplab.labels import write_label
-from deeplab.proto import caffe_pb2 as pb
+from caffe.proto import caffe_pb2 as pb
 
 MEAN = (10.0, 20.0, 30.0)
 

@@ -7,9 +7,9 @@ import pytest
 
 from conftest import FIXTURES
 from deeplab import DeepLabError
-from deeplab.io import (LayerBlobs, SolverState, load_caffemodel, load_solverstate,
+from caffe.model_io import (LayerBlobs, SolverState, load_caffemodel, load_solverstate,
                         save_caffemodel, save_solverstate)
-from deeplab.proto import caffe_pb2 as pb
+from caffe.proto import caffe_pb2 as pb
 
 GOLDEN = FIXTURES / "golden"
 V2_FILES = ["layers/net.caffemodel"] + [f"solver_{s}/{f}.caffemodel" for s in ("step", "poly", "multistep")

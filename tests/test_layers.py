@@ -5,10 +5,10 @@ import torch
 from google.protobuf import text_format
 
 from deeplab import DeepLabError
-from deeplab.layers import make_layer
-from deeplab.layers.pooling import pool_out
-from deeplab.layers.interp import interp_out
-from deeplab.proto import caffe_pb2
+from caffe.layer import make_layer
+from caffe.layer.pooling import pool_out
+from caffe.layer.interp import interp_out
+from caffe.proto import caffe_pb2
 
 
 def layer(text, *bottom_shapes, phase="TEST"):

@@ -8,8 +8,8 @@ import torch
 
 from conftest import REPO, shared_path
 from deeplab import DeepLabError
-from deeplab.io import load_caffemodel
-from deeplab.net import Net
+from caffe.model_io import load_caffemodel
+from caffe.net import Net
 
 V2_NET = """
 name: "tiny"
@@ -138,7 +138,7 @@ def test_user_errors_are_one_clear_line():
 def test_netinfo_style_tool_error_exits_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.prototxt"
     bad.write_text(V2_NET.replace('type: "ReLU"', 'type: "ReLu"'))
-    code = ("import sys; from deeplab.cli import run_main; from deeplab.net import Net; "
+    code = ("import sys; from deeplab.cli import run_main; from caffe.net import Net; "
             f"run_main(lambda argv: Net({str(bad)!r}, 'TEST'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2

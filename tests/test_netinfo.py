@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 from deeplab import DeepLabError
 from deeplab.netinfo import net_info, parse_input_shape
-from deeplab.prototxt import parse_net
+from caffe.prototxt import parse_net
 
 from deeplab.cli import run_main
 

@@ -8,8 +8,8 @@ from google.protobuf import text_format
 
 from conftest import FIXTURES, REPO
 from deeplab import DeepLabError
-from deeplab.proto import caffe_pb2 as pb
-from deeplab.prototxt import fill_placeholders, format_net, parse_net, parse_solver
+from caffe.proto import caffe_pb2 as pb
+from caffe.prototxt import fill_placeholders, format_net, parse_net, parse_solver
 
 GOLDEN = FIXTURES / "golden"
 
@@ -304,12 +304,12 @@ def test_schema_keeps_bvlc_numbers_and_fork_fields():
 
 def test_generated_module_matches_the_proto(tmp_path):
     protoc = pytest.importorskip("grpc_tools.protoc")
-    proto_dir = REPO / "deeplab" / "proto"
+    proto_dir = REPO / "caffe" / "proto"
     cmd = [sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={proto_dir}",
            f"--python_out={tmp_path}", "caffe.proto"]
     assert protoc and subprocess.run(cmd, capture_output=True).returncode == 0
     assert (tmp_path / "caffe_pb2.py").read_bytes() == (proto_dir / "caffe_pb2.py").read_bytes(), \
-        "deeplab/proto/caffe_pb2.py is stale: run `make proto`"
+        "caffe/proto/caffe_pb2.py is stale: run `make proto`"
 
 
 def test_missing_required_field_names_layer():

@@ -1,5 +1,5 @@
 """Caffe's SGD: golden trajectories of BVLC Caffe, hand-computed updates and learning rates,
-iter_size, clipping, snapshots and resume (deeplab/solver.py)."""
+iter_size, clipping, snapshots and resume (caffe/solver.py)."""
 from __future__ import annotations
 
 import math
@@ -11,12 +11,12 @@ from torch import nn
 
 from conftest import FIXTURES
 from deeplab import DeepLabError
-from deeplab.io import load_caffemodel, load_solverstate
-from deeplab.net import LearnableParam, Net
-from deeplab.proto import caffe_pb2 as pb
-from deeplab.prototxt import parse_solver
-from deeplab.sgd import SGD, learning_rate, lr_at
-from deeplab.solver import Solver
+from caffe.model_io import load_caffemodel, load_solverstate
+from caffe.net import LearnableParam, Net
+from caffe.proto import caffe_pb2 as pb
+from caffe.prototxt import parse_solver
+from caffe.sgd import SGD, learning_rate, lr_at
+from caffe.solver import Solver
 
 GOLDEN = FIXTURES / "golden"
 SOLVERS = ["solver_step", "solver_poly", "solver_multistep"]

@@ -113,8 +113,8 @@ MAPPING = {"DATA_ROOT": "/data", "LIST_DIR": "/lists", "TRAIN_SET": "train", "TE
 
 
 def test_prototxt_keeps_every_largefov_layer_type_and_sizes_line_up(tmp_path):
-    from deeplab.net import Net
-    from deeplab.prototxt import parse_solver
+    from caffe.net import Net
+    from caffe.prototxt import parse_solver
 
     d = REPO / "prototxt" / "synthetic" / "LargeFOV-small"
     train = Net(d / "train.prototxt", "TRAIN", MAPPING)

@@ -15,7 +15,7 @@ import pytest
 from conftest import FIXTURES, REPO
 from deeplab.caffelog import parse_log
 from deeplab.cli import run_main
-from deeplab.io import load_caffemodel, load_solverstate
+from caffe.model_io import load_caffemodel, load_solverstate
 from deeplab.labels import write_label
 
 TINY = FIXTURES / "tiny"

@@ -14,9 +14,9 @@ import torch
 
 from conftest import REPO
 from deeplab import DeepLabError
-from deeplab.net import Net
+from caffe.net import Net
 from deeplab.netinfo import net_info
-from deeplab.prototxt import parse_net, parse_solver
+from caffe.prototxt import parse_net, parse_solver
 
 VOC = REPO / "prototxt" / "voc12"
 VARIANTS = ["DeepLab", "DeepLab-7x7", "DeepLab-4x4", "DeepLab-LargeFOV", "DeepLab-MSc", "DeepLab-MSc-LargeFOV"]

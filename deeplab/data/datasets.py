@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import DeepLabError
-from ..cli import atomic_path
+from caffe.files import atomic_path
 from ..labels import load_classes, read_label, write_label
 from ..lists import read_ids
 from .download import copy_or_link
@@ -203,8 +203,7 @@ def camvid_sources(src: str) -> dict[str, list[tuple[str, str, str]]]:
         for fn in sorted(os.listdir(lists)):
             if fn.endswith(".txt") and not fn.endswith("_id.txt"):
                 ids = read_ids(os.path.join(lists, fn))
-                out[fn[:-4]] = [(i, os.path.join(src, "images", f"{i}.png"), os.path.join(src, "labels", f"{i}.png"))
-                                for i in ids]
+                out[fn[:-4]] = [_camvid_item(src, i) for i in ids]
     else:
         for split in ("train", "val", "test"):
             d, a = os.path.join(src, split), os.path.join(src, split + "annot")
@@ -215,6 +214,17 @@ def camvid_sources(src: str) -> dict[str, list[tuple[str, str, str]]]:
         raise DeepLabError(f"{src}: no CamVid found (expected images/ labels/ lists/*.txt, "
                            "or SegNet's train/ trainannot/ val/ valannot/)")
     return out
+
+
+def _camvid_item(src: str, image_id: str) -> tuple[str, str, str | None]:
+    """(id, image, label or None): a blind split (the test images) has images in test_images/
+    and no labels."""
+    image = os.path.join(src, "images", f"{image_id}.png")
+    label = os.path.join(src, "labels", f"{image_id}.png")
+    blind = os.path.join(src, "test_images", f"{image_id}.png")
+    if not os.path.exists(image) and os.path.exists(blind):
+        return image_id, blind, None
+    return image_id, image, label
 
 
 def camvid_label(path: str) -> np.ndarray:
@@ -234,29 +244,34 @@ def prepare_camvid(src: str, root: str, list_dir: str, limit: int | None = None,
     palette = load_classes("camvid").palette
     splits = camvid_sources(src)
     lists: dict[str, list[str]] = {}
+    blind: set[str] = set()
     for split, items in splits.items():
         items = items[:limit] if limit else items
         for i, img, lab in tqdm(items, desc=f"camvid {split}", unit=" images"):
             dst_img = os.path.join(root, "images", f"{i}.png")
             dst_lab = os.path.join(root, "labels", f"{i}.png")
-            if os.path.exists(dst_img) and os.path.exists(dst_lab) and not force:
+            if os.path.exists(dst_img) and (lab is None or os.path.exists(dst_lab)) and not force:
                 continue
             for p in (img, lab):
-                if not os.path.exists(p):
+                if p is not None and not os.path.exists(p):
                     raise DeepLabError(f"CamVid {split} id {i}: {p} not found")
-            label = camvid_label(lab)
-            with Image.open(img) as im:
-                size = im.size
-            if size != (label.shape[1], label.shape[0]):
-                raise DeepLabError(f"CamVid id {i}: image {size[0]}x{size[1]} but label "
-                                   f"{label.shape[1]}x{label.shape[0]}")
-            write_label(dst_lab, label, palette)
+            if lab is not None:
+                label = camvid_label(lab)
+                with Image.open(img) as im:
+                    size = im.size
+                if size != (label.shape[1], label.shape[0]):
+                    raise DeepLabError(f"CamVid id {i}: image {size[0]}x{size[1]} but label "
+                                       f"{label.shape[1]}x{label.shape[0]}")
+                write_label(dst_lab, label, palette)
             os.makedirs(os.path.dirname(dst_img), exist_ok=True)
             copy_or_link(img, dst_img)
         lists[split] = [i for i, _, _ in items]
+        if items and all(lab is None for _, _, lab in items):
+            blind.add(split)
     if "train" in lists and "val" in lists:
         lists["trainval"] = lists["train"] + lists["val"]
     for name, ids in lists.items():
-        write_list(list_dir, name, ids, "/images/{}.png", "/labels/{}.png")
+        # A blind split (no labels: the test images) lists images only, as VOC's test list does.
+        write_list(list_dir, name, ids, "/images/{}.png", None if name in blind else "/labels/{}.png")
     print(", ".join(f"{k} {len(v)}" for k, v in lists.items()) + f" CamVid ids in {list_dir}; data root {root}")
     return lists

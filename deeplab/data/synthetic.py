@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import DeepLabError
-from ..cli import atomic_path
+from caffe.files import atomic_path
 from ..labels import load_classes, write_label
 from .datasets import write_list
 

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import DeepLabError
-from ..cli import write_bytes_atomic
+from caffe.files import write_bytes_atomic
 from ..labels import read_label
 from ..lists import read_ids  # noqa: F401  (re-exported for tools and tests)
 from .confusion import ConfusionMatrix

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import DeepLabError
-from .layers import Layer, make_layer
+from . import CaffeError
+from .layer import Layer, make_layer
 
 PHASES = {"TRAIN": 0, "TEST": 1}
 
@@ -36,7 +36,7 @@ class LearnableParam:
 def _phase_id(phase) -> int:
     if isinstance(phase, str):
         if phase.upper() not in PHASES:
-            raise DeepLabError(f"phase must be TRAIN or TEST, got {phase!r}")
+            raise CaffeError(f"phase must be TRAIN or TEST, got {phase!r}")
         return PHASES[phase.upper()]
     return int(phase)
 
@@ -60,7 +60,7 @@ def filter_layers(net_param, phase: int, level: int = 0, stages=()) -> list:
     kept = []
     for lp in net_param.layer:
         if len(lp.include) and len(lp.exclude):
-            raise DeepLabError(f"layer {lp.name!r}: specify either include or exclude rules, not both")
+            raise CaffeError(f"layer {lp.name!r}: specify either include or exclude rules, not both")
         if len(lp.include):
             keep = any(state_meets_rule(phase, level, stages, r) for r in lp.include)
         else:
@@ -105,10 +105,10 @@ class Net(nn.Module):
         for lp in filter_layers(param, self.phase, level, stages):
             try:
                 self._add_layer(lp, phase_name, input_shapes, shared)
-            except DeepLabError as e:
+            except CaffeError as e:
                 from .prototxt import locate_layer
                 where = locate_layer(source, lp.name)
-                raise DeepLabError(f"{where}: {e}" if where else str(e)) from None
+                raise CaffeError(f"{where}: {e}" if where else str(e)) from None
         consumed = {b for layer in self.layers for b in layer.bottom_names}
         self.output_names = [t for t in self.blob_shapes if t not in consumed or t in self.loss_weights]
         self.train(self.phase == 0)
@@ -118,13 +118,13 @@ class Net(nn.Module):
     def _add_layer(self, lp, phase_name: str, input_shapes: dict, shared: dict) -> None:
         """Check a layer's bottoms and tops, build it and record its tops' shapes."""
         if lp.name in self._index:
-            raise DeepLabError(f"layer {lp.name!r}: duplicate layer name")
+            raise CaffeError(f"layer {lp.name!r}: duplicate layer name")
         for b in lp.bottom:
             if b not in self.blob_shapes:
-                raise DeepLabError(f"layer {lp.name!r}: bottom {b!r} is not produced by any earlier layer")
+                raise CaffeError(f"layer {lp.name!r}: bottom {b!r} is not produced by any earlier layer")
         for t in lp.top:
             if t in self.blob_shapes and t not in lp.bottom:
-                raise DeepLabError(f"layer {lp.name!r}: top {t!r} is produced by more than one layer")
+                raise CaffeError(f"layer {lp.name!r}: top {t!r} is produced by more than one layer")
         layer = make_layer(lp, [self.blob_shapes[b] for b in lp.bottom], phase_name)
         layer.bottom_names = list(lp.bottom)
         layer.top_names = list(lp.top)
@@ -144,7 +144,7 @@ class Net(nn.Module):
             if name and name in shared:
                 owner, owner_layer = shared[name]
                 if owner.shape != layer.blobs[i].shape:
-                    raise DeepLabError(f"layer {lp.name!r}: shared parameter {name!r} has shape "
+                    raise CaffeError(f"layer {lp.name!r}: shared parameter {name!r} has shape "
                                        f"{tuple(layer.blobs[i].shape)} here but {tuple(owner.shape)} in {owner_layer!r}")
                 layer.blobs[i] = owner
                 continue
@@ -155,7 +155,7 @@ class Net(nn.Module):
     def _set_loss_weights(self, layer: Layer, lp) -> None:
         weights = list(lp.loss_weight)
         if weights and len(weights) != len(lp.top):
-            raise DeepLabError(f"layer {lp.name!r}: loss_weight must be given once per top ({len(lp.top)})")
+            raise CaffeError(f"layer {lp.name!r}: loss_weight must be given once per top ({len(lp.top)})")
         if not weights and layer.is_loss and lp.top:
             weights = [1.0] + [0.0] * (len(lp.top) - 1)
         for t, w in zip(lp.top, weights):
@@ -166,7 +166,7 @@ class Net(nn.Module):
     def layer(self, name: str) -> Layer:
         """The layer called ``name``."""
         if name not in self._index:
-            raise DeepLabError(f"net {self.name!r} has no layer {name!r}")
+            raise CaffeError(f"net {self.name!r} has no layer {name!r}")
         return self.layers[self._index[name]]
 
     def _plan(self, keep: frozenset) -> list[list[str]]:
@@ -190,7 +190,7 @@ class Net(nn.Module):
         blobs = {k: v for k, v in given.items() if k in self.input_names}
         unknown = set(given) - set(self.input_names)
         if unknown:
-            raise DeepLabError(f"{sorted(unknown)} are not inputs of net {self.name!r} (inputs: {self.input_names})")
+            raise CaffeError(f"{sorted(unknown)} are not inputs of net {self.name!r} (inputs: {self.input_names})")
         keep_all = outputs == "all"
         keep = frozenset(self.output_names if outputs is None or keep_all else outputs) | frozenset(self.loss_weights)
         plan = None if keep_all else self._plan(keep)
@@ -200,7 +200,7 @@ class Net(nn.Module):
             try:
                 bottoms = [blobs[b] for b in layer.bottom_names]
             except KeyError as e:
-                raise DeepLabError(f"layer {layer.name!r}: input blob {e.args[0]!r} was not given") from None
+                raise CaffeError(f"layer {layer.name!r}: input blob {e.args[0]!r} was not given") from None
             tops = layer(*bottoms)
             for t, v in zip(layer.top_names, tops):
                 blobs[t] = v
@@ -218,7 +218,7 @@ class Net(nn.Module):
             term = blobs[name].sum() * w
             total = term if total is None else total + term
         if total is None:
-            raise DeepLabError(f"net {self.name!r} has no loss layer")
+            raise CaffeError(f"net {self.name!r} has no loss layer")
         return total
 
     # ----------------------------------------------------------------- params
@@ -233,14 +233,14 @@ class Net(nn.Module):
         return out
 
     def layer_blobs(self):
-        """Every layer's blobs as deeplab.io.LayerBlobs (for save_caffemodel)."""
-        from .io import LayerBlobs
+        """Every layer's blobs as caffe.model_io.LayerBlobs (for save_caffemodel)."""
+        from .model_io import LayerBlobs
         return [LayerBlobs(layer.name, layer.type, [b.detach().float().cpu().numpy() for b in layer.blobs])
                 for layer in self.layers if len(layer.blobs)]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the weights as a binary ``.caffemodel`` (atomically)."""
-        from .io import save_caffemodel
+        from .model_io import save_caffemodel
         save_caffemodel(path, self.layer_blobs(), self.name)
 
     @torch.no_grad()
@@ -251,7 +251,7 @@ class Net(nn.Module):
         ``ignore_shape_mismatch`` is set, in which case that layer keeps its fillers.
         Returns {"copied": [...], "skipped": [...], "ignored": [...]}."""
         if isinstance(weights, (str, os.PathLike)):
-            from .io import load_caffemodel
+            from .model_io import load_caffemodel
             weights = load_caffemodel(weights)
         source = weights
         report = {"copied": [], "skipped": [], "ignored": []}
@@ -261,7 +261,7 @@ class Net(nn.Module):
                 continue
             layer = self.layer(src.name)
             if len(src.blobs) != len(layer.blobs):
-                raise DeepLabError(f"layer {src.name!r}: the weights have {len(src.blobs)} blobs, "
+                raise CaffeError(f"layer {src.name!r}: the weights have {len(src.blobs)} blobs, "
                                    f"the net has {len(layer.blobs)}")
             arrays = []
             for i, (arr, blob) in enumerate(zip(src.blobs, layer.blobs)):
@@ -270,7 +270,7 @@ class Net(nn.Module):
                     arrays = None
                     if ignore_shape_mismatch or not _strict_dim(layer.param):
                         break
-                    raise DeepLabError(f"layer {src.name!r}: blob {i} has shape {tuple(arr.shape)} in the weights "
+                    raise CaffeError(f"layer {src.name!r}: blob {i} has shape {tuple(arr.shape)} in the weights "
                                        f"but {target} in the net")
                 arrays.append(np.asarray(arr, dtype=np.float32).reshape(target))
             if arrays is None:

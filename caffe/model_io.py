@@ -19,8 +19,8 @@ from typing import Iterator
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from . import DeepLabError
-from .cli import atomic_path
+from . import CaffeError
+from .files import atomic_path
 from .prototxt import V1_TYPE_NAMES
 from .proto import caffe_pb2 as pb
 
@@ -57,7 +57,7 @@ class SolverState:
 
 
 class _Corrupt(Exception):
-    """Raised by the wire walker; turned into a DeepLabError naming the file."""
+    """Raised by the wire walker; turned into a CaffeError naming the file."""
 
 
 # --------------------------------------------------------------------------- reading
@@ -163,9 +163,9 @@ def _mapped(path: str | os.PathLike) -> Iterator[tuple[bytes | mmap.mmap, str]]:
             empty = os.fstat(f.fileno()).st_size == 0  # mmap refuses empty files
             buf = None if empty else mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except FileNotFoundError:
-        raise DeepLabError(f"{path}: no such file") from None
+        raise CaffeError(f"{path}: no such file") from None
     except (OSError, ValueError) as e:
-        raise DeepLabError(f"{path}: cannot read: {e}") from None
+        raise CaffeError(f"{path}: cannot read: {e}") from None
     if buf is None:
         yield b"", path
         return
@@ -178,7 +178,7 @@ def _mapped(path: str | os.PathLike) -> Iterator[tuple[bytes | mmap.mmap, str]]:
 
 def _check_not_hdf5(buf: bytes, path: str) -> None:
     if buf[:8] == b"\x89HDF\r\n\x1a\n":
-        raise DeepLabError(f"{path}: is an HDF5 snapshot; only the binary protobuf format "
+        raise CaffeError(f"{path}: is an HDF5 snapshot; only the binary protobuf format "
                            "(snapshot_format: BINARYPROTO, Caffe's default) is supported")
 
 
@@ -232,9 +232,9 @@ def load_caffemodel(path: str | os.PathLike) -> list[LayerBlobs]:
         except _Corrupt as e:  # raised below, once the traceback (and its views) is gone
             error = f"{path}: truncated or corrupt caffemodel (layer {seen}): {e}"
         if error:
-            raise DeepLabError(error)
+            raise CaffeError(error)
     if not seen:
-        raise DeepLabError(f"{path}: holds no layers; not a binary caffemodel?")
+        raise CaffeError(f"{path}: holds no layers; not a binary caffemodel?")
     return layers
 
 
@@ -255,9 +255,9 @@ def load_solverstate(path: str | os.PathLike) -> SolverState:
         except (_Corrupt, DecodeError) as e:
             error = f"{path}: truncated or corrupt solverstate: {e}"
         if error:
-            raise DeepLabError(error)
+            raise CaffeError(error)
     if not meta.HasField("iter"):
-        raise DeepLabError(f"{path}: has no iteration number; not a binary solverstate?")
+        raise CaffeError(f"{path}: has no iteration number; not a binary solverstate?")
     return SolverState(int(meta.iter), meta.learned_net, history, int(meta.current_step))
 
 

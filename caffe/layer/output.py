@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from ..cli import atomic_path
+from ..files import atomic_path
 from . import Layer, register
 
 

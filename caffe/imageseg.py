@@ -3,7 +3,7 @@
 A list file holds ``/JPEGImages/x.jpg /SegmentationClassAug/x.png`` lines (one column when
 the layer has no labels) relative to ``root_folder``; paths in the prototxt are relative to
 the working directory, as in Caffe. Images are read with OpenCV as BGR 0-255; labels as
-class indices (deeplab.labels.read_label). The fork's TransformImgAndSeg: pad image with the
+class indices (caffe.images.read_label). The fork's TransformImgAndSeg: pad image with the
 mean and label with ignore_label at the bottom/right up to crop_size, then crop (random in
 TRAIN, centred in TEST), mirror with probability 1/2 when ``mirror``, subtract the mean,
 times ``scale``.
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .. import DeepLabError
-from ..labels import read_label
+from . import CaffeError
+from .images import read_label
 
 NONE, IMAGE, PIXEL = 0, 1, 2
 
@@ -45,10 +45,10 @@ def read_list(source: str, root_folder: str = "", label_type: int = PIXEL) -> li
         with open(source) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        raise DeepLabError(f"list file {source} not found (relative to the working directory "
+        raise CaffeError(f"list file {source} not found (relative to the working directory "
                            f"{os.getcwd()})") from None
     except OSError as e:
-        raise DeepLabError(f"cannot read list file {source}: {e.strerror}") from None
+        raise CaffeError(f"cannot read list file {source}: {e.strerror}") from None
     entries = []
     for n, line in enumerate(lines, 1):
         parts = line.split()
@@ -57,7 +57,7 @@ def read_list(source: str, root_folder: str = "", label_type: int = PIXEL) -> li
         where = f"{source}:{n}"
         want = 1 if label_type == NONE else 2
         if len(parts) < want:
-            raise DeepLabError(f"{where}: expected an image and a label, got {line.strip()!r}")
+            raise CaffeError(f"{where}: expected an image and a label, got {line.strip()!r}")
         image = root_folder + parts[0]
         label = None
         if label_type == PIXEL:
@@ -65,13 +65,13 @@ def read_list(source: str, root_folder: str = "", label_type: int = PIXEL) -> li
         elif label_type == IMAGE:
             label = parts[1]
             if not label.lstrip("-").isdigit():
-                raise DeepLabError(f"{where}: label_type IMAGE needs an integer class, got {label!r}")
+                raise CaffeError(f"{where}: label_type IMAGE needs an integer class, got {label!r}")
         for path in (image, label if label_type == PIXEL else None):
             if path is not None and not os.path.isfile(path):
-                raise DeepLabError(f"{where}: {path} does not exist")
+                raise CaffeError(f"{where}: {path} does not exist")
         entries.append(Entry(where, image, label))
     if not entries:
-        raise DeepLabError(f"list file {source} lists no images")
+        raise CaffeError(f"list file {source} lists no images")
     return entries
 
 
@@ -123,7 +123,7 @@ class Transform:
         """Read one list entry: BGR (or grey) uint8 image and uint8 label of the same size."""
         img = cv2.imread(entry.image, cv2.IMREAD_COLOR if self.color else cv2.IMREAD_GRAYSCALE)
         if img is None:
-            raise DeepLabError(f"{entry.where}: cannot read image {entry.image}")
+            raise CaffeError(f"{entry.where}: cannot read image {entry.image}")
         if img.ndim == 2:
             img = img[:, :, None]
         nh, nw = self.new_size
@@ -133,12 +133,12 @@ class Transform:
         if label_type == PIXEL:
             try:
                 lab = read_label(entry.label)
-            except DeepLabError as e:
-                raise DeepLabError(f"{entry.where}: {e}") from None
+            except CaffeError as e:
+                raise CaffeError(f"{entry.where}: {e}") from None
             if nh and nw:
                 lab = cv2.resize(lab, (nw, nh), interpolation=cv2.INTER_NEAREST)
             if lab.shape != (h, w):
-                raise DeepLabError(f"{entry.where}: label {entry.label} is {lab.shape[0]}x{lab.shape[1]} "
+                raise CaffeError(f"{entry.where}: label {entry.label} is {lab.shape[0]}x{lab.shape[1]} "
                                    f"but image {entry.image} is {h}x{w}")
         else:
             value = int(entry.label) if label_type == IMAGE else self.ignore_label
@@ -153,18 +153,18 @@ class ImageSegSource(Dataset):
         p, t = lp.image_data_param, lp.transform_param
         self.name, self.tops = lp.name, list(lp.top)
         if t.mean_file or p.mean_file:
-            raise DeepLabError(f"layer {lp.name!r}: mean_file is not supported by ImageSegData; use mean_value")
+            raise CaffeError(f"layer {lp.name!r}: mean_file is not supported by ImageSegData; use mean_value")
         if bool(p.new_height) != bool(p.new_width):
-            raise DeepLabError(f"layer {lp.name!r}: new_height and new_width must be set together")
+            raise CaffeError(f"layer {lp.name!r}: new_height and new_width must be set together")
         if not p.source:
-            raise DeepLabError(f"layer {lp.name!r}: image_data_param.source (the list file) is not set")
+            raise CaffeError(f"layer {lp.name!r}: image_data_param.source (the list file) is not set")
         self.label_type = _label_type(p)
         self.transform = Transform(
             crop=int(t.crop_size), mirror=bool(t.mirror), mean=tuple(float(v) for v in t.mean_value),
             scale=float(t.scale), train=phase.upper() == "TRAIN", ignore_label=int(p.ignore_label),
             new_size=(int(p.new_height), int(p.new_width)), color=bool(p.is_color))
         if self.transform.mean and len(self.transform.mean) not in (1, 3 if p.is_color else 1):
-            raise DeepLabError(f"layer {lp.name!r}: give 1 mean_value or one per channel")
+            raise CaffeError(f"layer {lp.name!r}: give 1 mean_value or one per channel")
         self.entries = read_list(p.source, p.root_folder, self.label_type)
         self.batch_size = int(p.batch_size) or 1
         self.shuffle, self.seed = bool(p.shuffle), int(seed)
@@ -185,13 +185,13 @@ class ImageSegSource(Dataset):
         return int(self._perm[1][k])
 
     def __getitem__(self, pos: int):
-        """(data, label, dims) of stream position ``pos``, or the DeepLabError it raised."""
+        """(data, label, dims) of stream position ``pos``, or the CaffeError it raised."""
         try:
             entry = self.entries[self.item_index(pos)]
             img, lab = self.transform.read(entry, self.label_type)
             data, label, dims = self.transform(img, lab, np.random.default_rng([self.seed & 0xFFFFFFFF, pos]))
             return data, label, np.array(dims, np.float32).reshape(1, 1, 2), entry.where
-        except DeepLabError as e:
+        except CaffeError as e:
             return e
 
 
@@ -218,12 +218,12 @@ class _Batches(torch.utils.data.Sampler):
 
 def _collate(items):
     for it in items:
-        if isinstance(it, DeepLabError):
+        if isinstance(it, CaffeError):
             return it
     shapes = {it[0].shape for it in items}
     if len(shapes) > 1:
         where = ", ".join(f"{it[3]} {it[0].shape[1]}x{it[0].shape[2]}" for it in items)
-        return DeepLabError(f"images of one batch differ in size and no crop_size is set ({where})")
+        return CaffeError(f"images of one batch differ in size and no crop_size is set ({where})")
     return tuple(torch.from_numpy(np.stack([it[k] for it in items])) for k in range(3))
 
 
@@ -252,7 +252,7 @@ class Stream:
             self._start(b)
         batch = next(self._it)
         self._next = b + 1
-        if isinstance(batch, DeepLabError):
+        if isinstance(batch, CaffeError):
             self.close()
             raise batch
         return dict(zip(self.source.tops, batch))
@@ -277,12 +277,12 @@ class NetFeed:
             if not layer.is_data:
                 continue
             if layer.type != "ImageSegData":
-                raise DeepLabError(f"layer {layer.name!r} ({layer.type}): tools/train.py reads data only through "
+                raise CaffeError(f"layer {layer.name!r} ({layer.type}): tools/train.py reads data only through "
                                    "ImageSegData layers; an Input layer needs its data fed by code")
             src = ImageSegSource(layer.param, phase, seed)
             self.streams.append(Stream(src, rank, world, workers, pin_memory))
         if not self.streams:
-            raise DeepLabError(f"net {net.name!r} ({phase}) has no ImageSegData layer to read data from")
+            raise CaffeError(f"net {net.name!r} ({phase}) has no ImageSegData layer to read data from")
 
     def __call__(self, b: int) -> dict[str, torch.Tensor]:
         out = {}

@@ -1,6 +1,6 @@
 """Layers whose tops are fed from outside the graph: Input and the fork's ImageSegData.
 
-Loading images for ImageSegData is the data pipeline's job (deeplab/data/); in the graph
+Loading images for ImageSegData is the data pipeline's job (caffe/imageseg.py); in the graph
 the layer only declares its tops' shapes, which the Net exposes as inputs.
 """
 from __future__ import annotations

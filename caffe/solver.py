@@ -1,14 +1,14 @@
-"""Caffe's SGD solver over a :class:`deeplab.net.Net`, as BVLC Caffe's Solver / SGDSolver.
+"""Caffe's SGD solver over a :class:`caffe.net.Net`, as BVLC Caffe's Solver / SGDSolver.
 
 One iteration (Solver::Step): clear the diffs; test every ``test_interval``; ``iter_size``
 forward/backward passes accumulating diffs; average the diffs over processes (Caffe's
 multi-GPU P2PSync does the same); then SGDSolver::ApplyUpdate (the learning-rate policy,
 ClipGradients, and per param Normalize, Regularize, ComputeUpdateValue, w -= v: these live
-in deeplab.sgd). Snapshots are ``<prefix>_iter_N.caffemodel`` + ``.solverstate``. Log lines
+in caffe.sgd). Snapshots are ``<prefix>_iter_N.caffemodel`` + ``.solverstate``. Log lines
 are glog-formatted as Caffe prints them, so Caffe log parsers read them.
 
 Randomness is a function of (seed, iteration): dropout is reseeded from (seed, iteration,
-pass, rank) before each pass and data positions follow the iteration (deeplab.data.imageseg),
+pass, rank) before each pass and data positions follow the iteration (caffe.imageseg),
 so a run resumed from a snapshot continues exactly as the uninterrupted run.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ import time
 import numpy as np
 import torch
 
-from . import DeepLabError
-from .io import SolverState, load_solverstate, save_solverstate
+from . import CaffeError
+from .model_io import SolverState, load_solverstate, save_solverstate
 from .sgd import SGD, check_solver, learning_rate
 
 
@@ -83,7 +83,7 @@ class Solver:
 
     ``train_feed(batch_index)`` returns the net's input tensors for one forward pass (pass
     ``k`` of iteration ``it`` has batch index ``it * iter_size + k``); ``test_nets`` /
-    ``test_feeds`` the same for testing. ``dist`` is a deeplab.distributed.Dist (rank, world)
+    ``test_feeds`` the same for testing. ``dist`` is a caffe.distributed.Dist (rank, world)
     or None; ``log`` a CaffeLog or None; ``amp`` None, "bf16" or "fp16".
     """
 
@@ -95,7 +95,7 @@ class Solver:
         self.seed, self.device = int(seed), torch.device(device)
         self.rank, self.world = (dist.rank, dist.world) if dist is not None else (0, 1)
         if self.rank == 0 and len(self.test_nets) != len(param.test_iter):
-            raise DeepLabError(f"solver: {len(self.test_nets)} test net(s) but {len(param.test_iter)} test_iter "
+            raise CaffeError(f"solver: {len(self.test_nets)} test net(s) but {len(param.test_iter)} test_iter "
                                f"value(s); give one per test net")
         self.dist = dist
         self.log = log if (log is not None and self.rank == 0) else None
@@ -364,14 +364,14 @@ class Solver:
                 beside = os.path.join(os.path.dirname(os.path.abspath(path)), os.path.basename(model))
                 model = beside if os.path.exists(beside) else model
             if not os.path.exists(model):
-                raise DeepLabError(f"{path}: its learned_net {state.learned_net} does not exist")
+                raise CaffeError(f"{path}: its learned_net {state.learned_net} does not exist")
             self.net.copy_from(model)
         if len(state.history) != len(self.sgd.history):
-            raise DeepLabError(f"{path}: holds {len(state.history)} history blobs but the net has "
+            raise CaffeError(f"{path}: holds {len(state.history)} history blobs but the net has "
                                f"{len(self.sgd.history)} learnable params")
         for i, (h, v) in enumerate(zip(state.history, self.sgd.history)):
             if h.size != v.numel():
-                raise DeepLabError(f"{path}: history blob {i} ({self.params[i].layer!r} blob {self.params[i].index}) "
+                raise CaffeError(f"{path}: history blob {i} ({self.params[i].layer!r} blob {self.params[i].index}) "
                                    f"has shape {tuple(h.shape)} but the net's is {tuple(v.shape)}")
             v.copy_(torch.from_numpy(np.ascontiguousarray(h).reshape(tuple(v.shape))))
         self.iter, self.current_step = state.iter, state.current_step
@@ -387,11 +387,11 @@ def share_weights(train_net, test_net) -> None:
             continue
         src = train_net.layer(layer.name)
         if len(src.blobs) != len(layer.blobs):
-            raise DeepLabError(f"layer {layer.name!r}: {len(layer.blobs)} blobs in the test net, "
+            raise CaffeError(f"layer {layer.name!r}: {len(layer.blobs)} blobs in the test net, "
                                f"{len(src.blobs)} in the train net")
         for i, b in enumerate(src.blobs):
             if tuple(b.shape) != tuple(layer.blobs[i].shape):
-                raise DeepLabError(f"layer {layer.name!r}: blob {i} has shape {tuple(layer.blobs[i].shape)} in the "
+                raise CaffeError(f"layer {layer.name!r}: blob {i} has shape {tuple(layer.blobs[i].shape)} in the "
                                    f"test net but {tuple(b.shape)} in the train net")
             layer.blobs[i] = b
 
@@ -400,3 +400,44 @@ def _bar(enabled: bool, start: int, total: int):
     from tqdm import tqdm
     return tqdm(total=total, initial=start, disable=True if not enabled else None,  # None: off unless a TTY unit="iter", dynamic_ncols=True,
                 desc="train", file=sys.stderr)
+
+
+def snapshot_prefix(param, solver_path: str) -> str:
+    """Caffe's UpgradeSnapshotPrefixProperty: unset -> the solver path without extension;
+    a directory -> <dir>/<solver file stem>."""
+    stem = os.path.splitext(solver_path)[0]
+    if not param.snapshot_prefix:
+        return stem
+    if os.path.isdir(param.snapshot_prefix):
+        return os.path.join(param.snapshot_prefix, os.path.basename(stem))
+    return param.snapshot_prefix
+
+
+def build_nets(param, mapping):
+    """The train net and test nets a solver names (Caffe's InitTrainNet / InitTestNets)."""
+    from .net import Net
+    sources = [(f, getattr(param, f)) for f in ("train_net_param", "train_net", "net_param", "net")
+               if param.HasField(f)]
+    if len(sources) != 1:
+        raise CaffeError("the solver must name exactly one train net (one of train_net_param, train_net, "
+                           f"net_param, net); it names {len(sources)}")
+    field, source = sources[0]
+    if isinstance(source, str) and not os.path.isfile(source):
+        raise CaffeError(f"{field} {source}: no such file (relative to the working directory {os.getcwd()}, "
+                           "as in Caffe)")
+    st = param.train_state
+    train = Net(source, "TRAIN", mapping, level=st.level, stages=list(st.stage))
+    tests = list(param.test_net_param) + list(param.test_net)
+    generic = param.HasField("net") or param.HasField("net_param")
+    if generic:
+        tests += [param.net_param if param.HasField("net_param") else param.net] * (len(param.test_iter) - len(tests))
+    if len(param.test_iter) != len(tests):
+        raise CaffeError(f"the solver gives {len(param.test_iter)} test_iter value(s) for {len(tests)} test net(s)")
+    nets = []
+    for i, src in enumerate(tests):
+        if isinstance(src, str) and not os.path.isfile(src):
+            raise CaffeError(f"test net {src}: no such file (relative to the working directory {os.getcwd()})")
+        state = param.test_state[i] if i < len(param.test_state) else None
+        nets.append(Net(src, "TEST", mapping, level=state.level if state else 0,
+                        stages=list(state.stage) if state else ()))
+    return train, nets

@@ -5,14 +5,14 @@ sigmoid), in float32 where Caffe's Dtype arithmetic is. :class:`SGD` is SGDSolve
 after the rate: ClipGradients (global L2 norm over every learnable diff, before
 normalisation), then per learnable param Normalize (diff /= iter_size), Regularize (diff +=
 weight_decay x decay_mult x w, or x sign(w) for L1), ComputeUpdateValue (v = momentum v +
-rate x lr_mult x diff) and w -= v. The loop around it is deeplab.solver.Solver.
+rate x lr_mult x diff) and w -= v. The loop around it is caffe.solver.Solver.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from . import DeepLabError
+from . import CaffeError
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 _f32 = np.float32
@@ -49,7 +49,7 @@ def learning_rate(param, it: int, current_step: int = 0) -> tuple[float, int]:
         _need(param.stepsize > 0, "lr_policy 'sigmoid' needs stepsize > 0")
         rate = base * (_f32(1) / (_f32(1) + np.exp(-gamma * (_f32(it) - _f32(param.stepsize)))))
     else:
-        raise DeepLabError(f"solver: unknown lr_policy {policy!r} (one of {', '.join(POLICIES)})")
+        raise CaffeError(f"solver: unknown lr_policy {policy!r} (one of {', '.join(POLICIES)})")
     return float(_f32(rate)), current_step
 
 
@@ -63,7 +63,7 @@ def lr_at(param, it: int) -> float:
 
 def _need(ok: bool, message: str) -> None:
     if not ok:
-        raise DeepLabError(f"solver: {message}")
+        raise CaffeError(f"solver: {message}")
 
 
 def check_solver(param) -> None:

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .. import DeepLabError
+from .. import CaffeError
 
 Shape = tuple  # (N, C, H, W) or shorter; entries may be None where unknown
 
@@ -53,9 +53,9 @@ class Layer(nn.Module):
             raise self.error(f"takes {' or '.join(map(str, self.num_tops))} top(s), got {len(param.top)}")
         self.top_shapes = [tuple(s) for s in self.setup([tuple(s) for s in bottom_shapes])]
 
-    def error(self, message: str) -> DeepLabError:
+    def error(self, message: str) -> CaffeError:
         """A user error naming this layer."""
-        return DeepLabError(f"layer {self.name!r} ({self.type}): {message}")
+        return CaffeError(f"layer {self.name!r} ({self.type}): {message}")
 
     def setup(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return list(bottom_shapes)
@@ -76,7 +76,7 @@ def make_layer(param, bottom_shapes: Sequence[Shape], phase: str) -> Layer:
     cls = REGISTRY.get(param.type)
     if cls is None:
         known = ", ".join(sorted(REGISTRY))
-        raise DeepLabError(f"layer {param.name!r}: unknown layer type {param.type!r} (supported: {known})")
+        raise CaffeError(f"layer {param.name!r}: unknown layer type {param.type!r} (supported: {known})")
     return cls(param, bottom_shapes, phase)
 
 

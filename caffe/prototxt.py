@@ -13,7 +13,7 @@ import re
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from . import DeepLabError
+from . import CaffeError
 from .proto import caffe_pb2 as pb
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -59,7 +59,7 @@ def fill_placeholders(text: str, mapping: dict[str, str] | None, filename: str) 
     """Replace ``${NAME}`` with ``mapping[NAME]`` (what the release did with sed).
 
     Placeholders inside ``#`` comments are left alone; one outside a comment without a
-    value raises ``DeepLabError("FILE:LINE: placeholder ${NAME} has no value; ...")``.
+    value raises ``CaffeError("FILE:LINE: placeholder ${NAME} has no value; ...")``.
     """
     mapping = mapping or {}
     out = []
@@ -69,7 +69,7 @@ def fill_placeholders(text: str, mapping: dict[str, str] | None, filename: str) 
         def repl(m: re.Match[str]) -> str:
             name = m.group(1)
             if name not in mapping:
-                raise DeepLabError(f"{filename}:{lineno}: placeholder ${{{name}}} has no value; "
+                raise CaffeError(f"{filename}:{lineno}: placeholder ${{{name}}} has no value; "
                                    f"pass --set {name}=...")
             return str(mapping[name])
 
@@ -105,9 +105,9 @@ def _read_source(source: str | os.PathLike) -> tuple[str, str]:
         with open(path, encoding="utf-8") as f:
             return f.read(), path
     except FileNotFoundError:
-        raise DeepLabError(f"{path}: no such file") from None
+        raise CaffeError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DeepLabError(f"{path}: cannot read: {e}") from None
+        raise CaffeError(f"{path}: cannot read: {e}") from None
 
 
 def locate_layer(source, name: str) -> str | None:
@@ -133,10 +133,10 @@ def _parse_text(text: str, message: Message, filename: str) -> None:
         msg = re.sub(r"^'.*?': (?=[A-Z])", "", msg)
         line, col = e.GetLine(), e.GetColumn()
         where = f"{filename}:{line}:{col}" if line is not None else filename
-        raise DeepLabError(f"{where}: {msg}") from None
+        raise CaffeError(f"{where}: {msg}") from None
     missing = message.FindInitializationErrors()  # proto2 `required` (MatWrite's prefix, ...)
     if missing:
-        raise DeepLabError(f"{filename}: missing required field {_describe_path(message, missing[0])}")
+        raise CaffeError(f"{filename}: missing required field {_describe_path(message, missing[0])}")
 
 
 def _describe_path(message: Message, path: str) -> str:
@@ -179,7 +179,7 @@ def upgrade_solver(solver: pb.SolverParameter, filename: str = "<solver>") -> No
     """Caffe's UpgradeSolverAsNeeded, in place: ``solver_type`` enum -> ``type`` string."""
     if solver.HasField("solver_type"):
         if solver.HasField("type"):
-            raise DeepLabError(f"{filename}: both solver_type (deprecated enum) and type are set; "
+            raise CaffeError(f"{filename}: both solver_type (deprecated enum) and type are set; "
                                "keep only type")
         solver.type = _SOLVER_TYPE_NAMES[solver.solver_type]
         solver.ClearField("solver_type")
@@ -194,12 +194,12 @@ def upgrade_net(net: pb.NetParameter, filename: str = "<net>") -> None:
     """Caffe's UpgradeNetAsNeeded, in place: V1 -> V2 layers, input fields -> Input layer."""
     for layer in net.layers:
         if layer.HasField("layer"):
-            raise DeepLabError(
+            raise CaffeError(
                 f"{filename}: layer {layer.layer.name or layer.name!r} uses the V0 syntax "
                 "(layers { layer { ... } }), which is not supported; convert the file with "
                 "Caffe's upgrade_net_proto_text first")
     if net.layers and net.layer:
-        raise DeepLabError(f"{filename}: uses both `layer` and the deprecated `layers`; "
+        raise CaffeError(f"{filename}: uses both `layer` and the deprecated `layers`; "
                            "use one syntax for the whole net")
     if net.layers:
         _upgrade_v1_data_transform(net)
@@ -289,9 +289,9 @@ def _upgrade_input(net: pb.NetParameter, filename: str) -> None:
     if has_shape or has_dim:
         n = len(net.input)
         if has_shape and len(net.input_shape) != n:
-            raise DeepLabError(f"{filename}: {n} input(s) but {len(net.input_shape)} input_shape")
+            raise CaffeError(f"{filename}: {n} input(s) but {len(net.input_shape)} input_shape")
         if not has_shape and len(net.input_dim) != 4 * n:
-            raise DeepLabError(f"{filename}: {n} input(s) need {4 * n} input_dim values "
+            raise CaffeError(f"{filename}: {n} input(s) need {4 * n} input_dim values "
                                f"(num, channels, height, width each), got {len(net.input_dim)}")
         layer = pb.LayerParameter(name="input", type="Input")
         for i, top in enumerate(net.input):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from . import DeepLabError
+from . import CaffeError
 
 
 @dataclass
@@ -42,10 +42,10 @@ def setup(use_cuda: bool, gpu_ids: list[int] | None = None) -> Dist:
     device = "cpu"
     if use_cuda:
         if not torch.cuda.is_available():
-            raise DeepLabError("--gpu was given but CUDA is not available (use --cpu)")
+            raise CaffeError("--gpu was given but CUDA is not available (use --cpu)")
         ids = gpu_ids if gpu_ids is not None else list(range(torch.cuda.device_count()))
         if local >= len(ids):
-            raise DeepLabError(f"process {local} has no GPU (GPUs: {ids})")
+            raise CaffeError(f"process {local} has no GPU (GPUs: {ids})")
         torch.cuda.set_device(ids[local])
         device = f"cuda:{ids[local]}"
     if world > 1 and not dist.is_initialized():

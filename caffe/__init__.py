@@ -1,0 +1,34 @@
+"""A Caffe engine on PyTorch, importable as pycaffe is: ``import caffe``.
+
+The package mirrors BVLC Caffe's tree: ``proto`` (the schema, ``caffe.proto.caffe_pb2``),
+``prototxt`` (text parsing and V1 upgrade), ``model_io`` (caffemodel / solverstate files),
+``layer`` (one module per layer family and the registry keyed by Caffe type name), ``net``,
+``solver`` and ``sgd``, ``imageseg`` (the DeepLab fork's ImageSegData source), and the
+pycaffe API on top of them. It knows nothing of datasets, experiments or the CRF stage.
+
+Importing ``caffe`` is light: torch is imported only when an engine part is first used, so
+``caffe.proto`` and the file helpers work in processes without torch.
+"""
+
+__version__ = "1.0.0"
+
+TRAIN = 0
+TEST = 1
+
+
+class CaffeError(Exception):
+    """A user error: bad prototxt, bad file, shape mismatch. Tools print it as one line."""
+
+
+# pycaffe's names, resolved on first use (PEP 562) so that `import caffe` stays light.
+_LAZY: dict[str, str] = {}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'caffe' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
