@@ -2,8 +2,12 @@
 #   make demo                      the whole pipeline on the embedded synthetic set (CPU, minutes)
 #   make test                      install and run the test suite
 #   make train|extract|crf|eval|search|report|bench EXP=voc12/DeepLab-LargeFOV [GPU=0] [SET=val]
-# Stages depend on files, so `make eval` runs only what is missing. Experiment outputs go to
-# exper/<dataset>/<NET_ID>/{model,features,res,log} (the release's folders, one experiment each).
+# Stages depend on files, so `make eval` runs only what is missing or made from other inputs: extract,
+# crf and search always run their tool, which skips outputs finished from the same inputs (weights
+# digest, net, CRF parameters, score source: OUT/.provenance.json, deeplab/provenance.py) and redoes
+# the rest; a stage's .done stamp is a copy of that record, rewritten only when it changes, so
+# `make eval WEIGHTS=other.caffemodel` redoes extraction, CRF and evaluation and nothing else.
+# Experiment outputs go to exper/<dataset>/<NET_ID>/{model,features,res,log} (the release's folders).
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
 PYTHON ?= python3
@@ -25,7 +29,6 @@ ifeq ($(DATASET),voc12)
   DATA_ROOT ?= data/voc12/VOCdevkit/VOC2012
   LIST_DIR ?= data/voc12/list
   TRAIN_SET ?= train_aug
-  NUM_LABELS ?= 21
   CLASSES ?= voc12
   IMAGES ?= $(DATA_ROOT)/JPEGImages
   GT ?= $(DATA_ROOT)/SegmentationClassAug
@@ -33,7 +36,6 @@ else ifeq ($(DATASET),camvid)
   DATA_ROOT ?= data/camvid/CamVid
   LIST_DIR ?= data/camvid/list
   TRAIN_SET ?= train
-  NUM_LABELS ?= 11
   CLASSES ?= camvid
   IMAGES ?= $(DATA_ROOT)/images
   GT ?= $(DATA_ROOT)/labels
@@ -41,16 +43,23 @@ else ifeq ($(DATASET),synthetic)
   DATA_ROOT ?= data/synthetic/out
   LIST_DIR ?= data/synthetic/out/list
   TRAIN_SET ?= train
-  NUM_LABELS ?= 5
   CLASSES ?= synthetic
   IMAGES ?= $(DATA_ROOT)/JPEGImages
   GT ?= $(DATA_ROOT)/SegmentationClass
 endif
 CAMVID_SRC ?= ../shared/data/camvid
+# The dataset description (deeplab/data/classes/$(CLASSES).txt, or CLASSES=path/to/file.txt) is the one
+# place for classes, colours, void value and class count: the prototxts' ${NUM_LABELS} and ${IGNORE_LABEL}
+# come from it (read once, when a recipe first needs them, after the venv exists); the tools read it
+# from --classes.
+DATASET_INFO = $(eval DATASET_INFO := $(shell $(PY) -m deeplab.labels $(CLASSES) num_classes ignore))$(DATASET_INFO)
+NUM_LABELS ?= $(word 1,$(DATASET_INFO))
+IGNORE_LABEL ?= $(word 2,$(DATASET_INFO))
 
 INIT ?= models/init/$(DATASET)/$(NET_ID).caffemodel
-VARS := --set NET_ID=$(NET_ID) --set EXP=$(EXPER) --set DATA_ROOT=$(DATA_ROOT) --set LIST_DIR=$(LIST_DIR) \
+VARS = --set NET_ID=$(NET_ID) --set EXP=$(EXPER) --set DATA_ROOT=$(DATA_ROOT) --set LIST_DIR=$(LIST_DIR) \
         --set TRAIN_SET=$(TRAIN_SET) --set TEST_SET=$(SET) --set NUM_LABELS=$(NUM_LABELS) \
+        --set IGNORE_LABEL=$(IGNORE_LABEL) \
         --set FEATURE_DIR=$(EXPER)/features
 GPU_ARG := $(if $(GPU),--gpu $(GPU),)
 MAX_ITER = $(shell sed -n 's/^max_iter: *\([0-9]*\).*/\1/p' $(CONF)/solver.prototxt)
@@ -61,6 +70,8 @@ RES := $(EXPER)/res/$(SET)
 # CRF parameters: the release's LargeFOV defaults unless given, e.g. CRF_ARGS="--bi-w 5 --bi-xy-std 50"
 # (make search prints the best setting found on SET and the matching CRF_ARGS).
 CRF_ARGS ?=
+# More deeplab-extract options, e.g. EXTRACT_ARGS="--batch 4 --amp bf16" or "--strict".
+EXTRACT_ARGS ?=
 SEARCH_N ?= 100
 SEARCH_ARGS ?=
 
@@ -68,7 +79,7 @@ DEMO_EXP := synthetic/LargeFOV-small
 BENCH_OUT := exper/bench
 
 .PHONY: install test proto clean-venv demo train extract crf eval search report bench netinfo \
-        data-synthetic data-camvid data-voc12 init-vgg16
+        data-synthetic data-camvid data-voc12 init-vgg16 FORCE
 
 install: $(VENV)/.installed
 
@@ -97,30 +108,36 @@ $(MODEL): $(CONF)/solver.prototxt $(CONF)/train.prototxt | install
 	$(PY) tools/train.py --solver $(CONF)/solver.prototxt $(if $(wildcard $(INIT)),--weights $(INIT),) \
 	    $(VARS) $(GPU_ARG) --log-file $(EXPER)/log/train.log $(TRAIN_ARGS)
 
+# A stage stamp: the folder's provenance record, copied only when it differs (its date then moves).
+STAMP = cmp -s $(1)/.provenance.json $@ || cp $(1)/.provenance.json $@
+
+FORCE:
+
 extract: $(FEATURES)/.done
-$(FEATURES)/.done: $(WEIGHTS) $(CONF)/test.prototxt
+$(FEATURES)/.done: $(WEIGHTS) $(CONF)/test.prototxt FORCE
 	$(PY) tools/extract.py --model $(CONF)/test.prototxt --weights $(WEIGHTS) --list $(LIST_DIR)/$(SET).txt \
-	    --root $(DATA_ROOT) --out $(FEATURES) --labels-out $(RES)/dcnn --classes $(CLASSES) $(VARS) $(GPU_ARG)
-	touch $@
+	    --root $(DATA_ROOT) --out $(FEATURES) --labels-out $(RES)/dcnn --classes $(CLASSES) $(VARS) $(GPU_ARG) \
+	    $(EXTRACT_ARGS)
+	@$(call STAMP,$(FEATURES))
 
 crf: $(RES)/crf/.done
-$(RES)/crf/.done: $(FEATURES)/.done
+$(RES)/crf/.done: $(FEATURES)/.done FORCE
 	$(PY) -m densecrf --images $(IMAGES) --scores $(FEATURES) --list $(LIST_DIR)/$(SET).txt --out $(RES)/crf \
 	    --classes $(CLASSES) -j $(JOBS) $(CRF_ARGS)
-	touch $@
+	@$(call STAMP,$(RES)/crf)
 
 $(RES)/eval_dcnn.json: $(FEATURES)/.done
 	$(PY) tools/eval.py --pred $(RES)/dcnn --gt $(GT) --list $(LIST_DIR)/$(SET).txt --classes $(CLASSES) \
-	    --ignore 255 --name DCNN --json $@ -j $(JOBS) --quiet > /dev/null
+	    --name DCNN --json $@ -j $(JOBS) --quiet > /dev/null
 $(RES)/eval_crf.json: $(RES)/crf/.done
 	$(PY) tools/eval.py --pred $(RES)/crf --gt $(GT) --list $(LIST_DIR)/$(SET).txt --classes $(CLASSES) \
-	    --ignore 255 --name DCNN+CRF --json $@ -j $(JOBS) --quiet > /dev/null
+	    --name DCNN+CRF --json $@ -j $(JOBS) --quiet > /dev/null
 
 eval: $(RES)/eval_dcnn.json $(RES)/eval_crf.json
 	$(PY) tools/eval.py --compare $^ --plot $(RES)/trimap.png
 
 search: $(RES)/crf_search/best.json
-$(RES)/crf_search/best.json: $(FEATURES)/.done
+$(RES)/crf_search/best.json: $(FEATURES)/.done FORCE
 	$(PY) tools/crf_search.py --images $(IMAGES) --scores $(FEATURES) --labels $(GT) --list $(LIST_DIR)/$(SET).txt \
 	    --out $(RES)/crf_search --classes $(CLASSES) --n $(SEARCH_N) -j $(JOBS) $(SEARCH_ARGS)
 

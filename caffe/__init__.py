@@ -21,7 +21,18 @@ class CaffeError(Exception):
 
 
 # pycaffe's names, resolved on first use (PEP 562) so that `import caffe` stays light.
-_LAZY: dict[str, str] = {}
+# A name mapped to ".<itself>" is a submodule (caffe.io, caffe.draw, ...).
+_LAZY: dict[str, str] = {
+    "Net": ".pycaffe", "set_mode_cpu": ".pycaffe", "set_mode_gpu": ".pycaffe", "set_device": ".pycaffe",
+    "set_random_seed": ".pycaffe", "layer_type_list": ".pycaffe", "has_nccl": ".pycaffe",
+    "Blob": ".blob",
+    "Layer": ".layer.python",
+    "SGDSolver": ".pysolver", "get_solver": ".pysolver",
+    "NetSpec": ".net_spec", "layers": ".net_spec", "params": ".net_spec", "to_proto": ".net_spec",
+    "Classifier": ".classifier", "Detector": ".detector",
+    "io": ".io", "draw": ".draw", "coord_map": ".coord_map", "net_spec": ".net_spec",
+    "classifier": ".classifier", "detector": ".detector", "pycaffe": ".pycaffe",
+}
 
 
 def __getattr__(name: str):
@@ -29,6 +40,7 @@ def __getattr__(name: str):
     if module is None:
         raise AttributeError(f"module 'caffe' has no attribute {name!r}")
     import importlib
-    value = getattr(importlib.import_module(module, __name__), name)
+    found = importlib.import_module(module, __name__)
+    value = found if module == "." + name else getattr(found, name)
     globals()[name] = value
     return value

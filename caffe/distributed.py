@@ -1,4 +1,8 @@
-"""Data-parallel training over processes with torch.distributed (started by torchrun).
+"""Devices and data-parallel training over processes with torch.distributed.
+
+``gpu_ids`` reads a ``--gpu`` flag as Caffe's get_gpus does; ``device_query`` describes a GPU
+as Caffe::DeviceQuery does. Several processes are started by torchrun or by
+caffe.training's self-spawn.
 
 Each process runs the solver on its own ``batch_size`` and its own share of the data; after
 the ``iter_size`` passes the diffs are averaged over processes with one all-reduce (what
@@ -25,6 +29,49 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: str = "cpu"
+
+
+def gpu_ids(flag: str | None) -> list[int]:
+    """Caffe's get_gpus: empty -> [] (the CPU), ``all`` -> every visible GPU, ``0,1`` -> [0, 1].
+
+    Asking for a GPU where CUDA is missing, or for one that does not exist, is a CaffeError.
+    """
+    if not flag:
+        return []
+    ids = None
+    if flag != "all":
+        try:
+            ids = [int(g) for g in flag.split(",")]
+        except ValueError:
+            raise CaffeError(f"--gpu expects an id, ids separated by commas, or 'all'; got {flag!r}") from None
+        if len(set(ids)) != len(ids) or min(ids) < 0:
+            raise CaffeError(f"--gpu {flag}: give each GPU id once, as a number from 0")
+    if not torch.cuda.is_available():
+        raise CaffeError(f"--gpu {flag}: CUDA is not available on this machine (no NVIDIA GPU or driver, or a "
+                         f"CPU-only PyTorch {torch.__version__}); leave out --gpu to run on the CPU")
+    count = torch.cuda.device_count()
+    if ids is None:
+        return list(range(count))
+    missing = [i for i in ids if i >= count]
+    if missing:
+        raise CaffeError(f"--gpu {flag}: there is no GPU {missing[0]} ({count} visible: 0..{count - 1})")
+    return ids
+
+
+def device_query(gpu: int) -> list[str]:
+    """Caffe::DeviceQuery's lines for one GPU (the properties CUDA reports through PyTorch)."""
+    p = torch.cuda.get_device_properties(gpu)
+    rows = [("Device id", gpu), ("Major revision number", p.major), ("Minor revision number", p.minor),
+            ("Name", p.name), ("Total global memory", p.total_memory)]
+    for label, attr in (("Total shared memory per block", "shared_memory_per_block"),
+                        ("Total registers per multiprocessor", "regs_per_multiprocessor"),
+                        ("Warp size", "warp_size"),
+                        ("Maximum threads per multiprocessor", "max_threads_per_multi_processor"),
+                        ("L2 cache size", "L2_cache_size")):
+        if hasattr(p, attr):
+            rows.append((label, getattr(p, attr)))
+    rows.append(("Number of multiprocessors", p.multi_processor_count))
+    return [f"{label + ':':<31}{value}" for label, value in rows]
 
 
 def launched() -> bool:

@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import CaffeError
-from .images import read_label
+from .images import read_image, read_label
+from .lists import read_list as read_lines
 
 NONE, IMAGE, PIXEL = 0, 1, 2
 
@@ -40,38 +41,23 @@ class Entry:
 
 
 def read_list(source: str, root_folder: str = "", label_type: int = PIXEL) -> list[Entry]:
-    """Parse a list file; every listed file must exist (an error names the list line)."""
-    try:
-        with open(source) as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise CaffeError(f"list file {source} not found (relative to the working directory "
-                           f"{os.getcwd()})") from None
-    except OSError as e:
-        raise CaffeError(f"cannot read list file {source}: {e.strerror}") from None
+    """Parse a list file (caffe.lists); every listed file must exist (an error names the list line)."""
     entries = []
-    for n, line in enumerate(lines, 1):
-        parts = line.split()
-        if not parts:
-            continue
-        where = f"{source}:{n}"
-        want = 1 if label_type == NONE else 2
-        if len(parts) < want:
-            raise CaffeError(f"{where}: expected an image and a label, got {line.strip()!r}")
-        image = root_folder + parts[0]
+    for line in read_lines(source):
+        if label_type != NONE and line.label is None:
+            raise CaffeError(f"{line.where}: expected an image and a label, got {line.text!r}")
+        image = root_folder + line.image
         label = None
         if label_type == PIXEL:
-            label = root_folder + parts[1]
+            label = root_folder + line.label
         elif label_type == IMAGE:
-            label = parts[1]
+            label = line.label
             if not label.lstrip("-").isdigit():
-                raise CaffeError(f"{where}: label_type IMAGE needs an integer class, got {label!r}")
+                raise CaffeError(f"{line.where}: label_type IMAGE needs an integer class, got {label!r}")
         for path in (image, label if label_type == PIXEL else None):
             if path is not None and not os.path.isfile(path):
-                raise CaffeError(f"{where}: {path} does not exist")
-        entries.append(Entry(where, image, label))
-    if not entries:
-        raise CaffeError(f"list file {source} lists no images")
+                raise CaffeError(f"{line.where}: {path} does not exist")
+        entries.append(Entry(line.where, image, label))
     return entries
 
 
@@ -87,6 +73,8 @@ class Transform:
     ignore_label: int = 255
     new_size: tuple = (0, 0)   # (height, width), 0 = keep
     color: bool = True
+    num_classes: int | None = None   # with it, every label value must be a class or label_ignore
+    label_ignore: int | None = None
 
     def __call__(self, img: np.ndarray, lab: np.ndarray, rng: np.random.Generator):
         """HxWxC uint8 image, HxW uint8 label -> (CxHxW float32, 1xHxW float32, (h, w))."""
@@ -120,19 +108,20 @@ class Transform:
         return data, np.ascontiguousarray(lab, dtype=np.float32)[None], dims
 
     def read(self, entry: Entry, label_type: int) -> tuple[np.ndarray, np.ndarray]:
-        """Read one list entry: BGR (or grey) uint8 image and uint8 label of the same size."""
-        img = cv2.imread(entry.image, cv2.IMREAD_COLOR if self.color else cv2.IMREAD_GRAYSCALE)
-        if img is None:
-            raise CaffeError(f"{entry.where}: cannot read image {entry.image}")
-        if img.ndim == 2:
-            img = img[:, :, None]
+        """Read one list entry: BGR (or grey) uint8 image and its label (uint8, or uint16 for
+        16-bit files) of the same size; with ``num_classes`` every label value is checked, so a
+        bad label is an error naming the list line and the file even where the crop misses it."""
+        try:
+            img = read_image(entry.image, color=self.color)   # the one image rule (truncated files refused)
+        except CaffeError as e:
+            raise CaffeError(f"{entry.where}: {e}") from None
         nh, nw = self.new_size
         if nh and nw:
             img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape(nh, nw, -1)
         h, w = img.shape[:2]
         if label_type == PIXEL:
             try:
-                lab = read_label(entry.label)
+                lab = read_label(entry.label, self.num_classes, self.label_ignore)
             except CaffeError as e:
                 raise CaffeError(f"{entry.where}: {e}") from None
             if nh and nw:
@@ -149,7 +138,8 @@ class Transform:
 class ImageSegSource(Dataset):
     """The samples of one ImageSegData layer, indexed by stream position (see module doc)."""
 
-    def __init__(self, lp, phase: str = "TRAIN", seed: int = 0):
+    def __init__(self, lp, phase: str = "TRAIN", seed: int = 0, num_classes: int | None = None,
+                 label_ignore: int | None = None):
         p, t = lp.image_data_param, lp.transform_param
         self.name, self.tops = lp.name, list(lp.top)
         if t.mean_file or p.mean_file:
@@ -162,7 +152,8 @@ class ImageSegSource(Dataset):
         self.transform = Transform(
             crop=int(t.crop_size), mirror=bool(t.mirror), mean=tuple(float(v) for v in t.mean_value),
             scale=float(t.scale), train=phase.upper() == "TRAIN", ignore_label=int(p.ignore_label),
-            new_size=(int(p.new_height), int(p.new_width)), color=bool(p.is_color))
+            new_size=(int(p.new_height), int(p.new_width)), color=bool(p.is_color),
+            num_classes=num_classes, label_ignore=label_ignore)
         if self.transform.mean and len(self.transform.mean) not in (1, 3 if p.is_color else 1):
             raise CaffeError(f"layer {lp.name!r}: give 1 mean_value or one per channel")
         self.entries = read_list(p.source, p.root_folder, self.label_type)
@@ -277,9 +268,10 @@ class NetFeed:
             if not layer.is_data:
                 continue
             if layer.type != "ImageSegData":
-                raise CaffeError(f"layer {layer.name!r} ({layer.type}): tools/train.py reads data only through "
-                                   "ImageSegData layers; an Input layer needs its data fed by code")
-            src = ImageSegSource(layer.param, phase, seed)
+                raise CaffeError(f"layer {layer.name!r} ({layer.type}): training, caffe test and caffe time read "
+                                 "data only through ImageSegData layers; an Input layer needs its data fed by code")
+            classes, ignore = label_classes(net, layer.top_names[1]) if len(layer.top_names) > 1 else (None, None)
+            src = ImageSegSource(layer.param, phase, seed, classes, ignore)
             self.streams.append(Stream(src, rank, world, workers, pin_memory))
         if not self.streams:
             raise CaffeError(f"net {net.name!r} ({phase}) has no ImageSegData layer to read data from")
@@ -294,3 +286,39 @@ class NetFeed:
         """Stop every stream's workers."""
         for s in self.streams:
             s.close()
+
+
+# Layers that pass a label through unchanged in value (shape aside) and those that read it as
+# class indices against a score blob (bottom 0, classes on axis 1).
+_LABEL_PASSING = {"Interp", "Crop", "Padding", "Split", "Flatten", "Reshape", "Silence"}
+_LABEL_READERS = {"SoftmaxWithLoss", "SegAccuracy", "Accuracy", "InfogainLoss", "MultinomialLogisticLoss"}
+
+
+def label_classes(net, label_top: str) -> tuple[int | None, int | None]:
+    """(class count, ignore value) the net's losses and accuracies read ``label_top`` with:
+    the channel count of the score blob beside it and the reader's ``ignore_label``. (None,
+    None) when no such reader is found, or readers disagree on the count. The data layer then
+    checks each label file once, when first read, instead of letting the loss fail on a batch."""
+    derived, counts, ignores = {label_top}, set(), set()
+    for layer in net.layers:
+        bottoms = list(layer.bottom_names)
+        if layer.type in _LABEL_PASSING and bottoms and bottoms[0] in derived:
+            derived.update(layer.top_names)
+        elif layer.type in _LABEL_READERS and len(bottoms) > 1 and bottoms[1] in derived:
+            shape = net.blob_shapes.get(bottoms[0])
+            if shape is not None and len(shape) > 1 and shape[1]:
+                counts.add(int(shape[1]))
+            ignores.update(_ignore_labels(layer.param))
+    if len(counts) != 1:
+        return None, None
+    return counts.pop(), (ignores.pop() if len(ignores) == 1 else None)
+
+
+def _ignore_labels(lp) -> list[int]:
+    """The ignore_label values a loss or accuracy layer sets (none where it sets none)."""
+    out = [int(lp.loss_param.ignore_label)] if lp.loss_param.HasField("ignore_label") else []
+    if lp.HasField("accuracy_param") and lp.accuracy_param.HasField("ignore_label"):
+        out.append(int(lp.accuracy_param.ignore_label))
+    if lp.HasField("seg_accuracy_param"):
+        out.extend(int(v) for v in lp.seg_accuracy_param.ignore_label)
+    return out

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from . import CaffeError
-from .layer import Layer, make_layer
+from .backward_plan import plan_backward
+from .layer import AUTOMATIC, Layer, make_layer
+from .proto import caffe_pb2 as pb
 
 PHASES = {"TRAIN": 0, "TEST": 1}
 
@@ -82,6 +84,14 @@ class Net(nn.Module):
     ``source`` is a prototxt path, its text, or a parsed NetParameter; ``mapping`` fills
     ``${NAME}`` placeholders; ``input_shapes`` overrides data layers' top shapes (e.g. a
     test image size) for shape inference.
+
+    Caffe's net.cpp rules, checked as the layers are added: a layer may give a top a name
+    already in use only in place (top i = bottom i), and only if no other layer reads the
+    blob it overwrites (Caffe would insert a split there and then refuse the top); a layer
+    with AutoTopBlobs (every loss layer) given fewer tops gets anonymous "(automatic)" tops,
+    not outputs and not usable as bottoms, whose loss counts. Layer names may repeat, as in
+    Caffe: ``layer(name)`` is the last of that name (Caffe's layer_names_index_, pycaffe's
+    layer_dict), weights are copied into the first (CopyTrainedLayersFrom's search).
     """
 
     def __init__(self, source, phase="TEST", mapping=None, input_shapes=None, level: int = 0, stages=()):
@@ -93,78 +103,193 @@ class Net(nn.Module):
             param = parse_net(source, mapping)
         self.name = param.name
         self.phase = _phase_id(phase)
+        self.force_backward = bool(param.force_backward)
         self.layers = nn.ModuleList()
+        self.layer_names: list[str] = []           # Caffe's layer_names_ (may repeat)
+        self.blob_names: list[str] = []            # Caffe's blob_names_: every blob, in creation order
         self.blob_shapes: dict[str, tuple] = {}
         self.input_names: list[str] = []
         self.loss_weights: dict[str, float] = {}
-        self._index: dict[str, int] = {}
-        shared: dict[str, tuple[nn.Parameter, str]] = {}
+        self._index: dict[str, int] = {}           # name -> last layer of that name
+        shared: dict[str, tuple[nn.Parameter, str, int]] = {}
         self._owned: list[tuple[Layer, int]] = []
+        self._version: dict[str, int] = {}         # blob name -> id of the value it holds now (in place: a new id)
+        self._next_value = 0
+        self._readers: dict[int, list[int]] = {}   # value id -> layers reading it
+        self._values: list[tuple[int, list[int], list[int]]] = []   # per layer: bottoms' and tops' value ids
+        self._explicit_loss: set[int] = set()      # value ids with a nonzero loss_weight in the prototxt
+        self._labels: set[str] = set()             # blobs holding a data layer's labels
         input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
-        phase_name = "TRAIN" if self.phase == 0 else "TEST"
+        # Caffe's Net(file, phase, level, stages): the file's state.stage plus the given ones.
+        stages = list(param.state.stage) + list(stages) if param.HasField("state") else list(stages)
         for lp in filter_layers(param, self.phase, level, stages):
             try:
-                self._add_layer(lp, phase_name, input_shapes, shared)
+                self._add_layer(lp, input_shapes, shared)
             except CaffeError as e:
                 from .prototxt import locate_layer
                 where = locate_layer(source, lp.name)
                 raise CaffeError(f"{where}: {e}" if where else str(e)) from None
-        consumed = {b for layer in self.layers for b in layer.bottom_names}
-        self.output_names = [t for t in self.blob_shapes if t not in consumed or t in self.loss_weights]
+        # Caffe's available_blobs: a bottom is taken, named tops are put (back: in place).
+        available: dict[str, None] = {}
+        for layer in self.layers:
+            for b in layer.bottom_names:
+                available.pop(b, None)
+            available.update((t, None) for t in layer.top_names if not t.startswith(AUTOMATIC))
+        self.output_names = [t for t in self.blob_shapes if t in available]
+        plan_backward(self)
         self.train(self.phase == 0)
         self._free_plan: dict[frozenset, list[list[str]]] = {}
 
     # ----------------------------------------------------------------- building
-    def _add_layer(self, lp, phase_name: str, input_shapes: dict, shared: dict) -> None:
-        """Check a layer's bottoms and tops, build it and record its tops' shapes."""
-        if lp.name in self._index:
-            raise CaffeError(f"layer {lp.name!r}: duplicate layer name")
+    def _add_layer(self, lp, input_shapes: dict, shared: dict) -> None:
+        """Check a layer's bottoms and tops (Caffe's AppendBottom / AppendTop), build it and
+        record its tops' shapes."""
+        if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
+            raise CaffeError(f"layer {lp.name!r}: propagate_down must be given 0 times or once per bottom "
+                             f"({len(lp.bottom)}), got {len(lp.propagate_down)}")
         for b in lp.bottom:
-            if b not in self.blob_shapes:
+            if b not in self.blob_shapes or b.startswith(AUTOMATIC):
                 raise CaffeError(f"layer {lp.name!r}: bottom {b!r} is not produced by any earlier layer")
-        for t in lp.top:
-            if t in self.blob_shapes and t not in lp.bottom:
-                raise CaffeError(f"layer {lp.name!r}: top {t!r} is produced by more than one layer")
-        layer = make_layer(lp, [self.blob_shapes[b] for b in lp.bottom], phase_name)
+        index = len(self.layers)
+        bottom_ids = [self._version[b] for b in lp.bottom]
+        for v in bottom_ids:
+            self._readers.setdefault(v, []).append(index)
+        for i, t in enumerate(lp.top):
+            if t in lp.top[:i]:
+                raise CaffeError(f"layer {lp.name!r}: top {t!r} is given twice")
+            if t not in self.blob_shapes:
+                continue
+            if i >= len(lp.bottom) or lp.bottom[i] != t:
+                raise CaffeError(f"layer {lp.name!r}: top {t!r} is already produced by an earlier layer; a later "
+                                 f"layer may reuse a blob name only in place, as top {i} = bottom {i}")
+            self._check_in_place(lp, t)
+        phase = lp.phase if lp.HasField("phase") else self.phase   # a layer's own phase, else the net's
+        layer = make_layer(lp, [self.blob_shapes[b] for b in lp.bottom], "TRAIN" if phase == 0 else "TEST")
+        layer.explicit_phase = phase if lp.HasField("phase") else None
+        names = list(lp.top)
+        for _ in range(layer.top_count - len(lp.top)):
+            # Caffe names every anonymous top "(automatic)"; our blob dict keys them apart.
+            k = sum(n.startswith(AUTOMATIC) for n in list(self.blob_shapes) + names)
+            names.append(AUTOMATIC if k == 0 else f"{AUTOMATIC}#{k + 1}")
         layer.bottom_names = list(lp.bottom)
-        layer.top_names = list(lp.top)
+        layer.top_names = names
         if layer.is_data:
-            layer.top_shapes = [input_shapes.get(t, s) for t, s in zip(lp.top, layer.top_shapes)]
-            self.input_names.extend(lp.top)
-        for t, s in zip(lp.top, layer.top_shapes):
+            layer.top_shapes = [input_shapes.get(t, s) for t, s in zip(names, layer.top_shapes)]
+            self.input_names.extend(t for t in names if not t.startswith(AUTOMATIC))
+        self._check_labels(layer)
+        top_ids = []
+        for i, (t, s) in enumerate(zip(names, layer.top_shapes)):
+            if t not in self.blob_shapes:
+                self.blob_names.append(AUTOMATIC if t.startswith(AUTOMATIC) else t)
             self.blob_shapes[t] = s
+            self._version[t] = self._next_value
+            self._next_value += 1
+            top_ids.append(self._version[t])
+        self._values.append((index, bottom_ids, top_ids))
+        self._load_blobs(layer, lp)
         self._share_params(layer, lp, shared)
-        self._set_loss_weights(layer, lp)
-        self._index[lp.name] = len(self.layers)
+        self._set_loss_weights(layer, lp, top_ids)
+        self._index[lp.name] = index
+        self.layer_names.append(lp.name)
         self.layers.append(layer)
 
+    def _check_in_place(self, lp, t: str) -> None:
+        """Caffe computes a top in place only when nothing else reads the value it overwrites:
+        another reader (or a loss_weight on it) makes InsertSplits give this layer a split
+        copy as bottom, and then its top ``t`` is a second producer, which net.cpp refuses."""
+        v = self._version[t]
+        others = [self.layer_names[i] for i in self._readers.get(v, []) if i != len(self.layers)]
+        reads_twice = list(lp.bottom).count(t) > 1
+        if others or reads_twice or v in self._explicit_loss:
+            who = (f"layer {others[0]!r} also reads it" if others else
+                   "this layer reads it twice" if reads_twice else "it carries a loss_weight")
+            raise CaffeError(f"layer {lp.name!r}: cannot compute {t!r} in place: {who}, so Caffe splits the "
+                             f"blob and refuses the in-place top; give the top another name")
+
+    def _check_labels(self, layer: Layer) -> None:
+        """Track blobs holding a data layer's labels; a layer resampling them (Interp shrinking
+        the label, the fork's ``shrink_factor``) checks that it only picks pixels."""
+        bottoms = layer.bottom_names
+        check = getattr(layer, "check_label_resampling", None)
+        carries = check is not None and bottoms and bottoms[0] in self._labels
+        if carries:
+            check([self.blob_shapes[b] for b in bottoms])
+        for t in layer.top_names:
+            self._labels.discard(t)
+        if layer.is_data:
+            self._labels.update(layer.top_names[i] for i in layer.label_tops if i < len(layer.top_names))
+        elif carries:
+            self._labels.add(layer.top_names[0])
+
+    def _load_blobs(self, layer: Layer, lp) -> None:
+        """Weights written into the prototxt (LayerParameter.blobs) replace the fillers' values."""
+        if not len(lp.blobs):
+            return
+        if len(lp.blobs) != len(layer.blobs):
+            raise CaffeError(f"layer {lp.name!r}: the prototxt gives {len(lp.blobs)} blobs, the layer has "
+                             f"{len(layer.blobs)}")
+        with torch.no_grad():
+            for i, (proto, blob) in enumerate(zip(lp.blobs, layer.blobs)):
+                arr = _blob_proto_array(proto)
+                if tuple(arr.shape) not in (tuple(blob.shape), legacy_shape(blob.shape)):
+                    raise CaffeError(f"layer {lp.name!r}: blob {i} has shape {tuple(arr.shape)} in the prototxt "
+                                     f"but {tuple(blob.shape)} in the net")
+                blob.copy_(torch.from_numpy(np.asarray(arr, np.float32).reshape(blob.shape)))
+
     def _share_params(self, layer: Layer, lp, shared) -> None:
+        if len(lp.param) > len(layer.blobs):
+            raise CaffeError(f"layer {lp.name!r}: {len(lp.param)} param specs given, but the layer has only "
+                             f"{len(layer.blobs)} learnable blob(s)")
         for i in range(len(layer.blobs)):
-            name = lp.param[i].name if i < len(lp.param) else ""
+            spec = lp.param[i] if i < len(lp.param) else None
+            name = spec.name if spec is not None else ""
             if name and name in shared:
-                owner, owner_layer = shared[name]
+                owner, owner_layer, _ = shared[name]
                 if owner.shape != layer.blobs[i].shape:
+                    permissive = spec.share_mode == pb.ParamSpec.PERMISSIVE
+                    if permissive and owner.numel() == layer.blobs[i].numel():
+                        raise CaffeError(f"layer {lp.name!r}: share_mode PERMISSIVE between shapes "
+                                         f"{tuple(layer.blobs[i].shape)} and {tuple(owner.shape)} is not supported; "
+                                         "give both layers the same shape")
                     raise CaffeError(f"layer {lp.name!r}: shared parameter {name!r} has shape "
-                                       f"{tuple(layer.blobs[i].shape)} here but {tuple(owner.shape)} in {owner_layer!r}")
+                                     f"{tuple(layer.blobs[i].shape)} here but {tuple(owner.shape)} in {owner_layer!r}")
                 layer.blobs[i] = owner
                 continue
             if name:
-                shared[name] = (layer.blobs[i], lp.name)
+                shared[name] = (layer.blobs[i], lp.name, i)
             self._owned.append((layer, i))
 
-    def _set_loss_weights(self, layer: Layer, lp) -> None:
+    def _set_loss_weights(self, layer: Layer, lp, top_ids: list[int]) -> None:
+        """Caffe's SetLossWeights: given once per top (anonymous ones included), or for a loss
+        layer 1 on its first top when none is given (LossLayer::LayerSetUp)."""
         weights = list(lp.loss_weight)
-        if weights and len(weights) != len(lp.top):
-            raise CaffeError(f"layer {lp.name!r}: loss_weight must be given once per top ({len(lp.top)})")
-        if not weights and layer.is_loss and lp.top:
-            weights = [1.0] + [0.0] * (len(lp.top) - 1)
-        for t, w in zip(lp.top, weights):
+        if weights:
+            for v, w in zip(top_ids, weights):
+                if w:
+                    self._explicit_loss.add(v)
+        elif layer.is_loss:
+            weights = [1.0]
+        if weights and len(weights) != layer.top_count:
+            raise CaffeError(f"layer {lp.name!r}: loss_weight must be unspecified or given once per top "
+                             f"({layer.top_count} top(s), {len(weights)} weight(s))"
+                             + ("; a loss layer's default is one weight, so give e.g. loss_weight: 1 loss_weight: 0"
+                                if layer.is_loss and not lp.loss_weight else ""))
+        layer.top_loss = [float(w) for w in weights] + [0.0] * (layer.top_count - len(weights))
+        for t, w in zip(layer.top_names, weights):
             if w:
                 self.loss_weights[t] = float(w)
 
+    def train(self, mode: bool = True):
+        """nn.Module.train, except that a layer with its own ``phase`` keeps that phase."""
+        super().train(mode)
+        for layer in self.layers:
+            if getattr(layer, "explicit_phase", None) is not None:
+                layer.train(layer.explicit_phase == 0)
+        return self
+
     # ----------------------------------------------------------------- running
     def layer(self, name: str) -> Layer:
-        """The layer called ``name``."""
+        """The layer called ``name`` (the last one, if the name repeats: Caffe's layer_by_name)."""
         if name not in self._index:
             raise CaffeError(f"net {self.name!r} has no layer {name!r}")
         return self.layers[self._index[name]]
@@ -191,9 +316,11 @@ class Net(nn.Module):
         unknown = set(given) - set(self.input_names)
         if unknown:
             raise CaffeError(f"{sorted(unknown)} are not inputs of net {self.name!r} (inputs: {self.input_names})")
+        caller = {_storage(v) for v in blobs.values() if torch.is_tensor(v)}
         keep_all = outputs == "all"
         keep = frozenset(self.output_names if outputs is None or keep_all else outputs) | frozenset(self.loss_weights)
         plan = None if keep_all else self._plan(keep)
+        grad = torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if layer.is_data:
                 continue
@@ -201,7 +328,14 @@ class Net(nn.Module):
                 bottoms = [blobs[b] for b in layer.bottom_names]
             except KeyError as e:
                 raise CaffeError(f"layer {layer.name!r}: input blob {e.args[0]!r} was not given") from None
-            tops = layer(*bottoms)
+            if grad:
+                bottoms = [x.detach() if not flow and torch.is_tensor(x) and x.requires_grad else x
+                           for x, flow in zip(bottoms, self._grad_into[i])]
+            layer.in_place = not grad and self._may_overwrite(layer, bottoms, blobs, caller)
+            try:
+                tops = layer(*bottoms)
+            finally:
+                layer.in_place = False
             for t, v in zip(layer.top_names, tops):
                 blobs[t] = v
             if plan is not None:
@@ -210,6 +344,22 @@ class Net(nn.Module):
         if outputs is not None and not keep_all:
             return {k: blobs[k] for k in keep if k in blobs}
         return blobs
+
+    @staticmethod
+    def _may_overwrite(layer: Layer, bottoms: list, blobs: dict, caller: set) -> bool:
+        """In place is safe only for an in-place top (top 0 = bottom 0) whose memory no other
+        live blob and no caller tensor shares: Dropout in TEST, Interp at equal size, Crop and
+        similar layers hand back their bottom or a view of it under another name."""
+        if not layer.top_names or not layer.bottom_names or layer.top_names[0] != layer.bottom_names[0]:
+            return False
+        x = bottoms[0]
+        if not torch.is_tensor(x) or x.numel() == 0:
+            return False
+        mine = _storage(x)
+        if mine in caller:
+            return False
+        name = layer.bottom_names[0]
+        return not any(k != name and torch.is_tensor(v) and _storage(v) == mine for k, v in blobs.items())
 
     def loss(self, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of loss_weight x (sum of the top) over the net's loss tops."""
@@ -245,8 +395,8 @@ class Net(nn.Module):
 
     @torch.no_grad()
     def copy_from(self, weights, ignore_shape_mismatch: bool = False) -> dict[str, list[str]]:
-        """Caffe's CopyTrainedLayersFrom: copy blobs by layer name from a ``.caffemodel`` path or
-        a list of LayerBlobs. Layers absent here are ignored. A shape mismatch is an error
+        """Caffe's CopyTrainedLayersFrom: copy blobs by layer name (into the first layer of that
+        name) from a ``.caffemodel`` path or a list of LayerBlobs. Layers absent here are ignored. A shape mismatch is an error
         naming the layer and both shapes, unless the layer has ``strict_dim: false`` or
         ``ignore_shape_mismatch`` is set, in which case that layer keeps its fillers.
         Returns {"copied": [...], "skipped": [...], "ignored": [...]}."""
@@ -259,7 +409,9 @@ class Net(nn.Module):
             if src.name not in self._index:
                 report["ignored"].append(src.name)
                 continue
-            layer = self.layer(src.name)
+            # CopyTrainedLayersFrom searches layer_names_ from the front: with a repeated name
+            # the first layer of that name receives the weights, the others keep their fillers.
+            layer = self.layers[self.layer_names.index(src.name)]
             if len(src.blobs) != len(layer.blobs):
                 raise CaffeError(f"layer {src.name!r}: the weights have {len(src.blobs)} blobs, "
                                    f"the net has {len(layer.blobs)}")
@@ -280,6 +432,24 @@ class Net(nn.Module):
                 blob.copy_(torch.from_numpy(arr).to(blob.device, blob.dtype))
             report["copied"].append(src.name)
         return report
+
+
+def _blob_proto_array(proto) -> np.ndarray:
+    """A BlobProto message (shape, or the legacy num/channels/height/width) as an array."""
+    if proto.HasField("shape"):
+        shape = tuple(int(d) for d in proto.shape.dim)
+    else:
+        shape = tuple(int(getattr(proto, f)) for f in ("num", "channels", "height", "width"))
+    values = proto.double_data if len(proto.double_data) else proto.data
+    arr = np.asarray(values, np.float32)
+    if arr.size != int(np.prod(shape)):
+        raise CaffeError(f"a prototxt blob of shape {shape} holds {arr.size} values")
+    return arr.reshape(shape)
+
+
+def _storage(t: torch.Tensor) -> int:
+    """An id of the memory a tensor lives in (views share it)."""
+    return t.untyped_storage().data_ptr()
 
 
 def _strict_dim(lp) -> bool:

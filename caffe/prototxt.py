@@ -16,7 +16,8 @@ from google.protobuf.message import Message
 from . import CaffeError
 from .proto import caffe_pb2 as pb
 
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")   # ${NAME}; group 1 is NAME
+_STRING_VALUE = re.compile(r"""([A-Za-z_]\w*)\s*:\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
 _V1 = pb.V1LayerParameter
 
 # Caffe's UpgradeV1LayerType, plus the DeepLab fork's types.
@@ -64,7 +65,7 @@ def fill_placeholders(text: str, mapping: dict[str, str] | None, filename: str) 
     mapping = mapping or {}
     out = []
     for lineno, line in enumerate(text.splitlines(keepends=True), 1):
-        code, comment = _split_comment(line)
+        code, comment = split_comment(line)
 
         def repl(m: re.Match[str]) -> str:
             name = m.group(1)
@@ -73,11 +74,26 @@ def fill_placeholders(text: str, mapping: dict[str, str] | None, filename: str) 
                                    f"pass --set {name}=...")
             return str(mapping[name])
 
-        out.append(_PLACEHOLDER.sub(repl, code) + comment)
+        out.append(PLACEHOLDER.sub(repl, code) + comment)
     return "".join(out)
 
 
-def _split_comment(line: str) -> tuple[str, str]:
+def placeholders(text: str) -> dict[str, set[str]]:
+    """The ``${NAME}`` placeholders of a prototxt text outside ``#`` comments, each with the
+    fields whose quoted string values it appears in (``source: "${LIST_DIR}/val.txt"`` gives
+    {"LIST_DIR": {"source"}}); an appearance anywhere else (an unquoted value such as
+    ``num_output: ${N}``) counts as the field ``""``."""
+    found: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        code = split_comment(line)[0]
+        spans = [(m.start(2), m.end(2), m.group(1)) for m in _STRING_VALUE.finditer(code)]
+        for m in PLACEHOLDER.finditer(code):
+            field = next((f for a, b, f in spans if a < m.start() and m.end() < b), "")
+            found.setdefault(m.group(1), set()).add(field)
+    return found
+
+
+def split_comment(line: str) -> tuple[str, str]:
     """Split a prototxt line at the first ``#`` that is not inside a quoted string."""
     quote = None
     i = 0

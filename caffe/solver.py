@@ -27,6 +27,8 @@ from . import CaffeError
 from .model_io import SolverState, load_solverstate, save_solverstate
 from .sgd import SGD, check_solver, learning_rate
 
+SIGNAL_EFFECTS = ("stop", "snapshot", "none")
+
 
 # ------------------------------------------------------------------ log lines
 class CaffeLog:
@@ -84,8 +86,13 @@ class Solver:
     ``train_feed(batch_index)`` returns the net's input tensors for one forward pass (pass
     ``k`` of iteration ``it`` has batch index ``it * iter_size + k``); ``test_nets`` /
     ``test_feeds`` the same for testing. ``dist`` is a caffe.distributed.Dist (rank, world)
-    or None; ``log`` a CaffeLog or None; ``amp`` None, "bf16" or "fp16".
+    or None; ``log`` a CaffeLog or None; ``amp`` None, "bf16" or "fp16". ``sigint_effect``
+    and ``sighup_effect`` (attributes: "stop", "snapshot" or "none") say what the signals do
+    during ``solve``, as ``caffe train``'s flags of those names.
     """
+
+    sigint_effect = "stop"
+    sighup_effect = "snapshot"
 
     def __init__(self, param, net, train_feed, test_nets=(), test_feeds=(), *, seed: int = 0,
                  device="cpu", dist=None, log=None, amp=None, channels_last=False, progress=True):
@@ -103,8 +110,7 @@ class Solver:
         self.channels_last = channels_last
         self.progress = progress and self.rank == 0
         self.params = net.learnable_params()
-        for p in self.params:
-            p.param.requires_grad_(p.lr_mult != 0)  # Caffe computes no diff for lr_mult 0
+        # Which blobs get a diff (lr_mult 0: none unless force_backward) the net decided when built.
         for tn in self.test_nets:
             share_weights(net, tn)
         self.sgd = SGD(self.params, param)
@@ -279,24 +285,32 @@ class Solver:
 
     @contextlib.contextmanager
     def _signals(self):
-        """SIGINT (and SIGTERM, as a scheduler or torchrun stops jobs): snapshot and stop after
-        the current iteration, a second one aborts; SIGHUP: snapshot and go on (Caffe's
-        defaults for SIGINT and SIGHUP)."""
+        """Caffe's SignalHandler: SIGINT does ``sigint_effect`` (default stop: snapshot and stop
+        after the current iteration; a second one aborts), SIGHUP does ``sighup_effect``
+        (default snapshot and go on); "none" ignores the signal. SIGTERM, as a scheduler or
+        torchrun stops jobs, always stops."""
         import threading
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        for effect in (self.sigint_effect, self.sighup_effect):
+            if effect not in SIGNAL_EFFECTS:
+                raise CaffeError(f"invalid signal effect {effect!r}; give one of {', '.join(SIGNAL_EFFECTS)}")
 
-        def on_stop(signum, frame):
-            self._request = "stop"
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        def handler(effect):
+            def on_signal(signum, frame):
+                if effect == "stop":
+                    self._request = "stop"
+                    if signum in (signal.SIGINT, signal.SIGTERM):  # a second one aborts
+                        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
+                                      else signal.SIG_DFL)
+                elif effect == "snapshot":
+                    self._request = self._request or "snapshot"
+            return on_signal
 
-        def on_hup(signum, frame):
-            self._request = self._request or "snapshot"
-
-        handlers = {signal.SIGINT: on_stop, signal.SIGTERM: on_stop}
+        handlers = {signal.SIGINT: handler(self.sigint_effect), signal.SIGTERM: handler("stop")}
         if hasattr(signal, "SIGHUP"):
-            handlers[signal.SIGHUP] = on_hup
+            handlers[signal.SIGHUP] = handler(self.sighup_effect)
         old = {s: signal.signal(s, h) for s, h in handlers.items()}
         try:
             yield
@@ -365,7 +379,12 @@ class Solver:
                 model = beside if os.path.exists(beside) else model
             if not os.path.exists(model):
                 raise CaffeError(f"{path}: its learned_net {state.learned_net} does not exist")
-            self.net.copy_from(model)
+            report = self.net.copy_from(model)
+            learnable = {lp.layer for lp in self.params}
+            missing = sorted(learnable - set(report["copied"]))
+            if missing:  # Caffe would resume them from fillers without a word
+                self._info("solver.cpp:480", f"RESUMING WITH FILLER WEIGHTS: {model} holds no weights for "
+                           f"layer(s) {', '.join(missing)} of the net; they restart from their fillers", "W")
         if len(state.history) != len(self.sgd.history):
             raise CaffeError(f"{path}: holds {len(state.history)} history blobs but the net has "
                                f"{len(self.sgd.history)} learnable params")
@@ -381,11 +400,15 @@ class Solver:
 
 
 def share_weights(train_net, test_net) -> None:
-    """Caffe's ShareTrainedLayersWith: a test layer uses the train layer's blobs by name."""
-    for layer in test_net.layers:
-        if not len(layer.blobs) or layer.name not in train_net._index:
+    """Caffe's ShareTrainedLayersWith: each train layer, in order, shares its blobs with the
+    first test layer of its name (with a repeated name, a later train layer wins that one test
+    layer, and later test layers of the name keep their own blobs)."""
+    for src in train_net.layers:
+        if src.name not in test_net.layer_names:
             continue
-        src = train_net.layer(layer.name)
+        layer = test_net.layers[test_net.layer_names.index(src.name)]
+        if not len(layer.blobs) and not len(src.blobs):
+            continue
         if len(src.blobs) != len(layer.blobs):
             raise CaffeError(f"layer {layer.name!r}: {len(layer.blobs)} blobs in the test net, "
                                f"{len(src.blobs)} in the train net")
@@ -398,8 +421,9 @@ def share_weights(train_net, test_net) -> None:
 
 def _bar(enabled: bool, start: int, total: int):
     from tqdm import tqdm
-    return tqdm(total=total, initial=start, disable=True if not enabled else None,  # None: off unless a TTY unit="iter", dynamic_ncols=True,
-                desc="train", file=sys.stderr)
+    # disable=None: tqdm shows the bar only on a terminal
+    return tqdm(total=total, initial=start, disable=True if not enabled else None, unit="iter",
+                dynamic_ncols=True, desc="train", file=sys.stderr)
 
 
 def snapshot_prefix(param, solver_path: str) -> str:

@@ -1,7 +1,10 @@
-"""What every command-line tool shares: one-line errors, --set and --shard parsing."""
+"""What every command-line tool shares: one-line errors, ``--set`` (and dummies for file-only
+placeholders), ``--shard`` and the one ``a:b:c`` range syntax."""
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
 from typing import Callable
 
@@ -44,3 +47,74 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not sep or n_i < 1 or not 1 <= k_i <= n_i:
         raise DeepLabError(f"--shard expects K/N with 1 <= K <= N, got {text!r}")
     return k_i - 1, n_i
+
+
+def shard(items: list, spec: str | None) -> list:
+    """Shard ``K/N`` (1-based K) of ``items``: every N-th item from the K-th, so the N shards are
+    disjoint and their union is the list; None is the whole list."""
+    k, n = parse_shard(spec)
+    return items[k::n]
+
+
+def parse_range(text: str, integer: bool = False) -> list:
+    """Values from ``a,b,c`` items, each a number, ``start:stop`` (step 1) or ``start:step:stop``
+    (MATLAB's and the paper's order, stop included): sorted, without repeats.
+
+    ``start:step:stop`` with a step larger than ``stop - start`` is refused as the likely
+    ``start:stop:step`` mix-up. Raises ValueError with the reason (callers name the option).
+    """
+    num = int if integer else float
+    syntax = (f"expected {'integers' if integer else 'numbers'} as 'a,b,c', 'start:stop' or 'start:step:stop' "
+              f"(step > 0, stop >= start); got {text!r}")
+    values: set = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            bits = [num(b) for b in part.split(":")]
+        except ValueError:
+            raise ValueError(syntax) from None
+        if len(bits) == 1:
+            values.add(bits[0])
+            continue
+        start, step, stop = (bits[0], 1, bits[1]) if len(bits) == 2 else bits if len(bits) == 3 else (0, 0, 0)
+        if step <= 0 or stop < start:
+            raise ValueError(syntax)
+        if stop > start and step > stop - start:
+            raise ValueError(f"{part!r}: step {step:g} exceeds {stop:g} - {start:g}; ranges are start:step:stop "
+                             f"(did you mean {start:g}:{stop:g}:{step:g}?)")
+        n = int(math.floor((stop - start) / step + 1e-9)) + 1
+        values.update(start + i * step if integer else round(start + i * step, 10) for i in range(n))
+    if not values:
+        raise ValueError(syntax)
+    return sorted(values)
+
+
+# Fields whose values only name files or folders: a placeholder there does not change what a
+# net computes, so shape inspection (netinfo) may fill it with a dummy.
+FILE_FIELDS = frozenset({"source", "root_folder", "prefix", "mean_file", "file_name", "snapshot_prefix",
+                         "net", "train_net", "test_net", "weights"})
+_STRING_FIELD = re.compile(r"""([A-Za-z_]\w*)\s*:\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+
+
+def file_placeholders(path: str | os.PathLike, mapping: dict[str, str]) -> dict[str, str]:
+    """Dummy values ``<NAME>`` for the ``${NAME}`` placeholders of a prototxt that ``mapping``
+    leaves unfilled and that appear only inside quoted values of file fields (FILE_FIELDS:
+    source, root_folder, prefix, ...). A placeholder used anywhere else (``num_output:
+    ${NUM_LABELS}``) gets none, so filling still stops on it with a clear error."""
+    from caffe.prototxt import PLACEHOLDER as _PLACEHOLDER, split_comment as _split_comment
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return {}  # the parser reports the file itself
+    in_files: set[str] = set()
+    elsewhere: set[str] = set()
+    for line in text.splitlines():
+        code = _split_comment(line)[0]
+        spans = [m.span(2) for m in _STRING_FIELD.finditer(code) if m.group(1) in FILE_FIELDS]
+        for m in _PLACEHOLDER.finditer(code):
+            inside = any(a < m.start() and m.end() < b for a, b in spans)
+            (in_files if inside else elsewhere).add(m.group(1))
+    return {name: f"<{name}>" for name in sorted(in_files - elsewhere - set(mapping))}

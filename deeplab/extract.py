@@ -11,96 +11,59 @@ argmax labels at full resolution.
 from __future__ import annotations
 
 import os
-import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
+from caffe.files import remove_stale_temps
+from caffe.images import read_image
+
 from . import DeepLabError
+from .lists import ListItem, read_items  # noqa: F401  (the list reader extraction uses)
+from .parallel import Pool
 from .scoremaps import save_mat_scores, save_scores, upsample_scores
 from .scorenet import ScoreNet
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-_LOOKUP_EXTS = (".jpg", ".png", ".jpeg")
-
-
-# ----------------------------------------------------------------------------- list files
-@dataclass(frozen=True)
-class ListItem:
-    """One image of a list file: its 1-based line number, id and resolved path."""
-
-    lineno: int
-    id: str
-    path: str
-
-
-def read_list(path: str | os.PathLike, root: str | os.PathLike = "") -> list[ListItem]:
-    """Read a release-style list (``/JPEGImages/X.jpg [/SegmentationClassAug/X.png]``, paths
-    relative to ``root``) or a list of plain ids (image ``<root>/X.jpg``, ``.png`` or ``.jpeg``).
-
-    A first token with a ``/`` or an image extension is a path; anything else is an id.
-    Extra columns (the label) are ignored; ids (file stems) must be unique.
-    """
-    root = os.fspath(root)
-    try:
-        with open(path) as f:
-            lines = f.readlines()
-    except OSError as e:
-        raise DeepLabError(f"cannot read list {path}: {e.strerror}") from None
-    items: list[ListItem] = []
-    seen: dict[str, int] = {}
-    for lineno, line in enumerate(lines, 1):
-        tokens = line.split()
-        if not tokens or tokens[0].startswith("#"):
-            continue
-        token = tokens[0]
-        if "/" in token or token.lower().endswith(IMAGE_EXTS):
-            image = os.path.join(root, token.lstrip("/")) if root else token
-            ident = os.path.splitext(os.path.basename(token))[0]
-        else:
-            ident = token
-            candidates = [os.path.join(root, token + ext) for ext in _LOOKUP_EXTS]
-            image = next((c for c in candidates if os.path.exists(c)), candidates[0])
-        if not ident:
-            raise DeepLabError(f"{path}:{lineno}: no image name in {line.strip()!r}")
-        if ident in seen:
-            raise DeepLabError(f"{path}:{lineno}: id {ident!r} repeats line {seen[ident]} (outputs would collide)")
-        seen[ident] = lineno
-        items.append(ListItem(lineno, ident, image))
-    return items
-
-
-def shard(items: list, k: int, n: int) -> list:
-    """Shard ``k`` (0-based) of ``n``: every n-th item from the k-th, so shards are disjoint and
-    their union is the list."""
-    return items[k::n]
-
 
 def load_image(item: ListItem, list_name: str = "list") -> np.ndarray:
-    """Read an image as H x W x 3 uint8 BGR (grey images are expanded); errors name the list line."""
-    where = f"{list_name}:{item.lineno} (id {item.id})"
-    if not os.path.isfile(item.path):
-        raise DeepLabError(f"{where}: image {item.path} not found")
-    data = np.fromfile(item.path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise DeepLabError(f"{where}: {item.path} is not a readable image")
-    return image
+    """Read an image as H x W x 3 uint8 BGR (caffe.images.read_image); errors name the list line."""
+    try:
+        return read_image(item.path)
+    except DeepLabError as e:
+        raise DeepLabError(f"{list_name}:{item.lineno} (id {item.id}): {e}") from None
+
+
+def label_palette(blob: str, channels: int, classes: str | None = None) -> np.ndarray | None:
+    """The palette of argmax label PNGs for a blob of ``channels`` classes: the class list's
+    when one is given (its class count must match), else VOC's colour map (None), which
+    covers any count up to 256 (a PNG index is one byte)."""
+    from .labels import load_classes
+
+    if classes is None:
+        if channels > 256:
+            raise DeepLabError(f"blob {blob!r} has {channels} channels; label PNGs hold at most 256 classes")
+        return None
+    cs = load_classes(classes)
+    if cs.num_classes != channels:
+        raise DeepLabError(f"blob {blob!r} has {channels} channels but class list {classes!r} has "
+                           f"{cs.num_classes} classes; pass the matching --classes, or none for VOC's colours")
+    return cs.palette
 
 
 # ----------------------------------------------------------------------------- outputs
 @dataclass
 class Outputs:
-    """Where and how to write: ``fmt`` npy|mat, ``dtype`` of .npy scores, optional label PNGs."""
+    """Where and how to write: ``fmt`` npy|mat, ``dtype`` of .npy scores, optional label PNGs.
+    ``records``: the folders' deeplab.provenance bindings (folder -> Provenance); an output
+    there counts as finished only when made from this run's inputs."""
 
     out: str
     fmt: str = "npy"
     dtype: str = "float16"
     labels_out: str | None = None
     palette: np.ndarray | None = None
+    records: dict | None = None
 
     def paths(self, ident: str) -> list[str]:
         """Every file written for ``ident`` (an id is finished when all exist)."""
@@ -113,8 +76,22 @@ class Outputs:
         return files
 
     def done(self, ident: str) -> bool:
-        """True when every output of ``ident`` exists."""
-        return all(os.path.exists(p) for p in self.paths(ident))
+        """True when every output of ``ident`` exists (and, with records, is from these inputs)."""
+        records = {os.path.dirname(os.path.join(k, "x")): v for k, v in (self.records or {}).items()}
+        for p in self.paths(ident):
+            record = records.get(os.path.dirname(p))
+            if not (record.fresh(p) if record is not None else os.path.exists(p)):
+                return False
+        return True
+
+    def remove_stale_temps(self, idents: list[str]) -> None:
+        """Remove what a killed run left of these ids' temporary files."""
+        by_folder: dict[str, list[str]] = {}
+        for ident in idents:
+            for p in self.paths(ident):
+                by_folder.setdefault(os.path.dirname(p), []).append(os.path.basename(p))
+        for folder, names in by_folder.items():
+            remove_stale_temps(folder, names)
 
     def write(self, ident: str, scores: np.ndarray, height: int, width: int, zoom: int,
               mat: np.ndarray | None, offset: int = 0) -> None:
@@ -133,35 +110,42 @@ class Outputs:
 
 
 class _Writer:
-    """Writes finished images on background threads; the first failure is re-raised."""
+    """Writes finished images on background threads (deeplab.parallel.Pool); the first failure
+    is re-raised."""
 
     def __init__(self, outputs: Outputs, zoom: int, offset: int, threads: int, limit: int):
         self.outputs, self.zoom, self.offset = outputs, zoom, offset
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="extract-write")
-        self.slots = threading.BoundedSemaphore(max(1, limit))
+        self.pool = Pool(threads, threads=True, limit=max(1, limit), name="extract-write")
         self.futures: deque = deque()
 
     def submit(self, ident, scores, height, width, mat) -> None:
         self.check()
-        self.slots.acquire()
-        fut = self.pool.submit(self.outputs.write, ident, scores, height, width, self.zoom, mat, self.offset)
-        fut.add_done_callback(lambda _: self.slots.release())
-        self.futures.append(fut)
+        self.futures.append(self.pool.submit(self.outputs.write, ident, scores, height, width, self.zoom, mat,
+                                             self.offset))
 
     def check(self) -> None:
         while self.futures and self.futures[0].done():
             self.futures.popleft().result()
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        self.pool.close()
         while self.futures:
             self.futures.popleft().result()
 
 
 # ----------------------------------------------------------------------------- the run
+def check_layout(net: ScoreNet, fmt: str, labels_out: str | None) -> None:
+    """Refuse a blob whose alignment the requested outputs cannot record (before any work)."""
+    if net.offset < 0 and (fmt == "npy" or labels_out):
+        raise DeepLabError(f"blob {net.blob!r}: its row r lies on pixel {net.zoom}r + {-net.offset} (the net pads "
+                           f"the upsampled map before MatWrite), which a score map cannot record; dump the blob "
+                           f"MatWrite reads with --blob {net.mat_chain_end!r}, or use --format mat")
+
+
 def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int = 1, workers: int = 2,
             force: bool = False, list_name: str = "list", progress: bool = True) -> dict[str, int]:
-    """Extract score maps for ``items``; skip finished ids unless ``force``.
+    """Extract score maps for ``items``; skip finished ids unless ``force``. Non-finite scores
+    are an error naming the id.
 
     Images are read and preprocessed ``workers`` at a time ahead of the net, grouped into
     batches of the same canvas size, and written by background threads.
@@ -171,10 +155,8 @@ def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int =
 
     if batch < 1:
         raise DeepLabError(f"--batch must be >= 1, got {batch}")
-    if net.offset < 0 and (outputs.fmt == "npy" or outputs.labels_out):
-        raise DeepLabError(f"blob {net.blob!r}: its row r lies on pixel {net.zoom}r + {-net.offset} (the net pads "
-                           f"the upsampled map before MatWrite), which a score map cannot record; dump the blob "
-                           f"MatWrite reads with --blob {net.mat_chain_end!r}, or use --format mat")
+    check_layout(net, outputs.fmt, outputs.labels_out)
+    outputs.remove_stale_temps([it.id for it in items])  # what a killed run left of this run's ids
     todo = [it for it in items if force or not outputs.done(it.id)]
     stats = {"done": 0, "skipped": len(items) - len(todo)}
     if not todo:
@@ -184,7 +166,7 @@ def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int =
         return net.prepare(load_image(item, list_name))
 
     writer = _Writer(outputs, net.zoom, net.offset, threads=max(1, workers // 2), limit=4 * batch)
-    reader = ThreadPoolExecutor(max(1, workers), thread_name_prefix="extract-read")
+    reader = Pool(workers, threads=True, name="extract-read")
     bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
     buckets: dict[tuple[int, int], list] = {}
 
@@ -197,6 +179,13 @@ def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int =
         for i, (item, image) in enumerate(group):
             h, w = image.shape[:2]
             kept = np.ascontiguousarray(scores[i, :, : net.rows(h), : net.rows(w)])
+            if not np.isfinite(kept).all():
+                raise DeepLabError(f"{list_name}:{item.lineno} (id {item.id}): the net's blob {net.blob!r} holds "
+                                   f"{int((~np.isfinite(kept)).sum())} NaN/Inf score(s)"
+                                   + (" (try without --amp)" if net.amp is not None else ""))
+            if outputs.fmt == "npy" and outputs.dtype == "float16" and np.abs(kept).max() > 65504:
+                raise DeepLabError(f"{list_name}:{item.lineno} (id {item.id}): scores up to "
+                                   f"{np.abs(kept).max():.3g} do not fit float16; use --dtype float32")
             writer.submit(item.id, kept, h, w, None if mat is None else mat[i])
         stats["done"] += len(group)
         bar.update(len(group))
@@ -212,7 +201,7 @@ def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int =
         for key in list(buckets):
             run(key)
     finally:
-        reader.shutdown(wait=True, cancel_futures=True)
+        reader.close(cancel=True)
         bar.close()
         writer.close()
     return stats

@@ -26,6 +26,7 @@ them:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -155,12 +156,18 @@ def net_info(source, phase: str = "TEST", mapping: dict | None = None,
     from caffe.proto import caffe_pb2
 
     param = source if hasattr(source, "layer") else parse_net(source, mapping)
+    name = source if isinstance(source, (str, os.PathLike)) and not hasattr(source, "layer") else "the net"
+    if not len(param.layer) and not len(param.layers):
+        raise DeepLabError(f"{name} defines no layers (an empty file, or not a net prototxt?)")
     copy = caffe_pb2.NetParameter()
     copy.CopyFrom(param)
     for lp in copy.layer:
         if lp.type == "MatWrite":
             lp.mat_write_param.ClearField("source")
-    input_shapes = _input_shapes(filter_layers(copy, _phase_id(phase)), input_shape)
+    kept = filter_layers(copy, _phase_id(phase))
+    if not kept:
+        raise DeepLabError(f"{name} has no layer in the {phase} phase (see its include/exclude rules)")
+    input_shapes = _input_shapes(kept, input_shape)
     with torch.device("meta"):
         net = Net(copy, phase, input_shapes=input_shapes)
     return describe(net)

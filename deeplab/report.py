@@ -23,10 +23,12 @@ import json
 import os
 
 import numpy as np
-from PIL import Image
+
+from caffe.images import read_image
 
 from . import DeepLabError
 from .labels import ClassSet, load_classes, read_label
+from .lists import read_ids
 
 CONFIG_KEYS = ("images", "gt", "list", "classes", "set", "title")
 METHOD_NAMES = {"dcnn": "DCNN", "crf": "DCNN+CRF"}
@@ -80,14 +82,14 @@ def _read_rgb(folder: str | None, image_id: str) -> np.ndarray | None:
     for ext in IMAGE_EXTS:
         path = os.path.join(folder, image_id + ext)
         if os.path.exists(path):
-            with Image.open(path) as im:
-                return np.array(im.convert("RGB"))
+            return read_image(path, rgb=True)
     return None
 
 
-def _read_label(folder: str | None, image_id: str) -> np.ndarray | None:
+def _read_label(folder: str | None, image_id: str, classes: ClassSet) -> np.ndarray | None:
+    """``<folder>/<id>.png`` where present; a value neither a class nor void is an error naming it."""
     path = os.path.join(folder, image_id + ".png") if folder else None
-    return read_label(path) if path and os.path.exists(path) else None
+    return read_label(path, classes.num_classes, classes.ignore) if path and os.path.exists(path) else None
 
 
 def _pngs(folder: str) -> list[str]:
@@ -194,9 +196,9 @@ def _per_image(results: list[dict], setdir: str, ids: list[str], cfg: dict, clas
     for key, name in METHOD_NAMES.items():
         scores = (by_name.get(name) or {}).get("per_image") or {}
         if not scores and cfg.get("gt"):
-            ignore = classes.void if classes.void is not None else 255
+            ignore = classes.ignore
             for i in ids:
-                gt, pred = _read_label(cfg["gt"], i), _read_label(os.path.join(setdir, key), i)
+                gt, pred = _read_label(cfg["gt"], i, classes), _read_label(os.path.join(setdir, key), i, classes)
                 if gt is not None and pred is not None and gt.shape == pred.shape:
                     try:
                         scores[i] = _image_scores(image_confusion(gt, pred, classes.num_classes, ignore, i))
@@ -226,7 +228,6 @@ def choose_examples(per_image: dict, ids: list[str], count: int) -> list[tuple[s
 
 
 def _examples_section(setdir: str, results: list[dict], cfg: dict, classes: ClassSet, count: int):
-    from .eval.evaluate import read_ids
     from .eval.figures import examples_png
 
     have = {k: _pngs(os.path.join(setdir, k)) for k in METHOD_NAMES}
@@ -236,8 +237,9 @@ def _examples_section(setdir: str, results: list[dict], cfg: dict, classes: Clas
     ids = [i for i in ids if i in set(have["dcnn"]) | set(have["crf"])]
     per_image = _per_image(results, setdir, ids, cfg, classes)
     chosen = choose_examples(per_image, ids, count)
-    rows = [{"id": i, "note": note, "image": _read_rgb(cfg.get("images"), i), "gt": _read_label(cfg.get("gt"), i),
-             "dcnn": _read_label(os.path.join(setdir, "dcnn"), i), "crf": _read_label(os.path.join(setdir, "crf"), i),
+    rows = [{"id": i, "note": note, "image": _read_rgb(cfg.get("images"), i), "gt": _read_label(cfg.get("gt"), i, classes),
+             "dcnn": _read_label(os.path.join(setdir, "dcnn"), i, classes),
+             "crf": _read_label(os.path.join(setdir, "crf"), i, classes),
              "dcnn_iou": per_image["dcnn"].get(i), "crf_iou": per_image["crf"].get(i)} for i, note in chosen]
     notes = []
     if not (per_image["dcnn"] and per_image["crf"]):

@@ -178,6 +178,13 @@ def _read_sidecar(path_json: str) -> dict:
     return out
 
 
+def _check_finite(path, scores: np.ndarray) -> None:
+    """NaN/Inf scores are an error naming the file (never silently all-background labels)."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise DeepLabError(f"score map {path} holds {int(bad.sum())} NaN/Inf value(s) (of {scores.size})")
+
+
 def load_scores(path, image_hw: tuple[int, int] | None = None) -> ScoreMap:
     """Load a score map at full image resolution (float32 C x H x W).
 
@@ -201,6 +208,7 @@ def load_scores(path, image_hw: tuple[int, int] | None = None) -> ScoreMap:
         if image_hw is not None and tuple(image_hw) != (height, width):
             raise DeepLabError(f"{path}: scores were extracted for a {height}x{width} image, "
                                f"but the image is {image_hw[0]}x{image_hw[1]}")
+        _check_finite(path, raw)
         try:
             scores = upsample_scores(raw, meta["zoom"], height, width, meta["offset"])
         except DeepLabError as e:
@@ -214,5 +222,7 @@ def load_scores(path, image_hw: tuple[int, int] | None = None) -> ScoreMap:
         if data.shape[1] < height or data.shape[2] < width:
             raise DeepLabError(f"{path}: scores cover {data.shape[1]}x{data.shape[2]} pixels, "
                                f"smaller than the {height}x{width} image")
-        return ScoreMap(np.ascontiguousarray(data[:, :height, :width]), height, width)
+        kept = np.ascontiguousarray(data[:, :height, :width])
+        _check_finite(path, kept)
+        return ScoreMap(kept, height, width)
     raise DeepLabError(f"{path}: unknown score map format {ext!r} (expected .npy with a .json sidecar, or .mat)")

@@ -15,6 +15,8 @@ is deeplab.extract.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,17 @@ _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ----------------------------------------------------------------------------- the net
+def device_for(gpu: int | None) -> str:
+    """The torch device of ``--gpu ID`` (None or -1: the CPU); a missing GPU is a clear error."""
+    if gpu is None or gpu < 0:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise DeepLabError(f"--gpu {gpu}: CUDA is not available in this PyTorch build/machine")
+    if gpu >= torch.cuda.device_count():
+        raise DeepLabError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s)")
+    return f"cuda:{gpu}"
+
+
 def find_data_layer(layers):
     """The test net's ImageSegData layer (its transform_param is the preprocessing)."""
     found = [lp for lp in layers if lp.type == "ImageSegData"]
@@ -120,12 +133,17 @@ class ScoreNet:
     ``want_mat`` the forward also returns MAT_WRITE's upsampled blob over the whole canvas.
     ``offset``: score row r lies on pixel ``r * zoom - offset`` (0 unless the net crops the
     upsampled map before MatWrite, as DeepLab's 514 nets do by 7 pixels); it is what the
-    ``.npy`` sidecar records.
+    ``.npy`` sidecar records. Weights: every layer the scores need must get them (scores from
+    fillers would be silently wrong); layers of the weights file that the net lacks are ignored
+    with a warning, as Caffe does, or refused with ``strict``; NaN/Inf weights are an error
+    naming the layer.
     """
 
     def __init__(self, model, weights=None, blob: str | None = None, mapping=None, device="cpu",
-                 amp: str | None = None, want_mat: bool = False, channels_last: bool = True):
+                 amp: str | None = None, want_mat: bool = False, channels_last: bool = True, strict: bool = False):
         param = parse_net(model, mapping)
+        if not len(param.layer):
+            raise DeepLabError(f"{model} defines no layers (an empty file, or not a net prototxt?)")
         layers = filter_layers(param, PHASES["TEST"])
         data = find_data_layer(layers)
         self.input_name = data.top[0]
@@ -153,10 +171,7 @@ class ScoreNet:
         self.zoom = self._stride(probe, interp)
         self.want_mat = want_mat
         if weights is not None:
-            report = self.net.copy_from(weights)
-            missing = [lay.name for lay in self.net.layers if len(lay.blobs) and lay.name not in report["copied"]]
-            if missing:
-                raise DeepLabError(f"{weights}: no weights for layer(s) {missing} of {model}")
+            self._load_weights(weights, model, {lp.name for lp in param.layer}, strict)
         self.device = torch.device(device)
         self.net.to(self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -166,6 +181,40 @@ class ScoreNet:
         if amp is not None and amp not in _AMP:
             raise DeepLabError(f"--amp must be bf16 or fp16, got {amp!r}")
         self.amp = _AMP.get(amp) if amp else None
+
+    def _load_weights(self, weights, model, net_layers: set[str], strict: bool) -> None:
+        """Copy ``weights`` into the pruned net and check them (see the class doc)."""
+        report = self.net.copy_from(weights)
+        missing = [lay.name for lay in self.net.layers if len(lay.blobs) and lay.name not in report["copied"]]
+        foreign = [n for n in report["ignored"] if n not in net_layers]
+        if missing and not report["copied"] and foreign:
+            raise DeepLabError(f"{weights}: none of its {len(foreign)} layer(s) matches a layer of {model} "
+                               f"(a caffemodel for another net?); no weights for {missing}")
+        if missing:
+            raise DeepLabError(f"{weights}: no weights for layer(s) {missing} of {model}")
+        if foreign:
+            shown = ", ".join(foreign[:8]) + (", ..." if len(foreign) > 8 else "")
+            if strict:
+                raise DeepLabError(f"--strict: {weights} has {len(foreign)} layer(s) that {model} lacks: {shown}")
+            print(f"warning: {weights} has {len(foreign)} layer(s) that {model} lacks, ignored as Caffe does "
+                  f"(--strict refuses): {shown}", file=sys.stderr)
+        for lay in self.net.layers:
+            for i, blob in enumerate(lay.blobs):
+                bad = int((~torch.isfinite(blob.detach())).sum())
+                if bad:
+                    raise DeepLabError(f"{weights}: layer {lay.name!r} blob {i} holds {bad} NaN/Inf value(s) "
+                                       f"(a diverged or corrupt snapshot)")
+
+    def identity(self) -> str:
+        """The cut-down net as prototxt text, placeholders filled, without the fields that only
+        name files (list, root folder): what decides the scores, for deeplab.provenance."""
+        from google.protobuf import text_format
+
+        param = type(self.param)()
+        param.CopyFrom(self.param)
+        for lp in param.layer:
+            _clear_file_fields(lp)
+        return text_format.MessageToString(param)
 
     def _stride(self, probe: int, interp) -> int:
         # The stride from two input sizes 64 apart (robust to blobs cropped after upsampling).
@@ -264,6 +313,16 @@ def _pruned(param, layers, targets):
     del out.layer[:]
     out.layer.extend(prune_layers(layers, targets))
     return out
+
+
+def _clear_file_fields(msg) -> None:
+    """Clear every ``source`` / ``root_folder`` / ``prefix`` string below ``msg``."""
+    for field, value in msg.ListFields():
+        if field.type == field.TYPE_MESSAGE:
+            for sub in ([value] if hasattr(value, "ListFields") else value):
+                _clear_file_fields(sub)
+        elif field.name in ("source", "root_folder", "prefix"):
+            msg.ClearField(field.name)
 
 
 def _is_zoom(lp) -> bool:

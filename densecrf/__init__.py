@@ -45,6 +45,8 @@ def _check(image: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarra
                            f"{image.shape[0]}x{image.shape[1]}")
     if scores.shape[0] < 1 or scores.shape[0] > 256:
         raise DeepLabError(f"scores have {scores.shape[0]} classes; expected 1..256")
+    if not np.isfinite(scores).all():
+        raise DeepLabError(f"scores hold {int((~np.isfinite(scores)).sum())} NaN/Inf value(s)")
     return image, scores
 
 

@@ -1,16 +1,20 @@
-"""``python -m densecrf``: refine dumped score maps with the fully connected CRF, in parallel."""
+"""``densecrf`` / ``python -m densecrf``: refine dumped score maps with the fully connected CRF, in parallel."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
+from caffe.files import check_output_dir
 from deeplab import DeepLabError
-from deeplab.cli import parse_shard, run_main
+from deeplab.cli import run_main, shard
+from deeplab.lists import read_ids
 
 from .backends import BACKENDS, DEFAULT_BACKEND
-from .batch import BatchJob, run_batch, select_shard, summary
-from .io import read_ids
+from deeplab.provenance import open_output, source_identity, text_digest
+
+from .batch import BatchJob, run_batch, summary
+from .io import scores_record_time
 from .params import NORMALIZATIONS, CRFParams
 
 DESCRIPTION = "Refine dumped score maps with the fully connected CRF (DeepLab, Section 4.2), in parallel."
@@ -24,6 +28,9 @@ outputs:
   OUT/X.png  label map as a palette PNG;  OUT/X.npy  marginals C x H x W (with --save-prob)
 List lines are ids or release-style '/JPEGImages/X.jpg /SegmentationClassAug/X.png'.
 Finished ids are skipped unless --force. Exit status 1 if any image failed (listed at the end).
+OUT keeps .provenance.json (CRF parameters, backend, palette, the score folder's own record):
+a rerun with other inputs redoes the folder, with a note (deeplab/provenance.py). Score maps
+older than their folder's record (made from other weights) are refused as stale.
 
 Paper symbols: w1=--bi-w, sigma_alpha=--bi-xy-std, sigma_beta=--bi-rgb-std, w2=--pos-w,
 sigma_gamma=--pos-xy-std. Defaults are the release's DeepLab-LargeFOV settings.
@@ -35,7 +42,7 @@ example:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m densecrf``."""
     d = CRFParams()
-    p = argparse.ArgumentParser(prog="python -m densecrf", description=DESCRIPTION, epilog=EPILOG,
+    p = argparse.ArgumentParser(prog="densecrf", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     io = p.add_argument_group("files")
     io.add_argument("--images", required=True, help="folder of images (X.jpg / X.png)")
@@ -86,20 +93,33 @@ def main(argv: list[str] | None = None) -> int:
         raise DeepLabError(f"-j must be >= 1, got {args.jobs}")
     if args.save_prob and os.path.realpath(args.out) == os.path.realpath(args.scores):
         raise DeepLabError("--out must differ from --scores with --save-prob (X.npy would overwrite the scores)")
+    check_output_dir(args.out, "--out folder")
     palette = num_classes = None
     if args.classes:
         from deeplab.labels import load_classes
 
         cs = load_classes(args.classes)
         palette, num_classes = cs.palette, cs.num_classes
-    job = BatchJob(images_dir=args.images, scores_dir=args.scores, out_dir=args.out, params=params_from_args(args),
+    ids = shard(read_ids(args.list), args.shard)
+    params = params_from_args(args)
+    inputs = {"params": params.to_dict(), "backend": args.backend, "scores": source_identity(args.scores),
+              "palette": None if palette is None else text_digest(palette.tobytes()), "classes": num_classes,
+              "prob_dtype": args.prob_dtype if args.save_prob else None}
+    info = {"images": args.images, "scores": args.scores, "list": args.list}
+    record = open_output(args.out, "densecrf", inputs, info)
+    job = BatchJob(images_dir=args.images, scores_dir=args.scores, out_dir=args.out, params=params,
                    backend=args.backend, save_prob=args.save_prob, prob_dtype=args.prob_dtype,
-                   palette=palette, num_classes=num_classes)
-    ids = select_shard(read_ids(args.list), parse_shard(args.shard))
+                   palette=palette, num_classes=num_classes, record=record,
+                   scores_since=scores_record_time(args.scores))
     result = run_batch(job, ids, workers=args.jobs, force=args.force, progress=not args.quiet)
     print(summary(result, args.out), file=sys.stderr if result.failed else sys.stdout)
     return 1 if result.failed else 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``densecrf`` console script."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -55,7 +55,24 @@ class PyDenseCRF2:
             yield np.array(q, dtype=np.float32).reshape(unary.shape)
 
 
-BACKENDS: dict = {"pydensecrf2": PyDenseCRF2()}
+class _Lazy:
+    """A backend whose module is imported on first use (the torch one: keeps torch off the CPU path)."""
+
+    def __init__(self, module: str, cls: str):
+        self._where, self._obj = (module, cls), None
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._obj is None:
+            import importlib
+
+            module, cls = self._where
+            self._obj = getattr(importlib.import_module(module), cls)()
+        return getattr(self._obj, name)
+
+
+BACKENDS: dict = {"pydensecrf2": PyDenseCRF2(), "torch": _Lazy("densecrf.torch_backend", "TorchDenseCRF")}
 DEFAULT_BACKEND = "pydensecrf2"
 
 

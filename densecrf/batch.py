@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
@@ -11,8 +10,10 @@ import numpy as np
 from tqdm import tqdm
 
 from deeplab import DeepLabError
-from caffe.files import atomic_path
+from caffe.files import WriteError, atomic_path, remove_stale_temps
 from deeplab.labels import write_label
+from deeplab.parallel import run_tasks
+from deeplab.provenance import Provenance
 
 from . import refine
 from .io import load_pair
@@ -32,6 +33,8 @@ class BatchJob:
     prob_dtype: str = "float32"
     palette: np.ndarray | None = None  # 256 x 3; None = VOC colours
     num_classes: int | None = None  # checked against the score maps when given
+    record: Provenance | None = None  # the output folder bound to these inputs (deeplab.provenance)
+    scores_since: int | None = None  # score maps older than this (their folder's record) are stale
 
     def outputs(self, image_id: str) -> list[str]:
         """The files a finished id has: the label PNG (and the marginals with save_prob)."""
@@ -41,7 +44,9 @@ class BatchJob:
         return paths
 
     def done(self, image_id: str) -> bool:
-        """True when every output of ``image_id`` exists."""
+        """True when every output of ``image_id`` exists (made from these inputs, with a record)."""
+        if self.record is not None:
+            return all(self.record.fresh(p) for p in self.outputs(image_id))
         return all(os.path.isfile(p) for p in self.outputs(image_id))
 
 
@@ -56,7 +61,7 @@ class BatchResult:
 
 def process_one(job: BatchJob, image_id: str) -> None:
     """Read one image and its scores, run the CRF, write its outputs atomically."""
-    image, sm = load_pair(job.images_dir, job.scores_dir, image_id)
+    image, sm = load_pair(job.images_dir, job.scores_dir, image_id, job.scores_since)
     if job.num_classes is not None and sm.classes != job.num_classes:
         raise DeepLabError(f"score map has {sm.classes} classes, the class list {job.num_classes}")
     labels, prob = refine(image, sm.scores, job.params, return_prob=True, backend=job.backend)
@@ -78,6 +83,8 @@ def _safe_one(job: BatchJob, image_id: str) -> str | None:
     """``process_one``; an exception becomes its one-line message (None on success)."""
     try:
         process_one(job, image_id)
+    except WriteError:
+        raise  # a full disk or a read-only folder stops the batch: every other image would fail too
     except Exception as e:  # one bad image must not stop the batch
         return _describe(e)
     return None
@@ -89,60 +96,38 @@ _JOB: BatchJob | None = None
 def _init_worker(job: BatchJob) -> None:
     global _JOB
     _JOB = job
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)  # the workers are the parallelism
-    except ImportError:
-        pass
 
 
-def _work(image_id: str) -> tuple[str, str | None]:
+def _work(image_id: str) -> str | None:
     assert _JOB is not None
-    return image_id, _safe_one(_JOB, image_id)
-
-
-def select_shard(ids: list[str], shard: tuple[int, int]) -> list[str]:
-    """Ids of shard ``(k, n)`` (0-based k): every n-th id starting at the k-th."""
-    k, n = shard
-    return ids[k::n]
+    return _safe_one(_JOB, image_id)
 
 
 def run_batch(job: BatchJob, ids: list[str], workers: int = 1, force: bool = False,
               progress: bool = True) -> BatchResult:
-    """Refine ``ids`` with ``workers`` processes; finished ids are skipped unless ``force``."""
+    """Refine ``ids`` with ``workers`` processes (deeplab.parallel); finished ids are skipped
+    unless ``force``. An image that fails is recorded and the batch goes on; a WriteError
+    (disk full, ...) stops it."""
     result = BatchResult()
     todo = []
     for image_id in ids:
         (todo if force or not job.done(image_id) else result.skipped).append(image_id)
     os.makedirs(job.out_dir, exist_ok=True)
+    remove_stale_temps(job.out_dir, [os.path.basename(p) for i in ids for p in job.outputs(i)])
     bar = tqdm(total=len(todo), unit="img", desc="densecrf", disable=not progress or not todo,
                dynamic_ncols=True, file=sys.stderr)
-
-    def record(image_id: str, error: str | None) -> None:
-        if error is None:
-            result.done.append(image_id)
-        else:
-            result.failed.append((image_id, error))
-            bar.write(f"failed {image_id}: {error}", file=sys.stderr)
-        bar.update(1)
-
     try:
-        if workers <= 1 or len(todo) <= 1:
-            for image_id in todo:
-                record(image_id, _safe_one(job, image_id))
-        else:
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_init_worker,
-                                       initargs=(job,))
+        for image_id, fut in run_tasks(_work, todo, workers, initializer=_init_worker, initargs=(job,)):
             try:
-                futures = {pool.submit(_work, i): i for i in todo}
-                for fut in as_completed(futures):
-                    try:
-                        record(*fut.result())
-                    except BrokenProcessPool:
-                        record(futures[fut], "worker process died (out of memory or crashed)")
-            finally:  # on Ctrl-C, do not wait for the queued images
-                pool.shutdown(wait=True, cancel_futures=True)
+                error = fut.result()
+            except BrokenProcessPool:
+                error = "worker process died (out of memory or crashed)"
+            if error is None:
+                result.done.append(image_id)
+            else:
+                result.failed.append((image_id, error))
+                bar.write(f"failed {image_id}: {error}", file=sys.stderr)
+            bar.update(1)
     finally:
         bar.close()
     return result

@@ -1,12 +1,12 @@
-"""Where the CRF stage's inputs live: list files, images and score maps by image id."""
+"""Where the CRF stage's inputs live: images and score maps by image id (lists: deeplab.lists)."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
 
+from caffe.images import read_image
 from deeplab import DeepLabError
-from deeplab.lists import read_ids
 from deeplab.scoremaps import ScoreMap, load_scores
 
 IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG", ".ppm", ".bmp")
@@ -30,18 +30,30 @@ def find_scores(scores_dir: str, image_id: str) -> str:
     raise DeepLabError(f"no score map {image_id}.npy or {image_id}_blob_0.mat in {scores_dir}")
 
 
-def read_image_rgb(path: str) -> np.ndarray:
-    """Read an image file with OpenCV as H x W x 3 uint8 RGB (grey images are expanded)."""
-    import cv2
-
-    im = cv2.imread(path, cv2.IMREAD_COLOR)
-    if im is None:
-        raise DeepLabError(f"cannot read image {path} (missing, empty or not an image)")
-    return np.ascontiguousarray(im[:, :, ::-1])
+def check_fresh(path: str, scores_since: int | None) -> None:
+    """A score map older than its folder's record (deeplab.provenance) was made from other
+    inputs (other weights, say): an error naming it, never a silent mix."""
+    if scores_since is not None and os.stat(path).st_mtime_ns < scores_since:
+        raise DeepLabError(f"score map {path} predates the current inputs of its folder (made from other weights "
+                           f"or net; stale): rerun the extraction for it")
 
 
-def load_pair(images_dir: str, scores_dir: str, image_id: str) -> tuple[np.ndarray, ScoreMap]:
-    """The RGB image and its full-resolution score map for one id."""
-    image = read_image_rgb(find_image(images_dir, image_id))
-    scores = load_scores(find_scores(scores_dir, image_id), image_hw=image.shape[:2])
+def load_pair(images_dir: str, scores_dir: str, image_id: str,
+              scores_since: int | None = None) -> tuple[np.ndarray, ScoreMap]:
+    """The RGB image and its full-resolution score map for one id (``scores_since``: see
+    :func:`check_fresh`). NaN/Inf scores are an error naming the file."""
+    image = read_image(find_image(images_dir, image_id), rgb=True)  # the CRF's lattice is RGB
+    path = find_scores(scores_dir, image_id)
+    check_fresh(path, scores_since)
+    scores = load_scores(path, image_hw=image.shape[:2])
     return image, scores
+
+
+def scores_record_time(scores_dir: str) -> int | None:
+    """When the score folder's record (deeplab.provenance) was written, if it has one."""
+    from deeplab.provenance import RECORD
+
+    try:
+        return os.stat(os.path.join(scores_dir, RECORD)).st_mtime_ns
+    except OSError:
+        return None

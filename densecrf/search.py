@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import random
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
+from caffe.files import atomic_path, remove_stale_temps, write_bytes_atomic
 from deeplab import DeepLabError
-from caffe.files import atomic_path, write_bytes_atomic
+from deeplab.cli import parse_range
 from deeplab.eval import ConfusionMatrix
+from deeplab.parallel import run_tasks
 from deeplab.labels import read_label
+from deeplab.provenance import open_output, source_identity, text_digest
 
 from . import refine
-from .io import find_image, find_scores, load_pair
+from .io import check_fresh, find_image, find_scores, load_pair
 from .params import CRFParams
 
 PARAM_COLUMNS = ("iters", "bi_w", "bi_xy_std", "bi_rgb_std", "pos_w", "pos_xy_std", "normalization")
@@ -34,23 +37,12 @@ COARSE = {"bi_w": "5:1:10", "bi_xy_std": "50:10:100", "bi_rgb_std": "3:1:10"}
 
 
 def parse_grid(spec: str) -> list[float]:
-    """Grid values from ``a,b,c``, ``start:stop`` (step 1) or MATLAB-style ``start:step:stop``."""
+    """Grid values in the pipeline's one range syntax (deeplab.cli.parse_range): ``a,b,c``,
+    ``start:stop`` (step 1) or MATLAB-style ``start:step:stop``, as the paper writes them."""
     try:
-        if ":" in spec:
-            parts = [float(v) for v in spec.split(":")]
-            if len(parts) == 2:
-                parts = [parts[0], 1.0, parts[1]]
-            start, step, stop = parts
-            if step <= 0 or stop < start:
-                raise ValueError
-            n = int(math.floor((stop - start) / step + 1e-9)) + 1
-            return [round(start + i * step, 10) for i in range(n)]
-        values = [float(v) for v in spec.split(",") if v.strip()]
-        if not values:
-            raise ValueError
-        return sorted(set(values))
-    except ValueError:
-        raise DeepLabError(f"grid {spec!r}: expected 'a,b,c', 'start:stop' or 'start:step:stop' (step > 0)") from None
+        return parse_range(spec)
+    except ValueError as e:
+        raise DeepLabError(f"grid {spec!r}: {e}") from None
 
 
 def grid_settings(base: CRFParams, axes: dict[str, list[float]]) -> list[CRFParams]:
@@ -92,6 +84,7 @@ class SearchData:
     num_classes: int
     ignore_label: int = 255
     backend: str = "pydensecrf2"
+    scores_since: int | None = None  # score maps older than their folder's record are stale
 
 
 def choose_subset(ids: list[str], n: int, seed: int) -> list[str]:
@@ -106,7 +99,7 @@ def check_inputs(data: SearchData) -> None:
     """Fail early, naming the id, when an image, score map or label of the subset is missing."""
     for image_id in data.ids:
         find_image(data.images_dir, image_id)
-        find_scores(data.scores_dir, image_id)
+        check_fresh(find_scores(data.scores_dir, image_id), data.scores_since)
         if not os.path.isfile(os.path.join(data.labels_dir, image_id + ".png")):
             raise DeepLabError(f"no ground truth {image_id}.png in {data.labels_dir}")
 
@@ -115,10 +108,13 @@ def evaluate(data: SearchData, params: CRFParams) -> ConfusionMatrix:
     """Confusion matrix of the CRF's labels with ``params`` over the subset."""
     cm = ConfusionMatrix(data.num_classes, data.ignore_label)
     for image_id in data.ids:
-        image, sm = load_pair(data.images_dir, data.scores_dir, image_id)
-        gt = read_label(os.path.join(data.labels_dir, image_id + ".png"))
+        try:
+            image, sm = load_pair(data.images_dir, data.scores_dir, image_id, data.scores_since)
+            gt = read_label(os.path.join(data.labels_dir, image_id + ".png"), data.num_classes, data.ignore_label)
+        except DeepLabError as e:
+            raise DeepLabError(f"id {image_id}: {e}") from None
         if gt.shape != image.shape[:2]:
-            raise DeepLabError(f"{image_id}: ground truth is {gt.shape[0]}x{gt.shape[1]}, "
+            raise DeepLabError(f"id {image_id}: ground truth is {gt.shape[0]}x{gt.shape[1]}, "
                                f"the image {image.shape[0]}x{image.shape[1]}")
         pred = refine(image, sm.scores, params, backend=data.backend)
         try:
@@ -134,12 +130,6 @@ _DATA: SearchData | None = None
 def _init_worker(data: SearchData) -> None:
     global _DATA
     _DATA = data
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
 
 
 def _work(params: CRFParams) -> tuple[CRFParams, dict]:
@@ -178,8 +168,11 @@ class Results:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
-        for row in self.rows.values():
-            w.writerow({k: (f"{v:.6f}" if k in ("mean_iou", "pixel_acc") else v) for k, v in row.items()})
+        stages = {"reference": 0, "coarse": 1, "fine": 2}
+        # one order whatever order the workers finished in (a resumed run writes the same bytes)
+        for row in sorted(self.rows.values(), key=lambda r: (stages.get(r["stage"], 3), r["stage"], key(r["params"]))):
+            # repr: exact, so a resumed search ranks and reports exactly as an uninterrupted one
+            w.writerow({k: (repr(float(v)) if k in ("mean_iou", "pixel_acc") else v) for k, v in row.items()})
         write_bytes_atomic(self.path, buf.getvalue().encode())
 
     def ranked(self, settings: list[CRFParams]) -> list[dict]:
@@ -200,25 +193,14 @@ def run_settings(data: SearchData, settings: list[CRFParams], results: Results, 
         return
     bar = tqdm(total=len(todo), unit="setting", desc=f"crf search ({stage})", disable=not progress,
                dynamic_ncols=True)
+    best = -1.0
     try:
-        if workers <= 1 or len(todo) == 1:
-            _init_worker(data)
-            for p in todo:
-                results.add(stage, *_work(p), images=len(data.ids))
-                bar.update(1)
-        else:
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_init_worker,
-                                       initargs=(data,))
-            try:
-                best = -1.0
-                for fut in as_completed([pool.submit(_work, p) for p in todo]):
-                    p, metrics = fut.result()
-                    results.add(stage, p, metrics, images=len(data.ids))
-                    bar.update(1)
-                    best = max(best, metrics["mean_iou"])
-                    bar.set_postfix(best=f"{100 * best:.2f}")
-            finally:  # on an error or Ctrl-C, do not wait for the queued settings
-                pool.shutdown(wait=True, cancel_futures=True)
+        for _, fut in run_tasks(_work, todo, workers, initializer=_init_worker, initargs=(data,)):
+            p, metrics = fut.result()
+            results.add(stage, p, metrics, images=len(data.ids))
+            bar.update(1)
+            best = max(best, metrics["mean_iou"])
+            bar.set_postfix(best=f"{100 * best:.2f}")
     finally:
         bar.close()
 
@@ -267,25 +249,23 @@ def plot_heatmap(results: Results, coarse: dict[str, list[float]], best: CRFPara
     plt.close(fig)
 
 
-def open_run(out_dir: str, ids: list[str], force: bool = False) -> Results:
-    """Results of ``out_dir`` (``search.csv``), checking the subset is the one they were computed on.
+def open_run(out_dir: str, ids: list[str], force: bool = False, inputs: dict | None = None) -> Results:
+    """Results of ``out_dir`` (``search.csv``), bound to the inputs they were computed from.
 
-    The subset is kept in ``subset.txt``; a different subset is an error unless ``force``,
-    which starts over.
+    ``inputs`` (score folder's identity, ground truth, classes, backend) and the subset are kept
+    in the folder's record (deeplab.provenance); when they differ from the recorded ones the
+    search starts over with a note, as does ``force``. The subset is also written to
+    ``subset.txt``.
     """
-    os.makedirs(out_dir, exist_ok=True)
     subset_path, csv_path = os.path.join(out_dir, "subset.txt"), os.path.join(out_dir, "search.csv")
-    if force:
+    record = open_output(out_dir, "crf_search", {**(inputs or {}), "subset": text_digest("\n".join(ids))},
+                         {"ids": len(ids)})
+    remove_stale_temps(out_dir, ["subset.txt", "search.csv", "best.json", "heatmap.png"])
+    if force or record.changed or not record.fresh(csv_path):
         for p in (subset_path, csv_path):
             if os.path.exists(p):
                 os.unlink(p)
-    if os.path.isfile(subset_path):
-        with open(subset_path) as f:
-            old = f.read().split()
-        if old != list(ids):
-            raise DeepLabError(f"{subset_path}: earlier results were computed on a different subset "
-                               f"({len(old)} ids); use the same --n/--seed/--list, another --out, or --force")
-    else:
+    if not os.path.isfile(subset_path):
         write_bytes_atomic(subset_path, ("\n".join(ids) + "\n").encode())
     return Results(csv_path)
 
@@ -303,3 +283,58 @@ def run_search(data: SearchData, base: CRFParams, coarse: dict[str, list[float]]
         grid += grid_settings(base, fine_axes(ranked[0]["params"], coarse, fine_div))
         run_settings(data, grid, results, "fine", workers, progress)
     return results.ranked(grid)[0]["params"]
+
+
+@dataclass
+class Outcome:
+    """A finished search: the best setting and its row, the reference rows, every row of the
+    grids (same fixed parameters) best first, and where the results went."""
+
+    best: CRFParams
+    row: dict
+    no_crf: dict
+    default: dict
+    ranked: list[dict]
+    images: int
+    best_json: str
+
+
+def search(data: SearchData, base: CRFParams, coarse: dict[str, list[float]], out_dir: str, *,
+           seed: int = 0, list_name: str = "", workers: int = 1, fine_div: int = 2, force: bool = False,
+           progress: bool = True) -> Outcome:
+    """The whole search into ``out_dir``: check the inputs, run (resuming search.csv), write
+    best.json (loadable with CRFParams.from_dict) and heatmap.png."""
+    check_inputs(data)
+    ids = list(data.ids)
+    inputs = {"scores": source_identity(data.scores_dir), "labels": os.path.realpath(data.labels_dir),
+              "classes": data.num_classes, "ignore": data.ignore_label, "backend": data.backend}
+    results = open_run(out_dir, ids, force=force, inputs=inputs)
+    best = run_search(data, base, coarse, results, workers=workers, fine_div=fine_div, progress=progress)
+    row = results.get(best)
+    no_crf, default = results.get(base.replace(iters=0)), results.get(base)
+    record = {**best.to_dict(), "mean_iou": row["mean_iou"], "pixel_acc": row["pixel_acc"], "images": len(ids),
+              "seed": seed, "list": list_name, "no_crf_mean_iou": no_crf["mean_iou"],
+              "default_mean_iou": default["mean_iou"]}
+    best_json = os.path.join(out_dir, "best.json")
+    write_bytes_atomic(best_json, (json.dumps(record, indent=2) + "\n").encode())
+    plot_heatmap(results, coarse, best, os.path.join(out_dir, "heatmap.png"))
+    same_fixed = [r["params"] for r in results.rows.values()
+                  if r["params"].replace(bi_w=base.bi_w, bi_xy_std=base.bi_xy_std, bi_rgb_std=base.bi_rgb_std) == base]
+    return Outcome(best, row, no_crf, default, results.ranked(same_fixed), len(ids), best_json)
+
+
+def format_outcome(o: Outcome, base: CRFParams, top: int = 10) -> str:
+    """The top settings as a table, the references, and the best as command-line options."""
+    lines = [f"top settings on {o.images} images (mean IoU %):",
+             f"  {'rank':>4}  {'w1':>6} {'σα':>6} {'σβ':>6}  {'mean IoU':>8}  stage"]
+    for i, r in enumerate(o.ranked[:top], 1):
+        p = r["params"]
+        lines.append(f"  {i:>4}  {p.bi_w:>6g} {p.bi_xy_std:>6g} {p.bi_rgb_std:>6g}  {100 * r['mean_iou']:>8.2f}  "
+                     f"{r['stage']}")
+    b = o.best
+    lines.append(f"  no CRF: {100 * o.no_crf['mean_iou']:.2f}   release default (w1={base.bi_w:g}, "
+                 f"σα={base.bi_xy_std:g}, σβ={base.bi_rgb_std:g}): {100 * o.default['mean_iou']:.2f}")
+    lines.append(f"best: --bi-w {b.bi_w:g} --bi-xy-std {b.bi_xy_std:g} --bi-rgb-std {b.bi_rgb_std:g} "
+                 f"--pos-w {b.pos_w:g} --pos-xy-std {b.pos_xy_std:g}  ({100 * o.row['mean_iou']:.2f}); "
+                 f"written to {o.best_json}")
+    return "\n".join(lines)

@@ -1,12 +1,10 @@
 """Caffe-format training logs: a hand-written log parsed into rows, CSV, plot and the tool."""
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
 import pytest
-from conftest import REPO
 from PIL import Image
 
 from deeplab import DeepLabError
@@ -94,9 +92,8 @@ def test_plot_is_a_png(tmp_path):
 
 
 def test_tool(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("parse_log_tool", REPO / "tools" / "parse_log.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from deeplab.commands import parse_log as tool
+
     (tmp_path / "train.log").write_text(LOG)
     assert tool.main([str(tmp_path / "train.log"), "--csv", str(tmp_path / "t.csv"),
                       "--plot", str(tmp_path / "t.png")]) == 0

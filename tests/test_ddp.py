@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from test_train import TRAIN_PY, argv, make_dataset, train, weights
 from caffe.model_io import load_solverstate
@@ -44,3 +45,25 @@ def test_two_gloo_processes_equal_one_with_the_combined_batch(tmp_path):
     pids = {line.split()[2] for line in glog}
     assert len(pids) == 1
     assert sorted(p.name for p in tmp_path.glob("two_iter_*")) == ["two_iter_4.caffemodel", "two_iter_4.solverstate"]
+
+
+def test_self_spawned_processes_train_as_torchrun_started_ones(tmp_path):
+    """caffe.training's one-process-per-GPU launcher, run here with CPU processes (gloo): the
+    same weights as one process with the combined batch; a CaffeError in the processes comes
+    back to the caller as one CaffeError."""
+    from caffe import CaffeError
+    from caffe.training import TrainOptions, _spawn
+    from conftest import FIXTURES
+    data = make_dataset(tmp_path / "data", n_train=6, n_val=2, sizes=((20, 24), (18, 16)))
+    assert train.main(argv(data, tmp_path / "one", 2, batch=4, dropout=0)) == 0
+    sets = dict(ROOT=data, NET=FIXTURES / "tiny" / "train_test.prototxt", PREFIX=tmp_path / "two", MAX_ITER=2,
+                SNAPSHOT=0, BATCH=2, DROPOUT=0)
+    options = TrainOptions(mapping={k: str(v) for k, v in sets.items()}, cpu=True, log_stderr=False, progress=False)
+    solver = str(FIXTURES / "tiny" / "solver.prototxt")
+    assert _spawn(solver, options, 2) is True
+    one, two = weights(tmp_path / "one_iter_2.caffemodel"), weights(tmp_path / "two_iter_2.caffemodel")
+    for k in one:
+        np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-7, err_msg=str(k))
+    options.mapping["ROOT"] = str(tmp_path / "nothing")
+    with pytest.raises(CaffeError, match="nothing/train.txt not found"):
+        _spawn(solver, options, 2)

@@ -18,6 +18,7 @@ from deeplab import DeepLabError
 from deeplab.labels import read_label, voc_palette
 from deeplab.scoremaps import save_mat_scores, save_scores, upsample_scores
 from densecrf import CRFParams
+from deeplab.provenance import RECORD
 from densecrf.__main__ import main
 
 
@@ -201,6 +202,11 @@ def test_batch_mat_input_equals_npy_input(tmp_path):
     np.testing.assert_array_equal(read_label(tmp_path / "out" / "m.png"), densecrf.refine(rgb, full))
 
 
+def listed(folder) -> list[str]:
+    """The outputs in a folder, without its provenance record."""
+    return sorted(f for f in os.listdir(folder) if f != RECORD)
+
+
 def test_batch_failures_resume_force_and_shards(tmp_path, capsys):
     make_set(tmp_path, ["a", "b", "c", "d"])
     os.unlink(tmp_path / "scores" / "b.npy")
@@ -209,7 +215,7 @@ def test_batch_failures_resume_force_and_shards(tmp_path, capsys):
     assert main(argv(tmp_path)) == 1
     err = capsys.readouterr().err
     assert "2 image(s) failed" in err and "  b: no score map b.npy" in err and "  c: cannot read score file" in err
-    assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "d.png"]
+    assert listed(tmp_path / "out") == ["a.png", "d.png"]
 
     stamp = os.stat(tmp_path / "out" / "a.png").st_mtime_ns
     (tmp_path / "list.txt").write_text("a\nd\n")
@@ -223,10 +229,10 @@ def test_batch_failures_resume_force_and_shards(tmp_path, capsys):
     for name in ("a", "d"):
         os.unlink(tmp_path / "out" / f"{name}.png")
     main(argv(tmp_path, "--shard", "1/2"))
-    assert sorted(os.listdir(tmp_path / "out")) == ["a.png"]  # shard 1/2 holds a and c (c fails)
+    assert listed(tmp_path / "out") == ["a.png"]  # shard 1/2 holds a and c (c fails)
     assert main(argv(tmp_path, "--shard", "2/2")) == 1  # b fails
-    assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "d.png"]
-    assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".")]  # no temp files left
+    assert listed(tmp_path / "out") == ["a.png", "d.png"]
+    assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".") and f != RECORD]  # no temp files
 
 
 def test_cli_subprocess_parallel_and_errors(tmp_path):
@@ -237,7 +243,7 @@ def test_cli_subprocess_parallel_and_errors(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 1, r.stderr
     assert "none: no image none.jpg or .png" in r.stderr and "Traceback" not in r.stderr
-    assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "b.png", "c.png"]
+    assert listed(tmp_path / "out") == ["a.png", "b.png", "c.png"]
     bad = [sys.executable, "-m", "densecrf", *argv(tmp_path), "--bi-xy-std", "0"]
     r = subprocess.run(bad, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == "error: bi_xy_std must be > 0, got 0.0"

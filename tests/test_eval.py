@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import numpy as np
 import pytest
-from conftest import REPO, shared_path
+from conftest import shared_path
 
 from deeplab import DeepLabError
 from deeplab.cli import run_main
 from deeplab.eval.evaluate import evaluate, load_result, read_ids, write_result
 from deeplab.eval.tables import format_table
-from deeplab.labels import read_label, write_label
+from deeplab.labels import load_classes, read_label, write_label
 
 GT = np.array([[0, 0, 1], [1, 2, 255]], np.uint8)
 PRED = np.array([[0, 1, 1], [2, 2, 0]], np.uint8)
@@ -92,7 +93,7 @@ def test_workers_give_the_same_result(tmp_path):
 @pytest.mark.parametrize("case, needle", [
     ("missing", "id b: prediction"),
     ("size", "id b: prediction is 4x3 pixels but ground truth is 3x2"),
-    ("gt_range", "id b: ground truth holds label [7]"),
+    ("gt_range", "b.png holds value(s) 7: neither a class (0..3) nor the ignore value 255"),
     ("pred_range", "id b: prediction holds label [4]"),
 ])
 def test_bad_input_names_the_id(tmp_path, case, needle):
@@ -105,7 +106,7 @@ def test_bad_input_names_the_id(tmp_path, case, needle):
         gts["b"][0, 0] = 7
     else:
         preds["b"][0, 0] = 4
-    with pytest.raises(DeepLabError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(DeepLabError, match=re.escape(needle)):
         evaluate(*_pair(tmp_path, gts, preds), ["a", "b"], 4)
 
 
@@ -137,11 +138,8 @@ def test_table_layout_and_json_roundtrip(tmp_path):
 
 
 def test_tool_writes_json_and_plot_and_compares(tmp_path, capsys):
-    import importlib.util
+    from deeplab.commands import eval as tool
 
-    spec = importlib.util.spec_from_file_location("eval_tool", REPO / "tools" / "eval.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     gt = np.zeros((12, 12), np.uint8)
     gt[3:9, 3:9] = 15
     gt[2, 2:10] = 255
@@ -165,6 +163,57 @@ def test_tool_writes_json_and_plot_and_compares(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: prediction folder") and "\n" not in err
+
+
+# ---------------------------------------------------------------- one dataset description (issue 15 item 5)
+def test_camvid_evaluates_with_its_defaults(tmp_path, capsys):
+    """Prepared CamVid labels hold void as 255: --classes camvid alone must evaluate them."""
+    from deeplab.commands import eval as tool
+
+    camvid = load_classes("camvid")
+    assert (camvid.num_classes, camvid.void, camvid.ignore) == (11, 255, 255)
+    gt = np.array([[0, 10, 255], [3, 3, 255]], np.uint8)
+    pred = np.array([[0, 10, 7], [3, 4, 0]], np.uint8)
+    pred_dir, gt_dir = _pair(tmp_path, {"x": gt}, {"x": pred})
+    (tmp_path / "list.txt").write_text("x\n")
+    out = tmp_path / "o.json"
+    assert tool.main(["--pred", str(pred_dir), "--gt", str(gt_dir), "--list", str(tmp_path / "list.txt"),
+                      "--classes", "camvid", "--json", str(out), "--quiet"]) == 0
+    r = json.loads(out.read_text())
+    assert r["ignore"] == 255 and r["num_classes"] == 11 and r["classes"][10] == "Bicyclist"
+    assert r["pixels"] == 4 and r["pixel_acc"] == 0.75  # the two void pixels left out
+    assert "Sky" in capsys.readouterr().out
+
+
+def test_tools_and_makefile_read_the_description(tmp_path):
+    """The help texts name no per-dataset void value, the Makefile passes no --ignore and takes
+    NUM_LABELS from the description (python -m deeplab.labels)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from deeplab.commands import crf_search, report
+
+    for parser in (crf_search.build_parser(), report.build_parser()):
+        text = parser.format_help()
+        assert "CamVid: 11" not in text and "11 for camvid" not in text
+    assert crf_search.build_parser().parse_args(["--images", "i", "--scores", "s", "--labels", "l", "--list", "x",
+                                                 "--out", "o"]).ignore_label is None
+    makefile = (REPO / "Makefile").read_text()
+    assert "--ignore 255" not in makefile
+    r = subprocess.run([sys.executable, "-m", "deeplab.labels", "camvid", "num_classes", "ignore"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert (r.returncode, r.stdout) == (0, "11 255\n")
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    three = tmp_path / "three.txt"
+    three.write_text("0 a 0 0 0\n1 b 1 1 1\n2 c 2 2 2\n254 void 9 9 9\n")
+    for classes, count, ignore in (("camvid", 11, 255), (str(three), 3, 254)):
+        r = subprocess.run(["make", "-n", "-s", "netinfo", "EXP=synthetic/LargeFOV-small", f"CLASSES={classes}",
+                            f"PY={sys.executable}"], capture_output=True, text=True, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        assert f"--set NUM_LABELS={count} " in r.stdout and f"--set IGNORE_LABEL={ignore} " in r.stdout
 
 
 # ---------------------------------------------------------------- real VOC val labels

@@ -6,7 +6,6 @@ Interp and MAT_WRITE. Expected canvases and score sizes are computed by hand bel
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -19,7 +18,8 @@ import torch
 from conftest import FIXTURES, REPO
 from deeplab import DeepLabError
 from deeplab.cli import run_main
-from deeplab.extract import read_list
+from deeplab.extract import label_palette
+from deeplab.lists import read_items
 from deeplab.labels import read_label
 from caffe.layer.output import blob_to_matlab
 from caffe.net import Net
@@ -38,9 +38,7 @@ IMAGES = {
     "wide": (21, 45, (33, 45), (4, 7)),   # larger in one direction only
 }
 
-_spec = importlib.util.spec_from_file_location("extract_tool", REPO / "tools" / "extract.py")
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+from deeplab.commands import extract as tool  # noqa: E402
 
 
 def mapping(feature_dir="unused", list_id=""):
@@ -168,13 +166,27 @@ def test_labels_out(data, tmp_path):
         assert im.mode == "P" and im.getpalette()[:9] == [0, 0, 0, 10, 20, 30, 40, 50, 60]
 
 
-def test_labels_out_class_count_checked(data, tmp_path, capsys):
+def test_labels_out_without_classes_uses_voc_colours(data, tmp_path):
+    """Issue 15 item 7: a 3-class net writes label PNGs with no class list (VOC's colour map)."""
+    labels = tmp_path / "labels"
+    assert run(data, tmp_path / "npy", "--labels-out", str(labels)) == 0
+    from PIL import Image
+    for ident, (h, w, _, _) in IMAGES.items():
+        with Image.open(labels / f"{ident}.png") as im:
+            assert im.mode == "P" and im.size == (w, h)
+            assert im.getpalette()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]  # VOC's first three colours
+
+
+def test_labels_out_class_count_checked_only_with_a_class_list(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run_main(tool.main, ["--model", PROTOTXT, "--weights", str(data[1]), "--list", str(data[0] / "list.txt"),
                              "--root", str(data[0]), "--out", str(tmp_path), "--labels-out", str(tmp_path / "l"),
-                             *SETS])
+                             "--classes", "voc12", *SETS])
     assert e.value.code == 2
     assert "3 channels but class list 'voc12' has 21 classes" in capsys.readouterr().err
+    assert label_palette("fc8", 256) is None
+    with pytest.raises(DeepLabError, match="257 channels; label PNGs hold at most 256 classes"):
+        label_palette("fc8", 257)
 
 
 def test_resume_and_force(data, tmp_path, capsys):
@@ -197,8 +209,8 @@ def test_shard_union_equals_full_run(data, tmp_path):
     assert run(data, tmp_path / "s1", "--shard", "1/3") == 0
     assert run(data, tmp_path / "s2", "--shard", "2/3") == 0
     assert run(data, tmp_path / "s3", "--shard", "3/3") == 0
-    full = sorted(os.listdir(tmp_path / "full"))
-    parts = [sorted(os.listdir(tmp_path / f"s{i}")) for i in (1, 2, 3)]
+    full = sorted(f for f in os.listdir(tmp_path / "full") if not f.startswith("."))
+    parts = [sorted(f for f in os.listdir(tmp_path / f"s{i}") if not f.startswith(".")) for i in (1, 2, 3)]
     assert sorted(sum(parts, [])) == full and len(full) == 2 * len(IMAGES)
     for i, names in enumerate(parts, 1):
         assert names  # each of the three shards got work
@@ -232,12 +244,12 @@ def test_id_list_and_lookup(data, tmp_path):
     root, _ = data
     ids = tmp_path / "ids.txt"
     ids.write_text("small\ntall\n")
-    items = read_list(ids, root / "JPEGImages")
+    items = read_items(ids, root / "JPEGImages")
     assert [(i.lineno, i.id, i.path) for i in items] == [
         (1, "small", str(root / "JPEGImages" / "small.png")), (2, "tall", str(root / "JPEGImages" / "tall.png"))]
     ids.write_text("small\nsmall\n")
     with pytest.raises(DeepLabError, match=r"ids.txt:2: id 'small' repeats line 1"):
-        read_list(ids, root)
+        read_items(ids, root)
 
 
 def test_blob_choice(data, tmp_path):

@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 
 import pytest
 
-from conftest import REPO
 from deeplab import DeepLabError
 from deeplab import zoo
 from deeplab.cli import run_main
 
-spec = importlib.util.spec_from_file_location("get_model", REPO / "tools" / "get_model.py")
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
+from deeplab.commands import get_model as tool  # noqa: E402
 
 
 def test_manifest_entries_are_well_formed():

@@ -5,7 +5,7 @@ import torch
 from google.protobuf import text_format
 
 from deeplab import DeepLabError
-from caffe.layer import make_layer
+from caffe.layer import REGISTRY, make_layer
 from caffe.layer.pooling import pool_out
 from caffe.layer.interp import interp_out
 from caffe.proto import caffe_pb2
@@ -179,3 +179,87 @@ def test_layer_errors_name_the_layer():
         layer('name: "b" type: "Bogus" bottom: "x" top: "y"', (1,))
     with pytest.raises(DeepLabError, match=r"layer 'e'.*shape"):
         layer('name: "e" type: "Eltwise" bottom: "a" bottom: "b" top: "y"', (1, 2), (1, 3))
+
+
+# ------------------------------------------------------------------ every registered layer
+# Per type: (parameters, bottom tensors); the default is the bare type with as many
+# (2, 3, 5, 5) bottoms as its contract needs. Types fed from outside or writing files skip.
+def _labels(n=2, c=3, h=5, w=5, ignore=True):
+    lab = torch.randint(0, c, (n, 1, h, w)).float()
+    if ignore:
+        lab[0, 0, 0, 0] = 255
+    return lab
+
+
+def _x(*shape):
+    return torch.randn(*shape) if shape else torch.randn(2, 3, 5, 5)
+
+
+REGISTRY_EXAMPLES = {
+    "Accuracy": ("", [_x(2, 3), torch.tensor([0.0, 2.0])]),
+    "BatchReindex": ("", [_x(), torch.tensor([1.0, 0.0])]),
+    "Bias": ("", [_x(), _x(3)]),
+    "Clip": ("clip_param { min: -0.5 max: 0.5 }", None),
+    "ContrastiveLoss": ("", [_x(2, 3), _x(2, 3), torch.tensor([0.0, 1.0])]),
+    "Convolution": ("convolution_param { num_output: 2 kernel_size: 3 pad: 1 weight_filler { type: 'gaussian' } }", None),
+    "Crop": ("crop_param { axis: 2 offset: 1 }", [_x(), _x(2, 3, 3, 3)]),
+    "Deconvolution": ("convolution_param { num_output: 2 kernel_size: 2 stride: 2 weight_filler { type: 'gaussian' } }",
+                      None),
+    "DummyData": ("dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: 'constant' value: 2 } }", []),
+    "Embed": ("embed_param { num_output: 4 input_dim: 5 weight_filler { type: 'gaussian' } }",
+              [torch.tensor([[0.0, 4.0], [2.0, 1.0]])]),
+    "Filter": ("", [_x(), torch.tensor([1.0, 0.0])]),
+    "HingeLoss": ("", [_x(2, 3), torch.tensor([0.0, 2.0])]),
+    "Im2col": ("convolution_param { kernel_size: 2 }", None),
+    "InfogainLoss": ("", [torch.softmax(_x(2, 3), 1), torch.tensor([0.0, 2.0]), torch.eye(3).reshape(1, 1, 3, 3)]),
+    "InnerProduct": ("inner_product_param { num_output: 4 weight_filler { type: 'gaussian' } }", None),
+    "Interp": ("interp_param { zoom_factor: 2 }", None),
+    "Log": ("", [torch.rand(2, 3, 5, 5) + 0.1]),
+    "MultinomialLogisticLoss": ("", [torch.softmax(_x(2, 3), 1), torch.tensor([0.0, 2.0])]),
+    "Padding": ("padding_param { pad_beg: 1 pad_end: -1 }", None),
+    "Parameter": ("parameter_param { shape { dim: 2 dim: 3 } }", []),
+    "Pooling": ("pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }", None),
+    "Power": ("power_param { power: 2 shift: 1 }", None),
+    "Reshape": ("reshape_param { shape { dim: 0 dim: -1 } }", None),
+    "Scale": ("scale_param { bias_term: true }", [_x(), _x(3)]),
+    "SegAccuracy": ("seg_accuracy_param { ignore_label: 255 }", [_x(), _labels()]),
+    "SigmoidCrossEntropyLoss": ("", [_x(2, 3), torch.randint(0, 2, (2, 3)).float()]),
+    "SoftmaxWithLoss": ("loss_param { ignore_label: 255 }", [_x(), _labels()]),
+    "SPP": ("spp_param { pyramid_height: 2 }", None),
+    "Tile": ("tile_param { tiles: 2 }", None),
+}
+REGISTRY_SKIP = {
+    "ImageSegData": "a data layer: its tops are fed by caffe.imageseg, not computed",
+    "Input": "a data layer: its tops are fed by the caller",
+    "MatWrite": "writes files (tested in test_extract)",
+    "Python": "needs a user module on sys.path (tested with the Python layer)",
+}
+
+
+@pytest.mark.parametrize("type_name", sorted(REGISTRY))
+def test_every_layer_declares_the_shapes_it_produces_and_ignores_grad_mode(type_name):
+    """Declared top shapes equal the produced ones; forward with gradients on equals forward
+    with them off (no layer behaves differently when autograd records)."""
+    if type_name in REGISTRY_SKIP:
+        pytest.skip(REGISTRY_SKIP[type_name])
+    cls = REGISTRY[type_name]
+    params, bottoms = REGISTRY_EXAMPLES.get(type_name, ("", None))
+    if bottoms is None:
+        n = max(cls.exact_num_bottom_blobs, cls.min_bottom_blobs, 1)
+        bottoms = [_x() for _ in range(n)]
+    tops = max(cls.exact_num_top_blobs, cls.min_top_blobs, 0 if cls.exact_num_top_blobs == 0 else 1)
+    text = (f'name: "x" type: "{type_name}" {params} '
+            + "".join(f'bottom: "b{i}" ' for i in range(len(bottoms)))
+            + ("".join(f'top: "t{i}" ' for i in range(tops)) if cls.equal_num_bottom_top_blobs is False
+               else "".join(f'top: "t{i}" ' for i in range(len(bottoms)))))
+    torch.manual_seed(0)
+    lay = layer(text, *[tuple(b.shape) for b in bottoms])
+    with torch.no_grad():
+        off = lay(*[b.clone() for b in bottoms])
+    on = lay(*[b.clone().requires_grad_(b.is_floating_point()) for b in bottoms])
+    assert len(off) == len(on) == len(lay.top_shapes) == lay.top_count
+    for i, (a, b, declared) in enumerate(zip(off, on, lay.top_shapes)):
+        # None: a size only the data decides (Filter's count)
+        assert len(a.shape) == len(declared) and all(d is None or d == x for d, x in zip(declared, a.shape)), \
+            f"top {i}: produced {tuple(a.shape)}, declared {declared}"
+        assert torch.allclose(a, b.detach(), equal_nan=True), f"top {i} differs with gradients on"

@@ -5,7 +5,6 @@ the stride / receptive-field rules are pinned on small nets with hand-computed n
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from fractions import Fraction
 
@@ -16,11 +15,9 @@ from deeplab import DeepLabError
 from deeplab.netinfo import net_info, parse_input_shape
 from caffe.prototxt import parse_net
 
-from deeplab.cli import run_main
+from deeplab.cli import file_placeholders, run_main
 
-_spec = importlib.util.spec_from_file_location("netinfo_tool", REPO / "tools" / "netinfo.py")
-netinfo_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(netinfo_tool)
+from deeplab.commands import netinfo as netinfo_tool  # noqa: E402
 
 VOC = REPO / "prototxt" / "voc12"
 SETS = {"DATA_ROOT": "/d", "LIST_DIR": "/l", "TRAIN_SET": "train", "TEST_SET": "val",
@@ -213,7 +210,7 @@ def test_cli_phase_defaults_by_file_name():
 ])
 def test_cli_errors_are_one_line(capsys, argv, message):
     sets = dict(SETS)
-    del sets["FEATURE_DIR"]                    # the test net's MatWrite prefix needs it
+    del sets["NUM_LABELS"]                     # it changes the net: no dummy for it
     args = [str(voc("DeepLab", "test")), *set_args(sets if not argv else SETS), *argv]
     with pytest.raises(SystemExit) as exit_info:
         run_main(netinfo_tool.main, args)
@@ -221,4 +218,31 @@ def test_cli_errors_are_one_line(capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
     if not argv:
-        assert "placeholder ${FEATURE_DIR} has no value; pass --set FEATURE_DIR=..." in err
+        assert "placeholder ${NUM_LABELS} has no value; pass --set NUM_LABELS=..." in err
+
+
+def test_cli_needs_no_data_paths(capsys):
+    """Issue 15 item 6: placeholders that only name files get a visible dummy, and netinfo says so."""
+    path = str(voc("DeepLab-LargeFOV", "test"))
+    assert netinfo_tool.main([path, "--set", "NUM_LABELS=21"]) == 0
+    out, err = capsys.readouterr()
+    assert "net 'DeepLab-LargeFOV' (TEST): 42 layers, 20,505,429 parameters" in out
+    assert err.startswith("note: placeholders that only name files are shown as dummies")
+    for name in ("DATA_ROOT", "LIST_DIR", "TEST_SET", "FEATURE_DIR"):
+        assert f"${{{name}}}=<{name}>" in err
+    # A value given wins over the dummy; NUM_LABELS is never a dummy.
+    assert netinfo_tool.main([path, "--set", "NUM_LABELS=21", "--set", "DATA_ROOT=/d"]) == 0
+    assert "${DATA_ROOT}" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_main(netinfo_tool.main, [path])
+    assert "placeholder ${NUM_LABELS} has no value" in capsys.readouterr().err
+
+
+def test_file_placeholders_only_in_file_fields(tmp_path):
+    p = tmp_path / "n.prototxt"
+    p.write_text('# ${IN_COMMENT}\nlayer { image_data_param { source: "${A}/${B}.txt" root_folder: "${R}" } }\n'
+                 'layer { name: "${B}" convolution_param { num_output: ${N} } }\n'
+                 'layer { mat_write_param { prefix: "${P}/x" } }\n')
+    assert file_placeholders(str(p), {"P": "given"}) == {"A": "<A>", "R": "<R>"}  # B also names a layer
+    p.write_text('source: "${A}"\nroot_folder: "${R}"\n')
+    assert file_placeholders(str(p), {}) == {"A": "<A>", "R": "<R>"}

@@ -9,7 +9,7 @@ from google.protobuf import text_format
 from conftest import FIXTURES, REPO
 from deeplab import DeepLabError
 from caffe.proto import caffe_pb2 as pb
-from caffe.prototxt import fill_placeholders, format_net, parse_net, parse_solver
+from caffe.prototxt import fill_placeholders, format_net, parse_net, parse_solver, placeholders, split_comment
 
 GOLDEN = FIXTURES / "golden"
 
@@ -127,6 +127,17 @@ def test_placeholders_filled_and_comments_left_alone():
     # a '#' inside a string is not a comment
     out = fill_placeholders('prefix: "a#${X}"\n', {"X": "1"}, "f")
     assert out == 'prefix: "a#1"\n'
+
+
+def test_placeholders_lists_names_with_the_fields_they_fill():
+    text = ('source: "${ROOT}/list/${SET}.txt"  # ${OLD} in a comment\n'
+            "layer { name: '${SET}' convolution_param { num_output: ${N} } }\n"
+            'prefix: "a#${ROOT}" root_folder: "${ROOT}"\n')
+    assert placeholders(text) == {"ROOT": {"source", "prefix", "root_folder"}, "SET": {"source", "name"},
+                                  "N": {""}}
+    assert placeholders("a: 1\n") == {}
+    assert split_comment('prefix: "a#b" # c') == ('prefix: "a#b" ', "# c")
+    assert split_comment("x: 'it\\'s #1'") == ("x: 'it\\'s #1'", "")
 
 
 def test_unfilled_placeholder_names_file_line_and_name(tmp_path):

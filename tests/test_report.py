@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from conftest import REPO
 from PIL import Image
 
 from deeplab import DeepLabError
@@ -149,9 +147,8 @@ def test_choose_examples_gains_then_failures():
 
 def test_tool_writes_the_page(tmp_path):
     exp = _experiment(tmp_path, with_features=False)
-    spec = importlib.util.spec_from_file_location("report_tool", REPO / "tools" / "report.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from deeplab.commands import report as tool
+
     assert tool.main([str(exp), "--examples", "2", "--set", "val"]) == 0
     p = _parse((exp / "report.html").read_text())
     assert "examples" in [alt for _, alt in p.images]

@@ -253,3 +253,22 @@ def test_display_lines_in_caffe_format():
     assert lines[1].endswith(" loss)") and "(* 1 = 1.1175" in lines[1]
     assert lines[2] == "sgd_solver.cpp:106] Iteration 0, lr = 0.05"
     assert "Iteration 1, lr = 0.0435229" in lines[5]  # 0.05 * (1 - 1/7)^0.9
+
+
+def test_share_weights_follows_caffes_first_test_layer_of_a_name():
+    """ShareTrainedLayersWith: each train layer shares with the FIRST test layer of its name, so
+    with a repeated name the later train layer wins that test layer, and the test net's second
+    layer of the name keeps its own blobs."""
+    from caffe.net import Net
+    from caffe.solver import share_weights
+
+    text = """
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 2 dim: 2 } } }
+    layer { name: "a" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 1 kernel_size: 1 } }
+    layer { name: "a" type: "Convolution" bottom: "y" top: "z" convolution_param { num_output: 1 kernel_size: 1 } }
+    """
+    train, test = Net(text, "TRAIN"), Net(text, "TEST")
+    share_weights(train, test)
+    assert test.layers[1].blobs[0] is train.layers[2].blobs[0]
+    assert test.layers[2].blobs[0] is not train.layers[1].blobs[0]
+    assert test.layers[2].blobs[0] is not train.layers[2].blobs[0]

@@ -2,7 +2,6 @@
 and its prototxt set (every LargeFOV layer type, sizes that line up)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -15,9 +14,7 @@ from deeplab.data import synthetic
 from deeplab.data.datasets import read_ids
 from deeplab.labels import load_classes, read_label
 
-spec = importlib.util.spec_from_file_location("synthetic_generate", REPO / "data" / "synthetic" / "generate.py")
-generate_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(generate_tool)
+from deeplab.commands import make_synthetic as generate_tool  # noqa: E402
 
 
 def test_render_is_deterministic_and_seed_dependent():

@@ -1,12 +1,13 @@
-"""tools/train.py end to end on a tiny generated dataset: the loss falls, snapshots and the
+"""deeplab-train (tools/train.py) end to end on a tiny generated dataset: the loss falls, snapshots and the
 Caffe-format log, exact resume, Ctrl-C, and one-line errors (exit code 2)."""
 from __future__ import annotations
 
-import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,20 +17,11 @@ from conftest import FIXTURES, REPO
 from deeplab.caffelog import parse_log
 from deeplab.cli import run_main
 from caffe.model_io import load_caffemodel, load_solverstate
-from deeplab.labels import write_label
+from deeplab.commands import train
+from deeplab.labels import read_label, write_label
 
 TINY = FIXTURES / "tiny"
-TRAIN_PY = REPO / "tools" / "train.py"
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("train_tool", TRAIN_PY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-train = load_tool()
+TRAIN_PY = REPO / "tools" / "train.py"  # the shim users know; it runs deeplab.commands.train
 
 
 def make_dataset(root, n_train=8, n_val=4, sizes=((20, 24), (14, 18)), seed=0):
@@ -141,6 +133,12 @@ def run_error(args, capsys):
     return err
 
 
+def run_main_ok(args):
+    with pytest.raises(SystemExit) as e:
+        run_main(train.main, args)
+    assert e.value.code == 0
+
+
 def test_errors_are_one_line_with_exit_code_2(data, tmp_path, capsys):
     err = run_error(argv(tmp_path / "nothing", tmp_path / "p", 1), capsys)
     assert "list file" in err and "nothing/train.txt not found" in err
@@ -161,3 +159,36 @@ def test_errors_are_one_line_with_exit_code_2(data, tmp_path, capsys):
     assert "missing.prototxt" in err
     err = run_error(argv(data, tmp_path / "p", 1, extra=["--weights", "a.caffemodel", "--snapshot", "x"]), capsys)
     assert "not both" in err
+
+
+def test_bad_label_outside_the_crop_is_an_error_naming_the_file(data, tmp_path, capsys):
+    """A label value that is neither a class (the net has 3) nor the ignore value stops training
+    when the file is first read, naming the list line and the file, even where no crop reaches
+    it (here: one pixel in a corner of a 20x24 label, crops of 16)."""
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    lab = read_label(bad / "lab" / "train0.png")
+    lab[-1, -1] = 7
+    write_label(bad / "lab" / "train0.png", lab)
+    err = run_error(argv(bad, tmp_path / "p", 4), capsys)   # 4 x 2 samples: every file read once
+    assert "train.txt:1" in err and "lab/train0.png" in err and "7" in err and "0..2" in err
+
+
+def test_unusable_snapshot_folder_is_refused_before_training(data, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    err = run_error(argv(data, tmp_path / "afile" / "snaps" / "p", 1), capsys)
+    assert "snapshot folder" in err and "afile" in err and "not a folder" in err
+
+
+def test_resume_from_a_caffemodel_missing_a_layer_says_so(data, tmp_path, capsys):
+    """A solverstate whose caffemodel lacks a learnable layer resumes that layer from its fillers,
+    as Caffe would, but says so on the log instead of silently."""
+    prefix = tmp_path / "p"
+    run_main_ok(argv(data, prefix, 2, snapshot=2))
+    model = Path(f"{prefix}_iter_2.caffemodel")
+    from caffe.model_io import save_caffemodel
+    save_caffemodel(model, [layer for layer in load_caffemodel(model) if layer.name != "fc8"])
+    args = [a for a in argv(data, prefix, 3) if a != "--quiet"]
+    run_main_ok(args + ["--snapshot", f"{prefix}_iter_2.solverstate"])
+    err = capsys.readouterr().err
+    assert "RESUMING WITH FILLER WEIGHTS" in err and "fc8" in err

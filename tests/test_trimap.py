@@ -96,10 +96,10 @@ def test_one_pass_equals_per_width_dilation_on_random_labels():
 
 def test_parse_widths():
     assert parse_widths("1:40") == list(range(1, 41))
-    assert parse_widths("1:9:4") == [1, 5, 9]
+    assert parse_widths("1:4:9") == [1, 5, 9]   # start:step:stop, the one range syntax
     assert parse_widths("10,2,5,2") == [2, 5, 10]
     assert parse_widths("off") == [] and parse_widths("0") == []
-    for bad in ("a", "0:3", "1:300", "3:1", "1:5:0"):
+    for bad in ("a", "0:3", "1:300", "3:1", "1:5:0", "1:9:4"):
         with pytest.raises(ValueError):
             parse_widths(bad)
 

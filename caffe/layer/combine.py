@@ -10,16 +10,18 @@ PROD, SUM, MAX = 0, 1, 2
 
 @register("Eltwise")
 class Eltwise(Layer):
-    """Element-wise PROD, SUM (each bottom times its coeff, default 1) or MAX."""
+    """Element-wise PROD, SUM (each bottom times its coeff, default 1) or MAX.
 
-    num_bottoms = None
+    PROD's gradient is always the product of the other bottoms (``stable_prod_grad: true``);
+    Caffe's ``false`` divides the top by the bottom instead, which equals it except where a
+    bottom is 0 (there Caffe's gives inf/NaN)."""
+
+    min_bottom_blobs = 2
 
     def setup(self, bottom_shapes):
         p = self.param.eltwise_param
         self.op = int(p.operation)
         self.coeff = [float(c) for c in p.coeff]
-        if len(bottom_shapes) < 2:
-            raise self.error("needs at least two bottoms")
         if self.coeff and (self.op != SUM or len(self.coeff) != len(bottom_shapes)):
             raise self.error("coeff is for SUM only, one per bottom")
         first = bottom_shapes[0]
@@ -37,7 +39,12 @@ class Eltwise(Layer):
             return (out,)
         out = xs[0]
         for x in xs[1:]:
-            out = out * x if self.op == PROD else torch.maximum(out, x)
+            if self.op == PROD:
+                out = out * x
+            else:
+                # Caffe keeps the first maximum (a later bottom wins only if strictly greater)
+                # and sends the whole gradient there; torch.maximum would split it on ties.
+                out = torch.where(x > out, x, out)
         return (out,)
 
 
@@ -45,11 +52,15 @@ class Eltwise(Layer):
 class Concat(Layer):
     """Concatenate bottoms along ``axis`` (or the deprecated ``concat_dim``)."""
 
-    num_bottoms = None
+    min_bottom_blobs = 1
 
     def setup(self, bottom_shapes):
         p = self.param.concat_param
+        if p.HasField("concat_dim") and p.HasField("axis"):
+            raise self.error("give either axis or concat_dim (deprecated), not both")
         axis = int(p.concat_dim) if p.HasField("concat_dim") else int(p.axis)
+        if not -len(bottom_shapes[0]) <= axis < len(bottom_shapes[0]):
+            raise self.error(f"axis {axis} is out of range for {len(bottom_shapes[0])}-axis bottoms")
         self.axis = axis % len(bottom_shapes[0])
         out = list(bottom_shapes[0])
         for i, s in enumerate(bottom_shapes[1:], 1):
@@ -68,8 +79,8 @@ class Concat(Layer):
 class Silence(Layer):
     """Consumes its bottoms and produces nothing (so they are not reported as outputs)."""
 
-    num_bottoms = None
-    num_tops = (0,)
+    min_bottom_blobs = 1
+    exact_num_top_blobs = 0
 
     def setup(self, bottom_shapes):
         return []

@@ -27,7 +27,8 @@ class Interp(Layer):
     samples input position i * (in - 1) / (out - 1). pad_beg/pad_end (<= 0) crop the input
     first. Size from zoom_factor, shrink_factor, both, or height and width."""
 
-    num_bottoms = (1, 2)
+    min_bottom_blobs = 1
+    max_bottom_blobs = 2
 
     def setup(self, bottom_shapes):
         p = self.param.interp_param
@@ -47,8 +48,38 @@ class Interp(Layer):
                 self.fixed = "bottom1"
             else:
                 raise self.error("give zoom_factor, shrink_factor, height and width, or a second bottom")
+        self.labels = False   # set by the Net when bottom 0 holds labels
         n, c, h, w = bottom_shapes[0]
         return [(n, c) + self.out_size(h, w, bottom_shapes)]
+
+    def check_label_resampling(self, bottom_shapes) -> None:
+        """Called by the Net when bottom 0 holds a data layer's labels: bilinear resampling
+        must then only pick pixels (the fork's label shrink relied on it: output pixel i reads
+        input position i * (in - 1) / (out - 1), a whole number only for exact geometry), or
+        labels blend into other classes (15 next to 255 becomes 22). Sizes unknown now are
+        checked at each forward pass."""
+        self.labels = True
+        h, w = bottom_shapes[0][2:4]
+        if h is not None and w is not None:
+            self._check_labels(h, w, self.out_size(h, w, bottom_shapes))
+
+    def _check_labels(self, h, w, out) -> None:
+        for size, o, axis in ((h, out[0], "height"), (w, out[1], "width")):
+            if o is None:
+                continue
+            eff = size + self.pad_beg + self.pad_end
+            if o == eff or o == 1 or (eff - 1) % (o - 1) == 0:
+                continue
+            p = self.param.interp_param
+            shrink = p.HasField("shrink_factor") and not p.HasField("zoom_factor")
+            step = p.shrink_factor if shrink else o - 1
+            offset = 1 - self.pad_beg - self.pad_end
+            rule = f"{step}k + {offset}" + ("" if shrink else f" (for {o} output pixels)")
+            good = [k * step + offset for k in ((eff - 1) // step, (eff - 1) // step + 1)]
+            good = [g for g in good if g > 0]
+            raise self.error(f"resampling labels of {axis} {size} to {o} is not an exact subsampling (input step "
+                             f"{eff - 1}/{o - 1}), so bilinear interpolation would blend label values; use a "
+                             f"crop size of {rule}, e.g. {' or '.join(map(str, good))}")
 
     def out_size(self, h, w, bottom_shapes=None):
         if self.fixed == "bottom1":
@@ -64,6 +95,8 @@ class Interp(Layer):
             out = tuple(ref.shape[2:4])
         else:
             out = self.out_size(h, w)
+        if self.labels:
+            self._check_labels(h, w, out)
         if self.pad_beg or self.pad_end:
             x = x[:, :, -self.pad_beg: h + self.pad_end, -self.pad_beg: w + self.pad_end]
         if tuple(x.shape[2:]) == tuple(out):
@@ -75,7 +108,7 @@ class Interp(Layer):
 class Padding(Layer):
     """The fork's Padding: add pad_beg rows/cols before and pad_end after (zeros); negative crops."""
 
-    num_bottoms = (1,)
+    exact_num_bottom_blobs = 1
 
     def setup(self, bottom_shapes):
         p = self.param.padding_param
@@ -92,7 +125,7 @@ class Padding(Layer):
 class Crop(Layer):
     """Caffe's Crop: cut bottom 0 to bottom 1's shape from ``axis`` on, at ``offset``."""
 
-    num_bottoms = (2,)
+    exact_num_bottom_blobs = 2
 
     def setup(self, bottom_shapes):
         p = self.param.crop_param

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import Layer, register
+from . import Layer, LossLayer, register
 
 FULL, VALID, BATCH_SIZE, NONE = 0, 1, 2, 3
 
@@ -21,7 +21,7 @@ def _repeated_or_optional(msg, field):
 class Softmax(Layer):
     """Softmax over ``softmax_param.axis`` (default 1, the channels)."""
 
-    num_bottoms = (1,)
+    exact_num_bottom_blobs = 1
 
     def setup(self, bottom_shapes):
         self.axis = int(self.param.softmax_param.axis) % len(bottom_shapes[0])
@@ -32,7 +32,7 @@ class Softmax(Layer):
 
 
 @register("SoftmaxWithLoss")
-class SoftmaxWithLoss(Layer):
+class SoftmaxWithLoss(LossLayer):
     """Cross-entropy of softmax(scores) against integer labels, Caffe's way.
 
     loss = -sum over non-ignored positions of log p[label] / normaliser, where the normaliser
@@ -42,9 +42,9 @@ class SoftmaxWithLoss(Layer):
     optional second top is the softmax probability.
     """
 
-    is_loss = True
-    num_bottoms = (2,)
-    num_tops = (1, 2)
+    exact_num_top_blobs = -1
+    min_top_blobs = 1
+    max_top_blobs = 2
 
     def setup(self, bottom_shapes):
         lp = self.param.loss_param
@@ -75,7 +75,7 @@ class SoftmaxWithLoss(Layer):
                 raise self.error(f"label count {count} (shape {label}) must equal N*H*W = {expect} "
                                  f"of the scores {scores}")
         tops = [()]
-        if len(self.param.top) > 1:
+        if self.top_count > 1:
             tops.append(scores)
         return tops
 
@@ -100,7 +100,7 @@ class SoftmaxWithLoss(Layer):
         else:
             norm = 1.0
         loss = total / (torch.clamp(norm, min=1.0) if torch.is_tensor(norm) else max(norm, 1.0))
-        if len(self.param.top) > 1:
+        if self.top_count > 1:
             return loss, torch.softmax(scores, dim=1)
         return (loss,)
 
@@ -111,7 +111,7 @@ class SegAccuracy(Layer):
     accuracy, mean IoU] (shape 1x1x1x3), over pixels whose label is not an ignore_label.
     Means are over classes present in the label (accuracy) or in label or prediction (IoU)."""
 
-    num_bottoms = (2,)
+    exact_num_bottom_blobs = 2
 
     def setup(self, bottom_shapes):
         self.ignore = _repeated_or_optional(self.param.seg_accuracy_param, "ignore_label")

@@ -9,28 +9,27 @@ from . import Layer, register
 
 @register("ReLU")
 class ReLU(Layer):
-    """max(x, 0) + negative_slope * min(x, 0); computed in place when the prototxt says so
-    and no gradient is being recorded."""
+    """max(x, 0) + negative_slope * min(x, 0). Overwrites its bottom only when the Net says
+    that is safe for this call (``self.in_place``: an in-place top, no gradient recorded, and
+    no other blob or caller tensor shares the memory)."""
 
-    num_bottoms = (1,)
+    exact_num_bottom_blobs = 1
 
     def setup(self, bottom_shapes):
         self.slope = float(self.param.relu_param.negative_slope)
-        self.in_place = self.param.top[0] == self.param.bottom[0]
         return list(bottom_shapes)
 
     def forward(self, x):
-        inplace = self.in_place and not torch.is_grad_enabled()
         if self.slope:
-            return (F.leaky_relu(x, self.slope, inplace=inplace),)
-        return (F.relu(x, inplace=inplace),)
+            return (F.leaky_relu(x, self.slope, inplace=self.in_place),)
+        return (F.relu(x, inplace=self.in_place),)
 
 
 @register("Dropout")
 class Dropout(Layer):
     """Caffe's dropout: in training, zero with probability ratio and scale by 1/(1-ratio)."""
 
-    num_bottoms = (1,)
+    exact_num_bottom_blobs = 1
 
     def setup(self, bottom_shapes):
         self.ratio = float(self.param.dropout_param.dropout_ratio)

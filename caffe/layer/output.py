@@ -5,7 +5,9 @@ import os
 
 import numpy as np
 
+from .. import CaffeError
 from ..files import atomic_path
+from ..lists import read_list
 from . import Layer, register
 
 
@@ -18,34 +20,35 @@ def blob_to_matlab(chw: np.ndarray) -> np.ndarray:
 @register("MatWrite")
 class MatWrite(Layer):
     """Writes each bottom of every ``period``-th forward pass, one file per image, named by
-    the ids of ``source`` (first column, ``strip`` trailing characters removed) or, without a
-    source, ``iter_<k>_<n>``. Variable ``data`` in MATLAB's W x H x C x 1 order; set
+    the ids of ``source`` (read by ``caffe.lists.read_list``: first column, ``strip``
+    trailing characters removed; the i-th id names the i-th image) or, without a source,
+    ``iter_<k>_<n>``. Variable ``data`` in MATLAB's W x H x C x 1 order; set
     ``self.format = "npy"`` to write C x H x W ``.npy`` files instead."""
 
-    num_bottoms = None
-    num_tops = (0,)
+    min_bottom_blobs = 1
+    exact_num_top_blobs = 0
 
     def setup(self, bottom_shapes):
         p = self.param.mat_write_param
         self.prefix = p.prefix
-        self.period = int(p.period) or 1
+        self.period = int(p.period)
+        if self.period < 1:
+            raise self.error(f"mat_write_param.period must be positive, got {self.period}")
         self.format = "mat"
         self.iteration = 0
-        self.written = 0
         self.ids: list[str] = []
         if p.source:
             strip = int(p.strip)
+            if strip < 0:
+                raise self.error(f"mat_write_param.strip cannot be negative, got {strip}")
             try:
-                with open(p.source) as f:
-                    for lineno, line in enumerate(f, 1):
-                        if not line.split():
-                            continue
-                        name = line.split()[0]
-                        if strip and len(name) <= strip:
-                            raise self.error(f"{p.source}:{lineno}: strip {strip} removes all of {name!r}")
-                        self.ids.append(name[: len(name) - strip] if strip else name)
-            except OSError as e:
-                raise self.error(f"cannot read mat_write_param.source {p.source}: {e.strerror}") from None
+                lines = read_list(p.source)
+            except CaffeError as e:
+                raise self.error(f"mat_write_param.source: {e}") from None
+            for line in lines:
+                if strip and len(line.image) <= strip:
+                    raise self.error(f"{line.where}: strip {strip} removes all of {line.image!r}")
+                self.ids.append(line.image[: len(line.image) - strip] if strip else line.image)
         return []
 
     def forward(self, *bottoms):
@@ -53,14 +56,17 @@ class MatWrite(Layer):
             n = bottoms[0].shape[0]
             for k in range(n):
                 if self.ids:
-                    if self.written >= len(self.ids):
-                        raise self.error(f"more images than ids in {self.param.mat_write_param.source}")
-                    name = self.ids[self.written]
+                    # As the fork: the file of iteration i is named by the i-th id (one id per
+                    # image of the batch), whether or not the iterations between were written.
+                    index = self.iteration * n + k
+                    if index >= len(self.ids):
+                        raise self.error(f"image {index + 1} has no id: {self.param.mat_write_param.source} "
+                                         f"lists {len(self.ids)}")
+                    name = self.ids[index]
                 else:
                     name = f"iter_{self.iteration}_{k}"
                 for i, blob in enumerate(bottoms):
                     self.write(f"{self.prefix}{name}_blob_{i}", blob[k].detach().float().cpu().numpy())
-                self.written += 1
         self.iteration += 1
         return ()
 

@@ -9,33 +9,56 @@ import torch.nn.functional as F
 from . import Layer, register, spatial
 
 MAX, AVE = 0, 1
+CEIL, FLOOR = 0, 1   # PoolingParameter.RoundMode
 
 
-def pool_out(size, kernel, pad, stride):
-    """Caffe's pooled size: ceil((in + 2p - k) / s) + 1, then drop a last window that
-    would start inside the padding (``(out - 1) * s >= in + p``)."""
+def pool_out(size, kernel, pad, stride, round_mode=CEIL, clip=None):
+    """Caffe's pooled size: ceil (or floor, ``round_mode: FLOOR``) of (in + 2p - k) / s, plus 1;
+    then, if the layer has any padding (``clip``; default: this axis' pad), drop a last window
+    that would start in the padding (``(out - 1) * s >= in + p``), so that the last pooling
+    starts inside the image. Without padding nothing is dropped, even a window that starts
+    past the image (kernel < stride): Caffe outputs -FLT_MAX (MAX) or 0/0 (AVE) there."""
     if size is None:
         return None
-    out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
-    if pad and (out - 1) * stride >= size + pad:
+    rounding = math.floor if round_mode == FLOOR else math.ceil
+    out = int(rounding((size + 2 * pad - kernel) / stride)) + 1
+    if (pad if clip is None else clip) and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _torch_out(size, kernel, pad, stride, ceil: bool):
+    """The size F.max_pool2d / F.avg_pool2d give (their ceil_mode drops a window starting in
+    the right padding or past the image whatever the padding)."""
+    out = (size + 2 * pad - kernel + (stride - 1 if ceil else 0)) // stride + 1
+    if ceil and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
 
 @register("Pooling")
 class Pooling(Layer):
-    """MAX or AVE pooling. AVE divides by the window clipped to image + padding (Caffe)."""
+    """MAX or AVE pooling. AVE divides by the window clipped to image + padding (Caffe).
+    MAX pooling may have a second top, Caffe's mask: the index h * W + w of each maximum in
+    its input plane (-1 for a window holding no input)."""
 
-    num_bottoms = (1,)
-    num_tops = (1,)
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = -1
+    min_top_blobs = 1
+    max_top_blobs = 2
 
     def setup(self, bottom_shapes):
         p = self.param.pooling_param
         has = p.HasField
+        if len(bottom_shapes[0]) != 4:
+            raise self.error(f"takes a 4-axis (N, C, H, W) bottom, got shape {bottom_shapes[0]}")
         n, c, h, w = bottom_shapes[0]
         self.method = int(p.pool)
         if self.method not in (MAX, AVE):
-            raise self.error("only MAX and AVE pooling are supported")
+            raise self.error("only MAX and AVE pooling are supported (not STOCHASTIC)")
+        if self.top_count > 1 and self.method != MAX:
+            raise self.error("takes at most 1 top blob(s) unless pool is MAX (the second top is the max mask)")
+        self.round_mode = int(p.round_mode)
         self.global_pooling = bool(p.global_pooling)
         self.pad = spatial([], p.pad if has("pad") else None, p.pad_h if has("pad_h") else None,
                            p.pad_w if has("pad_w") else None, 0, "pad", self)
@@ -47,7 +70,8 @@ class Pooling(Layer):
             if self.pad != (0, 0) or self.stride != (1, 1):
                 raise self.error("with global_pooling: true only pad = 0 and stride = 1 are supported")
             self.kernel = (h, w)
-            return [(n, c, 1 if h is not None else None, 1 if w is not None else None)]
+            out = (n, c, 1 if h is not None else None, 1 if w is not None else None)
+            return [out] * self.top_count
         self.kernel = spatial([], p.kernel_size if has("kernel_size") else None,
                               p.kernel_h if has("kernel_h") else None, p.kernel_w if has("kernel_w") else None,
                               None, "kernel", self)
@@ -55,37 +79,63 @@ class Pooling(Layer):
             raise self.error("kernel and stride must be positive")
         if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
             raise self.error("pad must be smaller than the kernel")
-        return [(n, c, pool_out(h, self.kernel[0], self.pad[0], self.stride[0]),
-                 pool_out(w, self.kernel[1], self.pad[1], self.stride[1]))]
+        out = (n, c) + self.out_size(h, w)
+        if any(d is not None and d < 1 for d in out[2:]):
+            raise self.error(f"input {h}x{w} is smaller than the {self.kernel[0]}x{self.kernel[1]} kernel")
+        return [out] * self.top_count
+
+    def out_size(self, h, w) -> tuple:
+        """Caffe's pooled (height, width) for an input of h x w."""
+        k, s, p = self.kernel, self.stride, self.pad
+        clip = bool(p[0] or p[1])  # Caffe clips both axes when either has padding
+        return (pool_out(h, k[0], p[0], s[0], self.round_mode, clip),
+                pool_out(w, k[1], p[1], s[1], self.round_mode, clip))
 
     def forward(self, x):
-        if self.global_pooling:
-            if self.method == MAX:
-                return (torch.amax(x, dim=(2, 3), keepdim=True),)
-            return (torch.mean(x, dim=(2, 3), keepdim=True),)
-        k, s, p = self.kernel, self.stride, self.pad
-        if p[0] <= k[0] // 2 and p[1] <= k[1] // 2:
-            # PyTorch's ceil_mode follows the same two rules as Caffe (ceil, then drop a window
-            # starting in the padding), and count_include_pad=True divides by the window
-            # clipped to image + padding, as Caffe's AVE does.
-            if self.method == MAX:
-                return (F.max_pool2d(x, k, s, p, ceil_mode=True),)
-            return (F.avg_pool2d(x, k, s, p, ceil_mode=True, count_include_pad=True),)
-        return (self._padded_pool(x),)
-
-    def _padded_pool(self, x):
-        """Explicit-padding path for pads larger than half the kernel (PyTorch refuses those)."""
-        k, s, p = self.kernel, self.stride, self.pad
         h, w = x.shape[2:]
-        oh, ow = pool_out(h, k[0], p[0], s[0]), pool_out(w, k[1], p[1], s[1])
+        if self.global_pooling:
+            if self.method == AVE:
+                return (torch.mean(x, dim=(2, 3), keepdim=True),)
+            k, s, p = (h, w), (1, 1), (0, 0)
+        else:
+            k, s, p = self.kernel, self.stride, self.pad
+        oh, ow = (1, 1) if self.global_pooling else self.out_size(h, w)
+        ceil = self.round_mode == CEIL
+        native = (p[0] <= k[0] // 2 and p[1] <= k[1] // 2
+                  and (_torch_out(h, k[0], p[0], s[0], ceil), _torch_out(w, k[1], p[1], s[1], ceil)) == (oh, ow))
+        if native:
+            # Same windows as Caffe here; count_include_pad=True divides by the window clipped
+            # to image + padding, as Caffe's AVE does.
+            if self.method == AVE:
+                return (F.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=True),)
+            if self.top_count == 1:
+                return (F.max_pool2d(x, k, s, p, ceil_mode=ceil),)
+            y, idx = F.max_pool2d(x, k, s, p, ceil_mode=ceil, return_indices=True)
+            return y, idx.to(x.dtype)
+        return self._padded_pool(x, k, s, p, oh, ow)
+
+    def _padded_pool(self, x, k, s, p, oh, ow):
+        """Explicit padding, for windows PyTorch does not make: pads over half the kernel,
+        and a last window past the image without padding (kernel < stride)."""
+        h, w = x.shape[2:]
         extra_h = (oh - 1) * s[0] + k[0] - h - p[0]   # rows needed past the bottom edge
         extra_w = (ow - 1) * s[1] + k[1] - w - p[1]
         pads = (p[1], extra_w, p[0], extra_h)
         if self.method == MAX:
-            return F.max_pool2d(F.pad(x, pads, value=float("-inf")), k, s)
+            # Caffe starts each window at -FLT_MAX: an empty window keeps it.
+            lowest = torch.finfo(x.dtype).min
+            y, idx = F.max_pool2d(F.pad(x, pads, value=lowest), k, s, return_indices=True)
+            if self.top_count == 1:
+                return (y,)
+            wp = w + p[1] + extra_w
+            row, col = idx // wp - p[0], idx % wp - p[1]
+            inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+            mask = torch.where(inside, row * w + col, torch.full_like(idx, -1))
+            return y, mask.to(x.dtype)
         total = F.avg_pool2d(F.pad(x, pads), k, s, divisor_override=1)
-        # Caffe's divisor counts window cells inside [-pad, size + pad), not beyond.
+        # Caffe's divisor counts window cells inside [-pad, size + pad), not beyond (0 for a
+        # window past the image: 0/0, as in Caffe).
         ones = torch.ones((1, 1, h + 2 * p[0], w + 2 * p[1]), dtype=x.dtype, device=x.device)
         ones = F.pad(ones, (0, extra_w - p[1], 0, extra_h - p[0]))
         count = F.avg_pool2d(ones, k, s, divisor_override=1)
-        return total / count
+        return (total / count,)

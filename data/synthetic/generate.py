@@ -1,40 +1,6 @@
-"""Generate the synthetic embedded dataset (``make data-synthetic``; the demo's data).
-
-Small VOC-style scenes: 1-3 objects (flat disc, chequered square, flat triangle, striped
-ellipse; random colours) on a smooth background; JPEG images, palette PNG labels with a void
-band (255) along object boundaries, release-style lists (train, val, trainval) plus id lists.
-The same (--seed, --count, --size) always gives the same files; a rerun with the same
-parameters does nothing unless --force. Classes: deeplab/data/classes/synthetic.txt.
-"""
-from __future__ import annotations
-
-import argparse
-import os
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-
-from deeplab.cli import run_main  # noqa: E402
-from deeplab.data import synthetic  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=os.path.join(HERE, "out"),
-                   help="data root (JPEGImages/, SegmentationClass/, list/); default %(default)s")
-    p.add_argument("--seed", type=int, default=1, help="random seed; default %(default)s")
-    p.add_argument("--count", type=int, default=400, help="number of images (last fifth is val); default %(default)s")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels; default %(default)s")
-    p.add_argument("--void-width", type=int, default=3, help="void band width in pixels; default %(default)s")
-    p.add_argument("--force", action="store_true", help="regenerate even if the same set exists")
-    a = p.parse_args(argv)
-    lists = synthetic.generate(a.out, a.seed, a.count, a.size, a.void_width, force=a.force)
-    print(f"synthetic set in {a.out}: " + ", ".join(f"{k} {len(v)}" for k, v in lists.items())
-          + f" images of {a.size}x{a.size}; lists in {os.path.join(a.out, 'list')}")
-    return 0
-
+#!/usr/bin/env python
+"""Generate the synthetic embedded dataset: the deeplab-make-synthetic command (see --help)."""
+from deeplab.commands.make_synthetic import run
 
 if __name__ == "__main__":
-    run_main(main)
+    run()

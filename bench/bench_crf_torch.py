@@ -1,0 +1,225 @@
+"""Benchmark densecrf's torch backend against pydensecrf2: parity, lattice error, CPU speed.
+
+1. Parity per image set, same parameters (LargeFOV defaults, NORMALIZE_AFTER, 10 iterations):
+   share of pixels with the same label (target >= 99.5 %), mean IoU against the ground truth of
+   each backend and their difference (target <= 0.1 points), largest marginal difference.
+   Sets: the synthetic set (rendered here, 128 x 128, 5 classes) and CamVid images from
+   ../shared (480 x 360, 11 classes); scores are net-like (the one-hot label at stride 8,
+   blurred, plus noise, upsampled) since no trained model is at hand.
+2. The lattice's own approximation error: normalised filtering (what the CRF uses) against a
+   brute-force dense Gaussian on small CamVid crops, for the positional and bilateral kernels.
+3. CPU speed at one thread (torch.set_num_threads(1); pydensecrf2 is single-threaded): seconds
+   per 500 x 375 image, 21 labels, 10 iterations, interleaved, median; the ratio (target >= 1.5x);
+   and the phases of each (lattice build, unary/softmax, each kernel's filtering).
+
+    .venv/bin/python bench/bench_crf_torch.py [--synthetic 16] [--camvid 6] [--speed-images 3] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+import cv2
+import numpy as np
+import pydensecrf.densecrf as dcrf
+import torch
+
+from bench_crf import make_inputs
+from caffe.images import read_label
+from deeplab.data.synthetic import CLASSES, render
+from deeplab.eval.confusion import ConfusionMatrix
+from deeplab.scoremaps import upsample_scores
+from densecrf import CRFParams, unary_from_scores
+from densecrf.backends import PyDenseCRF2
+from densecrf.lattice import PermutohedralLattice, dense_gaussian_filter
+from densecrf.torch_backend import CRFKernel, TorchDenseCRF, _grid
+
+CAMVID = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+
+
+def net_like_scores(label: np.ndarray, classes: int, seed: int, noise: float = 1.0) -> np.ndarray:
+    """Full-resolution scores: the one-hot label at stride 8, blurred, noisy, upsampled as Interp does."""
+    h, w = label.shape
+    sh, sw = (h - 1) // 8 + 2, (w - 1) // 8 + 2
+    small = cv2.resize(label, (sw, sh), interpolation=cv2.INTER_NEAREST)
+    raw = np.stack([(small == c) * 4.0 for c in range(classes)]).astype(np.float32)
+    raw = cv2.GaussianBlur(raw.transpose(1, 2, 0), (0, 0), 1.0).reshape(sh, sw, classes).transpose(2, 0, 1)
+    raw += np.random.default_rng(seed).normal(0, noise, raw.shape).astype(np.float32)
+    return upsample_scores(raw, 8, h, w)
+
+
+def synthetic_set(n: int):
+    """(name, image, label, unary) for ``n`` images of the synthetic set (seed 1, 128 x 128)."""
+    for k in range(n):
+        image, label = render(1, k, 128)
+        clean = np.where(label == 255, 0, label).astype(np.uint8)
+        yield f"synth_{k:05d}", image, label, unary_from_scores(net_like_scores(clean, len(CLASSES), k))
+
+
+def camvid_set(n: int):
+    """(name, image, label, unary) for the first ``n`` CamVid val images (void 11 -> ignored)."""
+    ids = (CAMVID / "lists" / "val.txt").read_text().split()[:n]
+    for k, name in enumerate(ids):
+        image = np.ascontiguousarray(cv2.imread(str(CAMVID / "images" / f"{name}.png"))[:, :, ::-1])
+        label = read_label(CAMVID / "labels" / f"{name}.png")
+        clean = np.where(label == 11, 0, label).astype(np.uint8)
+        yield name, image, np.where(label == 11, 255, label).astype(np.uint8), \
+            unary_from_scores(net_like_scores(clean, 11, k))
+
+
+def parity(name: str, cases, classes: int, p: CRFParams) -> None:
+    """Print the parity line of one image set."""
+    ref, ours = PyDenseCRF2(), TorchDenseCRF("cpu")
+    cm_ref, cm_ours = ConfusionMatrix(classes), ConfusionMatrix(classes)
+    same = total = 0
+    worst_same, max_diff, n = 1.0, 0.0, 0
+    for _, image, label, unary in cases:
+        a, b = ref.marginals(image, unary, p), ours.marginals(image, unary, p)
+        la, lb = a.argmax(0), b.argmax(0)
+        eq = (la == lb).sum()
+        same, total, n = same + eq, total + la.size, n + 1
+        worst_same = min(worst_same, eq / la.size)
+        max_diff = max(max_diff, float(np.abs(a - b).max()))
+        cm_ref.update(label, la.astype(np.uint8))
+        cm_ours.update(label, lb.astype(np.uint8))
+    m_ref, m_ours = cm_ref.compute()["mean_iou"] * 100, cm_ours.compute()["mean_iou"] * 100
+    print(f"parity {name} ({n} images): identical labels {100 * same / total:.4f} % (worst image "
+          f"{100 * worst_same:.4f} %; target >= 99.5 %), mean IoU pydensecrf2 {m_ref:.3f} / torch {m_ours:.3f} "
+          f"(diff {abs(m_ref - m_ours):.4f}; target <= 0.1), max |marginal diff| {max_diff:.2e}")
+
+
+def lattice_error() -> None:
+    """Print the normalised lattice filter's error against a brute-force dense Gaussian."""
+    p = CRFParams()
+    if (CAMVID / "images").is_dir():
+        img = cv2.imread(str(sorted((CAMVID / "images").glob("*.png"))[0]))[:, :, ::-1]
+    else:
+        img = render(1, 0, 128)[0]
+    rng = np.random.default_rng(0)
+    for size in (24, 48):
+        crop = np.ascontiguousarray(cv2.resize(img, (size * 4 // 3, size), interpolation=cv2.INTER_AREA))
+        h, w = crop.shape[:2]
+        rgb = torch.from_numpy(crop.reshape(-1, 3).astype(np.float32))
+        for kernel, feats in (("positional", _grid([(h, w)], p.pos_xy_std, "cpu")[0]),
+                              ("bilateral", torch.cat([_grid([(h, w)], p.bi_xy_std, "cpu")[0], rgb / p.bi_rgb_std], 1))):
+            x = torch.from_numpy(rng.random((h * w, 21)).astype(np.float32))
+            x /= x.sum(1, keepdim=True)  # marginal-like
+            lat = PermutohedralLattice(feats)
+            approx = (lat.filter(x) / lat.filter(torch.ones(h * w, 1))).double()
+            f64 = feats.double()
+            exact = dense_gaussian_filter(f64, x.double()) / dense_gaussian_filter(f64, torch.ones(h * w, 1).double())
+            rel = ((approx - exact).norm() / exact.norm()).item()
+            print(f"lattice error {kernel:10s} {w}x{h}: relative L2 {rel:.4f}, max abs {(approx - exact).abs().max().item():.4f} "
+                  f"(normalised filter of marginal-like values vs brute-force exp(-|df|^2/2))")
+
+
+def plain_pydensecrf_phases(rgb: np.ndarray, unary: np.ndarray, p: CRFParams) -> dict:
+    """pydensecrf2's phases: kernel setup (its lattice builds) and inference with 0, 1, 2 kernels."""
+    c, h, w = unary.shape
+    u = np.ascontiguousarray(unary.reshape(c, -1))
+    out = {}
+    for kernels in (0, 1, 2):
+        t0 = time.perf_counter()
+        d = dcrf.DenseCRF2D(w, h, c)
+        d.setUnaryEnergy(u)
+        t1 = time.perf_counter()
+        if kernels >= 1:
+            d.addPairwiseGaussian(sxy=p.pos_xy_std, compat=p.pos_w, normalization=dcrf.NORMALIZE_AFTER)
+        t2 = time.perf_counter()
+        if kernels >= 2:
+            d.addPairwiseBilateral(sxy=p.bi_xy_std, srgb=p.bi_rgb_std, rgbim=rgb, compat=p.bi_w,
+                                   normalization=dcrf.NORMALIZE_AFTER)
+        t3 = time.perf_counter()
+        d.inference(p.iters)
+        t4 = time.perf_counter()
+        out[kernels] = (t2 - t1, t3 - t2, t4 - t3 + t1 - t0)
+    return {"build pos": out[1][0], "build bi": out[2][1], "unary/softmax": out[0][2],
+            "pos filter": out[1][2] - out[0][2], "bi filter": out[2][2] - out[1][2]}
+
+
+def torch_phases(rgb: np.ndarray, unary: np.ndarray, p: CRFParams) -> dict:
+    """The torch backend's phases, timed around the same calls its mean field makes."""
+    c, h, w = unary.shape
+    t = {}
+    t0 = time.perf_counter()
+    im = torch.from_numpy(rgb)
+    pos_f = _grid([(h, w)], p.pos_xy_std, "cpu")[0]
+    pos = CRFKernel(PermutohedralLattice(pos_f), h * w, p.normalization, "cpu")
+    t1 = time.perf_counter()
+    xy = _grid([(h, w)], p.bi_xy_std, "cpu")[0]
+    bi_f = torch.cat([xy, im.reshape(-1, 3).float() / torch.tensor(float(p.bi_rgb_std))], 1)
+    bi = CRFKernel(PermutohedralLattice(bi_f), h * w, p.normalization, "cpu")
+    t2 = time.perf_counter()
+    t["build pos"], t["build bi"] = t1 - t0, t2 - t1
+    soft = fpos = fbi = 0.0
+    with torch.no_grad():
+        a = time.perf_counter()
+        u = torch.from_numpy(unary).reshape(c, -1).t().contiguous()
+        q = torch.softmax(-u, dim=1)
+        soft += time.perf_counter() - a
+        for _ in range(p.iters):
+            a = time.perf_counter()
+            mp = p.pos_w * pos(q)
+            b = time.perf_counter()
+            mb = p.bi_w * bi(q)
+            e = time.perf_counter()
+            q = torch.softmax(-u + mp + mb, dim=1)
+            fpos, fbi, soft = fpos + b - a, fbi + e - b, soft + time.perf_counter() - e
+        q.t().reshape(c, h, w).contiguous().numpy()
+    t["unary/softmax"], t["pos filter"], t["bi filter"] = soft, fpos, fbi
+    return t
+
+
+def speed(n_images: int, repeat: int) -> None:
+    """Print per-image seconds of both backends at one thread, their ratio and phases."""
+    torch.set_num_threads(1)
+    p = CRFParams()
+    inputs = [(rgb, unary_from_scores(full)) for rgb, _, full in make_inputs(n_images)]
+    ref, ours = PyDenseCRF2(), TorchDenseCRF("cpu")
+    ref.marginals(*inputs[0], p), ours.marginals(*inputs[0], p)  # warm-up
+    t_ref, t_ours = [], []
+    for r in range(repeat):
+        for rgb, unary in inputs:
+            for which in ((0, 1) if r % 2 == 0 else (1, 0)):
+                a = time.perf_counter()
+                (ref if which == 0 else ours).marginals(rgb, unary, p)
+                (t_ref if which == 0 else t_ours).append(time.perf_counter() - a)
+    mr, mo = statistics.median(t_ref), statistics.median(t_ours)
+    print(f"speed, one thread, 500x375, 21 labels, {p.iters} iterations ({len(t_ref)} runs each, interleaved, median): "
+          f"pydensecrf2 {mr:.3f} s, torch {mo:.3f} s per image; speed-up {mr / mo:.2f}x (target >= 1.5x); "
+          f"best runs {min(t_ref):.3f} s / {min(t_ours):.3f} s")
+    rgb, unary = inputs[0]
+    ph_ref = [plain_pydensecrf_phases(rgb, unary, p) for _ in range(repeat)]
+    ph_ours = [torch_phases(rgb, unary, p) for _ in range(repeat)]
+    for key in ph_ref[0]:
+        a = statistics.median(x[key] for x in ph_ref)
+        b = statistics.median(x[key] for x in ph_ours)
+        print(f"  phase {key:14s} pydensecrf2 {a:.3f} s   torch {b:.3f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--synthetic", type=int, default=16, help="synthetic images for the parity check")
+    ap.add_argument("--camvid", type=int, default=6, help="CamVid val images for the parity check (0: skip)")
+    ap.add_argument("--speed-images", type=int, default=3, help="distinct 500x375 images for the timing")
+    ap.add_argument("--repeat", type=int, default=3, help="passes over them (median taken)")
+    ap.add_argument("--skip-speed", action="store_true", help="parity and lattice error only")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    p = CRFParams()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; CRF {p}")
+    parity("synthetic", synthetic_set(args.synthetic), len(CLASSES), p)
+    if args.camvid and (CAMVID / "lists" / "val.txt").exists():
+        parity("camvid-val", camvid_set(args.camvid), 11, p)
+    elif args.camvid:
+        print(f"parity camvid-val: skipped, {CAMVID} not present", file=sys.stderr)
+    lattice_error()
+    if not args.skip_speed:
+        speed(args.speed_images, args.repeat)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Accuracy (top_k, ignore_label, axis, per-class second top) and ArgMax. Neither has a
+gradient (Caffe's Backward for both is NOT_IMPLEMENTED / never called)."""
+from __future__ import annotations
+
+import torch
+
+from . import Layer, register
+from .shape_ops import canonical_axis, count
+
+
+@register("Accuracy")
+class Accuracy(Layer):
+    """Fraction of labelled positions whose true class is among the top_k scores along
+    ``axis`` (default 1). A position counts as correct when fewer than top_k scores are
+    >= the true class's score besides its own (Caffe's tie rule). Labels equal to
+    ignore_label are skipped; 0 when nothing is counted. Optional second top: the accuracy
+    per class (0 for classes absent from the labels)."""
+
+    exact_num_bottom_blobs = 2
+    exact_num_top_blobs, min_top_blobs, max_top_blobs = -1, 1, 2
+
+    def setup(self, bottom_shapes):
+        p = self.param.accuracy_param
+        scores, label = bottom_shapes
+        self.top_k = int(p.top_k)
+        self.ignore = int(p.ignore_label) if p.HasField("ignore_label") else None
+        self.axis = canonical_axis(p.axis, len(scores), self)
+        outer, inner = count(scores, 0, self.axis), count(scores, self.axis + 1)
+        nlab, classes = count(label), scores[self.axis]
+        if None not in (outer, inner, nlab):
+            if outer * inner != nlab:
+                raise self.error(f"number of labels ({nlab}, shape {label}) must match number of predictions "
+                                 f"({outer * inner}); e.g., if label axis == 1 and prediction shape is "
+                                 f"(N, C, H, W), label count must be N*H*W")
+        if classes is not None and self.top_k > classes:
+            raise self.error(f"top_k ({self.top_k}) must be less than or equal to the number of classes ({classes})")
+        tops = [()]
+        if self.top_count > 1:
+            tops.append((classes,))
+        return tops
+
+    @torch.no_grad()
+    def forward(self, scores, label):
+        scores = scores.detach()
+        classes = scores.shape[self.axis]
+        s = scores.reshape(count(scores.shape, 0, self.axis), classes, -1)   # outer x C x inner
+        lab = label.detach().reshape(s.shape[0], s.shape[2]).long()
+        keep = lab != self.ignore if self.ignore is not None else torch.ones_like(lab, dtype=torch.bool)
+        bad = keep & ((lab < 0) | (lab >= classes))
+        if bool(bad.any()):
+            raise self.error(f"label values {torch.unique(lab[bad]).tolist()[:8]} are outside 0..{classes - 1}")
+        safe = torch.where(keep, lab, torch.zeros_like(lab))
+        true = s.gather(1, safe.unsqueeze(1))                                 # outer x 1 x inner
+        better = (s >= true).sum(1) - 1                                       # others scoring >= true
+        correct = (better < self.top_k) & keep
+        n = int(keep.sum())
+        acc = correct.sum().to(scores.dtype) / n if n else torch.zeros((), dtype=scores.dtype, device=scores.device)
+        if self.top_count == 1:
+            return (acc.reshape(()),)
+        seen = torch.bincount(lab[keep], minlength=classes).to(scores.dtype)
+        hit = torch.bincount(lab[correct], minlength=classes).to(scores.dtype)
+        per_class = torch.where(seen > 0, hit / seen.clamp(min=1), torch.zeros_like(seen))
+        return acc.reshape(()), per_class
+
+
+@register("ArgMax")
+class ArgMax(Layer):
+    """Indices of the top_k largest values, along ``axis`` or (without one) over each
+    item's flattened values; ``out_max_val`` adds (no axis) or gives (with axis) the values.
+    Ties go to the larger index (Caffe's partial_sort with std::greater on (value, index))."""
+
+    exact_num_bottom_blobs = 1
+
+    def setup(self, bottom_shapes):
+        p = self.param.argmax_param
+        shape = bottom_shapes[0]
+        self.out_max_val = bool(p.out_max_val)
+        self.top_k = int(p.top_k)
+        if self.top_k < 1:
+            raise self.error("top k must not be less than 1")
+        self.axis = canonical_axis(p.axis, len(shape), self) if p.HasField("axis") else None
+        if self.axis is not None:
+            if shape[self.axis] is not None and self.top_k > shape[self.axis]:
+                raise self.error("top_k must be less than or equal to the dimension of the axis")
+            top = list(shape)
+            top[self.axis] = self.top_k
+            return [tuple(top)]
+        per_item = count(shape, 1)
+        if per_item is not None and self.top_k > per_item:
+            raise self.error("top_k must be less than or equal to the dimension of the flattened bottom blob per instance")
+        top = [1] * max(len(shape), 3)
+        top[0] = shape[0]
+        top[2] = self.top_k
+        if self.out_max_val:
+            top[1] = 2
+        return [tuple(top)]
+
+    def _top_k(self, x, dim):
+        # Sorting the reversed axis stably (descending) puts equal values in decreasing
+        # index order, as std::greater on (value, index) pairs does.
+        size = x.shape[dim]
+        values, rev = torch.sort(x.flip(dim), dim=dim, descending=True, stable=True)
+        index = size - 1 - rev
+        return values.narrow(dim, 0, self.top_k), index.narrow(dim, 0, self.top_k)
+
+    @torch.no_grad()
+    def forward(self, x):
+        x = x.detach()
+        if self.axis is not None:
+            values, index = self._top_k(x, self.axis)
+            return ((values if self.out_max_val else index.to(x.dtype)),)
+        n = x.shape[0]
+        values, index = self._top_k(x.reshape(n, -1), 1)
+        out = torch.cat([index.to(x.dtype), values], 1) if self.out_max_val else index.to(x.dtype)
+        top = [1] * max(x.dim(), 3)
+        top[0], top[2] = n, self.top_k
+        if self.out_max_val:
+            top[1] = 2
+        return (out.reshape(top),)

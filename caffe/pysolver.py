@@ -1,0 +1,159 @@
+"""pycaffe's solvers: ``caffe.SGDSolver(path)`` and ``caffe.get_solver(path)``.
+
+The loop, update rule, learning-rate policies, snapshots and log lines are the engine's
+(caffe.solver.Solver, caffe.sgd); what differs is that the nets are pycaffe Nets
+(``solver.net``, ``solver.test_nets``), run layer by layer over their blob memory: data
+comes from the net's own layers (Input blobs the user fills, Python, DummyData, MemoryData,
+ImageSegData), so a script that writes ``solver.net.blobs['data'].data`` or a Python data
+layer drives training, exactly as with Caffe's pycaffe.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import CaffeError
+from .blob import pull, push
+from .pycaffe import Net, device
+from .solver import CaffeLog, Solver, build_nets, output_lines, snapshot_prefix
+
+
+class _Loop(Solver):
+    """The engine's Solver with pycaffe Nets doing forward/backward and testing."""
+
+    def __init__(self, param, train: Net, tests: list[Net], callbacks: list, **kw):
+        self.py_net, self.py_tests, self.callbacks = train, tests, callbacks
+        super().__init__(param, train._net, self._feed, [t._net for t in tests], [None] * len(tests), **kw)
+
+    def _feed(self, b: int) -> dict:
+        """The train net's data-layer tops as they are now (the final display's forward)."""
+        return {name: torch.from_numpy(self.py_net.blobs[name].data.copy()) for name in self.net.input_names}
+
+    def forward_backward(self) -> torch.Tensor:
+        """Net::ForwardBackward iter_size times on the pycaffe train net; the mean loss."""
+        for on_start, _ in self.callbacks:
+            on_start()
+        net, n, total = self.py_net, self.param.iter_size, 0.0
+        for k in range(n):
+            self._reseed(k)
+            total += net._graph.forward(net, 0, len(net.layers) - 1)
+            net._graph.backward(net, len(net.layers) - 1, 0)
+        self.last_outputs = {b: torch.from_numpy(net.blobs[b].data.copy()) for b in net.outputs}
+        for _, on_gradients_ready in self.callbacks:
+            pull([p.param for p in self.params])
+            on_gradients_ready()
+            push([p.param for p in self.params])
+        return torch.tensor(total / n)
+
+    @torch.no_grad()
+    def test(self, i: int) -> None:
+        """Solver::Test on pycaffe test net i: the mean of each output over test_iter batches."""
+        p, net = self.param, self.py_tests[i]
+        self._info("solver.cpp:330", f"Iteration {self.iter}, Testing net (#{i})")
+        n_iter, sums, loss = int(p.test_iter[i]), None, 0.0
+        for _ in range(n_iter):
+            loss += net._graph.forward(net, 0, len(net.layers) - 1)
+            vals = [net.blobs[b].data.astype("float64").reshape(-1) for b in net.outputs]
+            sums = vals if sums is None else [s + v for s, v in zip(sums, vals)]
+        if p.test_compute_loss:
+            self._info("solver.cpp:381", f"Test loss: {loss / n_iter:.6g}")
+        means = [(s / n_iter).tolist() for s in sums or []]
+        for line in output_lines("Test", net.outputs, means, net._net.loss_weights):
+            self._info("solver.cpp:397", line)
+
+
+class SGDSolver:
+    """Caffe's SGD solver from a solver prototxt: ``.net``, ``.test_nets``, ``.iter``,
+    ``.step(n)``, ``.solve(resume=None)``, ``.restore(path)``, ``.snapshot()``,
+    ``.apply_update()``, ``.add_callback(on_start, on_gradients_ready)``."""
+
+    solver_type = "SGD"
+
+    def __init__(self, filename: str):
+        from .prototxt import parse_solver
+        if not os.path.isfile(filename):
+            raise CaffeError(f"Could not open file {filename}")
+        param = parse_solver(filename)
+        if param.type and param.type != self.solver_type:
+            raise CaffeError(f"{filename}: solver type {param.type!r}, but this is {type(self).__name__}; "
+                             "use caffe.get_solver to pick the class from the file")
+        param.snapshot_prefix = snapshot_prefix(param, filename)
+        seed = int(param.random_seed)
+        if seed >= 0:
+            torch.manual_seed(seed)
+        train, tests = build_nets(param, None)
+        for w in param.weights:
+            train.copy_from(w)
+        self.net = Net.from_engine(train, bool(getattr(train, "force_backward", False)))
+        self.test_nets = [Net.from_engine(t, bool(getattr(t, "force_backward", False))) for t in tests]
+        self._callbacks: list = []
+        self._loop = _Loop(param, self.net, self.test_nets, self._callbacks, seed=max(seed, 0),
+                           device=device(), log=CaffeLog(None, stderr=True), progress=False)
+
+    @property
+    def param(self):
+        """The SolverParameter."""
+        return self._loop.param
+
+    @property
+    def iter(self) -> int:
+        """The current iteration."""
+        return self._loop.iter
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the current iteration."""
+        from .sgd import learning_rate
+        return learning_rate(self.param, self.iter, self._loop.current_step)[0]
+
+    def _run(self, fn, *args):
+        params = [p.param for p in self._loop.params]
+        self.net._sync_in()
+        try:
+            return fn(*args)
+        finally:
+            pull(params)
+
+    def step(self, iters: int) -> None:
+        """Run ``iters`` iterations (Solver::Step)."""
+        self._run(self._loop.step, int(iters))
+
+    def solve(self, resume: str | None = None) -> None:
+        """Train to max_iter, resuming from a .solverstate if given (Solver::Solve)."""
+        self._run(self._loop.solve, resume)
+
+    def restore(self, filename: str) -> None:
+        """Load a .solverstate (iteration, momentum history, its weights)."""
+        self._run(self._loop.restore, filename)
+
+    def snapshot(self) -> None:
+        """Write <prefix>_iter_N.caffemodel and .solverstate."""
+        self._run(self._loop.snapshot)
+
+    def apply_update(self) -> None:
+        """One update from the current diffs (SGDSolver::ApplyUpdate); does not advance iter."""
+        self._run(self._loop.apply_update)
+
+    def add_callback(self, on_start, on_gradients_ready) -> None:
+        """Call ``on_start()`` at the start of each iteration and ``on_gradients_ready()``
+        after its backward, before the update."""
+        self._callbacks.append((on_start, on_gradients_ready))
+
+    def share_weights(self, net: Net) -> None:
+        """Make ``net`` use this solver's train net weights (by layer name)."""
+        net.share_with(self.net)
+
+
+SOLVERS = {"SGD": SGDSolver}
+
+
+def get_solver(filename: str):
+    """The solver class the file's ``type`` names, built from the file."""
+    from .prototxt import parse_solver
+    if not os.path.isfile(filename):
+        raise CaffeError(f"Could not open file {filename}")
+    kind = parse_solver(filename).type or "SGD"
+    if kind not in SOLVERS:
+        raise CaffeError(f"{filename}: solver type {kind!r} is not available here (available: {', '.join(SOLVERS)})")
+    return SOLVERS[kind](filename)

@@ -1,0 +1,125 @@
+"""deeplab-extract (tools/extract.py): run a test prototxt over an image list and dump one score
+map per image.
+
+Examples:
+  deeplab-extract --model prototxt/voc12/DeepLab-LargeFOV/test.prototxt \\
+      --weights models/DeepLab-LargeFOV/train2_iter_6000.caffemodel \\
+      --list data/voc12/lists/val.txt --root data/voc12/VOC2012 --out exp/features/val/fc8 \\
+      --labels-out exp/res/val/dcnn --batch 4 --gpu 0 --amp bf16
+  deeplab-extract ... --format mat --out exp/features/val/fc8      # the release's .mat files
+  deeplab-extract ... --shard 2/4                                 # second quarter of the list
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from caffe.files import check_output_dir
+from deeplab import DeepLabError
+from deeplab.cli import parse_set, parse_shard, run_main, shard
+from deeplab.provenance import file_digest, open_output, text_digest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """deeplab-extract's arguments."""
+    p = argparse.ArgumentParser(
+        prog="deeplab-extract", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Forward every listed image through a test prototxt (TEST phase) and write its score blob.\n"
+                    "Preprocessing comes from the net's ImageSegData layer: the BGR image minus transform_param's\n"
+                    "mean_value, placed top-left on a crop_size canvas padded with the mean colour. An image larger\n"
+                    "than the crop runs at its own size, padded up until the scores cover it: nothing is truncated.\n"
+                    "The stride-8 score rows/cols covering an H x W image are kept: ceil((H-1+o)/8)+1 x ceil((W-1+o)/8)+1,\n"
+                    "where o is the net's offset: 0, or 7 for nets that crop the zoomed map before MatWrite (DeepLab's\n"
+                    "514 nets: Interp, then Padding -7/-8), whose fc8 row r lies on pixel 8r - 7 (recorded in the sidecar).",
+        epilog="Outputs per id (X = the image file's stem, or the id itself in an id list):\n"
+               "  npy: OUT/X.npy (C x h x w stride-8 scores) + OUT/X.json {height, width, zoom, classes, offset};\n"
+               "       deeplab.scoremaps.load_scores() upsamples them like the Interp layer, dropping the first\n"
+               "       offset rows/cols.\n"
+               "  mat: OUT/X_blob_0.mat, exactly what the fork's MAT_WRITE wrote: the zoom-8 upsampled blob\n"
+               "       over the whole padded canvas, variable 'data', MATLAB order W x H x C x 1 (float32).\n"
+               "  --labels-out: DIR/X.png, argmax of the full-resolution scores as a palette PNG.\n"
+               "Finished ids are skipped unless --force; a bad image stops the run naming its list line.\n"
+               "OUT (and DIR) keep .provenance.json: the weights' digest, the net after placeholders, blob,\n"
+               "format and dtype. A rerun with other inputs redoes the folder (with a note); outputs count as\n"
+               "finished only when made from the current inputs (deeplab/provenance.py).\n"
+               + (__doc__ or "").split("\n\n", 1)[1])
+    p.add_argument("--model", required=True, help="test prototxt with an ImageSegData layer (V1 or V2 syntax)")
+    p.add_argument("--weights", required=True, help=".caffemodel with weights for every layer the scores need")
+    p.add_argument("--list", required=True,
+                   help="list file: release-style lines '/JPEGImages/X.jpg [/SegmentationClassAug/X.png]' "
+                        "(paths relative to --root; the label column is ignored), or one id per line "
+                        "(image <root>/X.jpg, X.png or X.jpeg)")
+    p.add_argument("--root", default="", help="folder the list's paths are relative to (the release's DATA_ROOT)")
+    p.add_argument("--out", required=True, help="output folder for score maps")
+    p.add_argument("--blob", default=None,
+                   help="blob to dump (default: the bottom of the zoom Interp that feeds MatWrite, through any Padding, "
+                        "e.g. fc8_voc12; else the net's only fc8* blob)")
+    p.add_argument("--format", choices=("npy", "mat"), default="npy", help="npy (default) or mat (MAT_WRITE layout)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                   help="dtype of .npy scores (default float16; .mat is always float32 as the fork wrote)")
+    p.add_argument("--labels-out", default=None, metavar="DIR", help="also write argmax label PNGs here")
+    p.add_argument("--classes", default=None,
+                   help="dataset description for the --labels-out palette (voc12, camvid, synthetic or a file of "
+                        "'index name R G B' lines); its class count must match the blob's channels. Without it "
+                        "the PNGs get VOC's colour map, for any class count up to 256")
+    p.add_argument("--gpu", type=int, default=None, metavar="ID", help="CUDA device (default: CPU; -1 = CPU)")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="autocast the forward to bfloat16/float16 (meant for GPUs; scores come back as float32)")
+    p.add_argument("--batch", type=int, default=1, help="images per forward (same canvas size; default 1)")
+    p.add_argument("--workers", type=int, default=2, help="threads reading images ahead of the net (default 2)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="fill a ${NAME} placeholder of the prototxt (repeatable), e.g. --set EXP=voc12")
+    p.add_argument("--shard", default=None, metavar="K/N", help="process only the K-th of N interleaved parts")
+    p.add_argument("--force", action="store_true", help="redo ids whose outputs already exist")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a weights file with layers the net lacks (default: a warning, as Caffe ignores them)")
+    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory layout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the score net, extract every listed image, print what was done."""
+    args = build_parser().parse_args(argv)
+    from deeplab.extract import Outputs, check_layout, extract, label_palette
+    from deeplab.lists import read_items
+    from deeplab.scorenet import ScoreNet, device_for
+
+    for what, path in (("--model", args.model), ("--weights", args.weights), ("--list", args.list)):
+        if not os.path.isfile(path):
+            raise DeepLabError(f"{what} {path} not found")
+    if args.workers < 1:
+        raise DeepLabError(f"--workers must be >= 1, got {args.workers}")
+    check_output_dir(args.out, "--out folder")
+    if args.labels_out:
+        check_output_dir(args.labels_out, "--labels-out folder")
+    k, n = parse_shard(args.shard)
+    items = shard(read_items(args.list, args.root), args.shard)
+    mapping = parse_set(args.set)
+    net = ScoreNet(args.model, args.weights, blob=args.blob, mapping=mapping, device=device_for(args.gpu),
+                   amp=args.amp, want_mat=args.format == "mat", channels_last=not args.no_channels_last,
+                   strict=args.strict)
+    palette = label_palette(net.blob, net.num_classes, args.classes) if args.labels_out else None
+    check_layout(net, args.format, args.labels_out)
+    inputs = {"weights": file_digest(args.weights), "net": net.identity(), "blob": net.blob, "format": args.format,
+              "dtype": args.dtype if args.format == "npy" else "float32", "amp": args.amp,
+              "palette": None if palette is None else text_digest(palette.tobytes())}
+    info = {"weights": args.weights, "model": args.model, "set": mapping, "list": args.list, "root": args.root}
+    records = {args.out: open_output(args.out, "extract", inputs, info)}
+    if args.labels_out:
+        same = os.path.realpath(args.labels_out) == os.path.realpath(args.out)
+        records[args.labels_out] = records[args.out] if same else open_output(args.labels_out, "extract", inputs,
+                                                                              info, what="--labels-out")
+    outputs = Outputs(args.out, args.format, args.dtype, args.labels_out, palette, records=records)
+    stats = extract(net, items, outputs, batch=args.batch, workers=args.workers, force=args.force,
+                    list_name=args.list, progress=not args.quiet)
+    print(f"{stats['done']} written, {stats['skipped']} already done ({len(items)} images"
+          f"{'' if n == 1 else f' in shard {k + 1}/{n}'}; blob {net.blob}, stride {net.zoom}) -> {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+def run() -> None:
+    """The deeplab-extract console script."""
+    run_main(main)

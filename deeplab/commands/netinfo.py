@@ -1,0 +1,62 @@
+"""deeplab-netinfo (tools/netinfo.py): show what a network definition computes: per layer the tops'
+shapes, parameter counts, and each blob's stride and receptive field, with totals. Nothing is
+run, allocated or read besides the prototxt.
+
+Examples:
+  deeplab-netinfo prototxt/voc12/DeepLab-LargeFOV/test.prototxt --set NUM_LABELS=21
+  deeplab-netinfo prototxt/voc12/DeepLab/train.prototxt --set NUM_LABELS=21 --input 1,3,306,306
+  deeplab-netinfo prototxt/camvid/DeepLab-LargeFOV/test.prototxt --json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from deeplab.cli import file_placeholders, parse_set, run_main
+from deeplab.netinfo import net_info, parse_input_shape
+
+
+def default_phase(path: str) -> str:
+    """TRAIN for a file whose name contains 'train' (train.prototxt), TEST otherwise."""
+    return "TRAIN" if "train" in os.path.basename(path).lower() else "TEST"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """deeplab-netinfo's arguments."""
+    p = argparse.ArgumentParser(
+        prog="deeplab-netinfo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Stride and receptive field are in input pixels (rules: deeplab/netinfo.py). Placeholders that "
+               "only name files (${DATA_ROOT}, ${LIST_DIR}, ${TEST_SET}, ... in source, root_folder, prefix) "
+               "need no value: they are shown as <NAME> and nothing is read from them. Placeholders that change "
+               "the net (${NUM_LABELS}) need --set.")
+    p.add_argument("prototxt", help="network definition (current or the release's V1 syntax)")
+    p.add_argument("--phase", choices=["TRAIN", "TEST"], type=str.upper,
+                   help="which layers to keep (include/exclude rules); default TRAIN for a file "
+                        "whose name contains 'train', else TEST")
+    p.add_argument("--input", metavar="N,C,H,W",
+                   help="shape of the first data layer's image top (its label top follows), "
+                        "instead of batch_size and crop_size from the prototxt")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="value for a ${NAME} placeholder (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Describe the net; print the table (or JSON)."""
+    args = build_parser().parse_args(argv)
+    shape = parse_input_shape(args.input) if args.input else None
+    mapping = parse_set(args.set)
+    dummies = file_placeholders(args.prototxt, mapping)
+    info = net_info(args.prototxt, args.phase or default_phase(args.prototxt), {**dummies, **mapping}, shape)
+    if dummies:
+        print("note: placeholders that only name files are shown as dummies (nothing is read): "
+              + ", ".join(f"${{{n}}}={v}" for n, v in dummies.items()), file=sys.stderr)
+    print(info.to_json() if args.json else info.format_table())
+    return 0
+
+
+def run() -> None:
+    """The deeplab-netinfo console script."""
+    run_main(main)

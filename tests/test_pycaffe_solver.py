@@ -1,0 +1,119 @@
+"""pycaffe's SGDSolver: the engine's loop over pycaffe nets that user code feeds."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import caffe
+from caffe import CaffeError
+
+# score = conv(data) 1 -> 2 channels, zero-initialised; SoftmaxWithLoss against label.
+NET = """name: 'tiny'
+layer { name: 'data' type: 'Input' top: 'data' top: 'label'
+  input_param { shape { dim: 1 dim: 1 dim: 1 dim: 1 } shape { dim: 1 dim: 1 dim: 1 dim: 1 } } }
+layer { name: 'score' type: 'Convolution' bottom: 'data' top: 'score'
+  convolution_param { num_output: 2 kernel_size: 1
+    weight_filler { type: 'constant' value: 0 } bias_filler { type: 'constant' value: 0 } } }
+layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'score' bottom: 'label' top: 'loss' }
+"""
+
+# A Python data layer: top 'data' = its call count, top 'label' = 0.
+COUNTER = '''
+import caffe
+class Counter(caffe.Layer):
+    calls = 0
+    def setup(self, bottom, top):
+        pass
+    def reshape(self, bottom, top):
+        top[0].reshape(1, 1, 1, 1)
+        top[1].reshape(1, 1, 1, 1)
+    def forward(self, bottom, top):
+        Counter.calls += 1
+        top[0].data[...] = Counter.calls
+        top[1].data[...] = 0
+'''
+
+
+def solver_file(tmp_path, net=NET, extra=""):
+    (tmp_path / "net.prototxt").write_text(net)
+    path = tmp_path / "solver.prototxt"
+    path.write_text(f"net: '{tmp_path / 'net.prototxt'}'\nbase_lr: 0.1 lr_policy: 'fixed' momentum: 0\n"
+                    f"max_iter: 3 display: 0 snapshot_prefix: '{tmp_path / 'snap'}'\n{extra}")
+    return str(path)
+
+
+def test_step_updates_weights_from_user_filled_blobs(tmp_path):
+    solver = caffe.SGDSolver(solver_file(tmp_path))
+    net = solver.net
+    net.blobs["data"].data[...] = 1
+    net.blobs["label"].data[...] = 0
+    solver.step(1)
+    # scores 0, 0 -> p = .5, .5; d score = p - onehot(0) = [-.5, .5]; w -= 0.1 * d * x(=1)
+    assert solver.iter == 1
+    np.testing.assert_allclose(net.params["score"][0].data.ravel(), [0.05, -0.05], atol=1e-7)
+    np.testing.assert_allclose(net.params["score"][1].data, [0.05, -0.05], atol=1e-7)
+    net.blobs["data"].data[...] = 2  # the next step reads the new data
+    before = net.params["score"][0].data.copy()
+    solver.step(1)
+    p = np.exp([0.15, -0.15]) / np.exp([0.15, -0.15]).sum()  # scores = 2 w + b = [.15, -.15]
+    np.testing.assert_allclose(net.params["score"][0].data.ravel(), before.ravel() - 0.1 * 2 * (p - [1, 0]),
+                               atol=1e-6)
+
+
+def test_apply_update_uses_the_user_diff(tmp_path):
+    solver = caffe.get_solver(solver_file(tmp_path))
+    assert isinstance(solver, caffe.SGDSolver)
+    w = solver.net.layers[1].blobs[0]
+    w.data[...] = 0
+    w.diff[...] = 1
+    solver.apply_update()
+    np.testing.assert_allclose(w.data, -0.1)
+    assert solver.iter == 0
+
+
+def test_python_data_layer_drives_training_and_test_nets_share_weights(tmp_path, monkeypatch):
+    (tmp_path / "counter_layer.py").write_text(COUNTER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = NET.replace("""layer { name: 'data' type: 'Input' top: 'data' top: 'label'
+  input_param { shape { dim: 1 dim: 1 dim: 1 dim: 1 } shape { dim: 1 dim: 1 dim: 1 dim: 1 } } }""",
+                      "layer { name: 'data' type: 'Python' top: 'data' top: 'label' "
+                      "python_param { module: 'counter_layer' layer: 'Counter' } }")
+    solver = caffe.SGDSolver(solver_file(tmp_path, net, "test_iter: 2 test_interval: 100 test_initialization: false"))
+    import counter_layer
+    start = counter_layer.Counter.calls
+    calls = []
+    solver.add_callback(lambda: calls.append("start"), lambda: calls.append("ready"))
+    solver.step(2)
+    assert counter_layer.Counter.calls - start == 2
+    assert solver.net.blobs["data"].data.item() == counter_layer.Counter.calls
+    assert calls == ["start", "ready", "start", "ready"]
+    test_net = solver.test_nets[0]
+    np.testing.assert_array_equal(test_net.params["score"][0].data, solver.net.params["score"][0].data)
+    assert solver.net.params["score"][0].data.any()
+
+
+def test_snapshot_restore_and_solve(tmp_path):
+    path = solver_file(tmp_path)
+    solver = caffe.SGDSolver(path)
+    solver.net.blobs["data"].data[...] = 1
+    solver.step(2)
+    solver.snapshot()
+    state = str(tmp_path / "snap_iter_2.solverstate")
+    assert os.path.isfile(state) and os.path.isfile(tmp_path / "snap_iter_2.caffemodel")
+    other = caffe.SGDSolver(path)
+    other.restore(state)
+    assert other.iter == 2
+    np.testing.assert_array_equal(other.net.params["score"][0].data, solver.net.params["score"][0].data)
+    other.net.blobs["data"].data[...] = 1
+    other.solve()
+    assert other.iter == 3
+
+
+def test_unknown_solver_type_is_refused(tmp_path):
+    path = solver_file(tmp_path, extra="type: 'Adam'")
+    with pytest.raises(CaffeError, match="Adam"):
+        caffe.get_solver(path)
+    with pytest.raises(CaffeError, match="Adam"):
+        caffe.SGDSolver(path)
