@@ -77,7 +77,6 @@ def plan_backward(net) -> None:
     # both say so. The engine detaches the other bottoms; pycaffe writes diffs only here.
     net.bottom_receives_diff = [[bottom_need[i][j] and split_need.get(v, True) for j, v in enumerate(bottoms)]
                                 for i, (_, bottoms, _) in enumerate(net._values)]
-    net._grad_into = net.bottom_receives_diff
     for layer, i in net._owned:   # Caffe computes no diff for lr_mult 0 unless force_backward
         layer.blobs[i].requires_grad_(net.force_backward or _shared_lr(net, layer.blobs[i]))
 

@@ -92,11 +92,12 @@ _TEMP = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp(\.[^./]*)?")
 
 
 def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str] | None = None,
-                       min_age: float = 0.0) -> int:
+                       min_age: float = 0.0, prefix: str = "") -> int:
     """Remove the temporary files ``atomic_path`` leaves when its process is killed: those of
     the final file names ``names`` (e.g. ``x.npy``) in ``folder``, or every one of our naming
-    when ``names`` is None (only where no other process writes the same folder); with
-    ``min_age``, only those older than that many seconds. Returns how many were removed."""
+    when ``names`` is None (only where no other process writes the same folder), in either case
+    only those whose final name starts with ``prefix``; with ``min_age``, only those older than
+    that many seconds. Returns how many were removed."""
     folder = os.fspath(folder)
     try:
         entries = [e for e in os.listdir(folder) if e.startswith(".") and ".tmp" in e]
@@ -109,7 +110,8 @@ def remove_stale_temps(folder: str | os.PathLike, names: Iterable[str] | None = 
     now = time.time()
     for entry in entries:
         m = _TEMP.fullmatch(entry)
-        if m and (wanted is None or m.group(1) + (m.group(2) or "") in wanted):
+        final = m.group(1) + (m.group(2) or "") if m else ""
+        if m and final.startswith(prefix) and (wanted is None or final in wanted):
             full = os.path.join(folder, entry)
             with contextlib.suppress(FileNotFoundError):
                 if min_age and now - os.stat(full).st_mtime < min_age:

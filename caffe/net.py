@@ -330,7 +330,7 @@ class Net(nn.Module):
                 raise CaffeError(f"layer {layer.name!r}: input blob {e.args[0]!r} was not given") from None
             if grad:
                 bottoms = [x.detach() if not flow and torch.is_tensor(x) and x.requires_grad else x
-                           for x, flow in zip(bottoms, self._grad_into[i])]
+                           for x, flow in zip(bottoms, self.bottom_receives_diff[i])]
             layer.in_place = not grad and self._may_overwrite(layer, bottoms, blobs, caller)
             try:
                 tops = layer(*bottoms)
@@ -401,8 +401,10 @@ class Net(nn.Module):
         ``ignore_shape_mismatch`` is set, in which case that layer keeps its fillers.
         Returns {"copied": [...], "skipped": [...], "ignored": [...]}."""
         if isinstance(weights, (str, os.PathLike)):
+            from .hdf5_io import is_hdf5, load_hdf5
             from .model_io import load_caffemodel
-            weights = load_caffemodel(weights)
+            # Caffe's CopyTrainedLayersFrom: an HDF5 file by its signature, else a binary caffemodel
+            weights = load_hdf5(weights) if is_hdf5(weights) else load_caffemodel(weights)
         source = weights
         report = {"copied": [], "skipped": [], "ignored": []}
         for src in source:

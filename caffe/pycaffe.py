@@ -320,7 +320,7 @@ class Net:
         self._net.save(filename)
 
     def copy_from(self, filename: str) -> None:
-        """Copy weights by layer name from a .caffemodel (CopyTrainedLayersFrom)."""
+        """Copy weights by layer name from a .caffemodel or an HDF5 file (CopyTrainedLayersFrom)."""
         if not os.path.isfile(filename):
             raise CaffeError(f"Could not open file {filename}")
         self._sync_in()
@@ -333,12 +333,24 @@ class Net:
         share_weights(other._net, self._net)
 
     def save_hdf5(self, filename: str) -> None:
-        """Caffe's HDF5 weights need h5py, which this engine does not use."""
-        raise CaffeError("save_hdf5: HDF5 weights are not supported; use save() (.caffemodel)")
+        """Net::ToHDF5: every layer's blobs (shared ones only by their owner) and their diffs."""
+        from .hdf5_io import save_hdf5
+        self._sync_in()
+        owned = {id(layer.blobs[i]) for layer, i in self._net._owned}
+        layers = []
+        for layer in self._net.layers:
+            vec = BlobVec(layer.blobs)
+            layers.append((layer.name, [b.data if id(p) in owned else None for b, p in zip(vec, layer.blobs)],
+                           [b.diff for b in vec]))
+        save_hdf5(filename, layers)
 
     def load_hdf5(self, filename: str) -> None:
-        """Caffe's HDF5 weights need h5py, which this engine does not use."""
-        raise CaffeError("load_hdf5: HDF5 weights are not supported; use copy_from() (.caffemodel)")
+        """CopyTrainedLayersFromHDF5: weights by layer name from Caffe's HDF5 layout."""
+        if not os.path.isfile(filename):
+            raise CaffeError(f"Could not open file {filename}")
+        self._sync_in()
+        self._net.copy_from(filename)
+        pull(self._params())
 
     # -------------------------------------------------------------- batches
     def forward_all(self, blobs=None, **kwargs) -> dict:

@@ -28,7 +28,7 @@ def fill_data_layer(net, i: int, layer) -> bool:
         b = net._batch_index.get(i, 0)
         net._batch_index[i] = b + 1
         for name, t in feed(b).items():
-            net.blobs[name].set_data(t)
+            net._blob_at[name].set_data(t)
         return True
     if not layer.is_data:
         return False
@@ -69,7 +69,7 @@ def _memory_data(net, layer) -> None:
     n = max(int(layer.param.memory_data_param.batch_size), 1)
     tops = [data[pos:pos + n], labels[pos:pos + n]]
     for name, arr in zip(layer.top_names, tops):
-        net.blobs[name].set_data(arr.reshape((n,) + net.blobs[name].data.shape[1:]))
+        net._blob_at[name].set_data(arr.reshape((n,) + net._blob_at[name].data.shape[1:]))
     net._memory_data[2] = (pos + n) % len(data)
 
 

@@ -85,8 +85,8 @@ class SGDSolver:
         train, tests = build_nets(param, None)
         for w in param.weights:
             train.copy_from(w)
-        self.net = Net.from_engine(train, bool(getattr(train, "force_backward", False)))
-        self.test_nets = [Net.from_engine(t, bool(getattr(t, "force_backward", False))) for t in tests]
+        self.net = Net.from_engine(train)
+        self.test_nets = [Net.from_engine(t) for t in tests]
         self._callbacks: list = []
         self._loop = _Loop(param, self.net, self.test_nets, self._callbacks, seed=max(seed, 0),
                            device=device(), log=CaffeLog(None, stderr=True), progress=False)

@@ -168,6 +168,11 @@ class Solver:
             with self._autocast():
                 blobs = net(inputs)
                 loss = net.loss(blobs)
+            if not bool(torch.isfinite(loss.detach())):
+                bad = [b for b in net.loss_weights if b in blobs and not bool(torch.isfinite(blobs[b].detach()).all())]
+                raise CaffeError(f"iteration {self.iter}: the loss is {float(loss.detach()):g} (non-finite loss blob(s) "
+                                 f"{', '.join(bad) or '?'}): training diverged or the data holds NaN/Inf; "
+                                 "lower base_lr or check the inputs, and resume from the last snapshot")
             (loss * self.loss_scale if self.loss_scale != 1.0 else loss).backward()
             total = loss.detach().float() if total is None else total + loss.detach().float()
             if k == n - 1:

@@ -214,10 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         log.close()
 
 
-def run() -> None:
-    """Console-script entry point: a CaffeError is one ``error: ...`` line and exit status 2."""
+def run_main(main_fn, argv: list[str] | None = None) -> None:
+    """Run a command's ``main``; a user error (CaffeError) prints ``error: ...`` on one line and
+    exits 2, Ctrl-C exits 130. Every command of the project (deeplab's too) ends here."""
     try:
-        code = main()
+        code = main_fn(argv)
     except CaffeError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -225,6 +226,11 @@ def run() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def run() -> None:
+    """Console-script entry point of ``caffe``."""
+    run_main(main)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ class TrainOptions:
     workers: int = 0               # data loading processes per training process
     sigint_effect: str = "stop"
     sighup_effect: str = "snapshot"
+    strict: bool = False           # a weights file matching no layer of the net is an error, not a warning
 
 
 def check_options(options: TrainOptions) -> None:
@@ -81,7 +82,7 @@ def train(solver_path: str, options: TrainOptions | None = None) -> bool:
     from .imageseg import NetFeed
     from .prototxt import parse_solver
     from .sgd import check_solver
-    from .files import check_output_dir, check_output_file
+    from .files import check_output_dir, check_output_file, remove_stale_temps
     from .solver import CaffeLog, Solver, build_nets, snapshot_prefix
 
     options = options or TrainOptions()
@@ -95,7 +96,10 @@ def train(solver_path: str, options: TrainOptions | None = None) -> bool:
     if len(gpus) > 1 and not distributed.launched():
         return _spawn(solver_path, options, len(gpus))
     param.snapshot_prefix = snapshot_prefix(param, solver_path)
-    check_output_dir(os.path.dirname(param.snapshot_prefix) or ".", "snapshot folder")  # before hours of work
+    snap_dir = os.path.dirname(param.snapshot_prefix) or "."
+    check_output_dir(snap_dir, "snapshot folder")  # before hours of work
+    # temporary snapshot files a killed run left (a snapshot is written whole or not at all)
+    remove_stale_temps(snap_dir, prefix=os.path.basename(param.snapshot_prefix) + "_iter_")
     if options.log_file:
         check_output_file(options.log_file, "log file")
     d = distributed.setup(bool(gpus), gpus or None)
@@ -124,9 +128,13 @@ def train(solver_path: str, options: TrainOptions | None = None) -> bool:
         weights = [] if options.snapshot else [w for w in (options.weights or list(param.weights)) if w]
         for w in weights:
             report = train_net.copy_from(w)
-            if not report["copied"] and not report["skipped"] and log:
-                log("caffe.cpp:143", f"none of the {len(report['ignored'])} layer(s) in {w} matches a layer of the "
-                    "net (weights for another net?): every layer keeps its fillers", "W")
+            if not report["copied"] and not report["skipped"]:
+                what = (f"none of the {len(report['ignored'])} layer(s) in {w} matches a layer of the net "
+                        "(weights for another net?)")
+                if options.strict:
+                    raise CaffeError(what)
+                if log:
+                    log("caffe.cpp:143", what + ": every layer keeps its fillers", "W")
             if log:
                 log("caffe.cpp:143", f"Finetuning from {w}: copied {len(report['copied'])} layers"
                     + (f", kept fillers for {report['skipped']}" if report["skipped"] else "")

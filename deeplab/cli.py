@@ -5,23 +5,10 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
-from typing import Callable
+
+from caffe.tool import run_main  # noqa: F401  (the one error-to-exit-status rule)
 
 from . import DeepLabError
-
-
-def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a tool's ``main``; a user error prints ``error: ...`` on one line and exits 2."""
-    try:
-        code = main(argv)
-    except DeepLabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
 
 
 def parse_set(items: list[str] | None) -> dict[str, str]:

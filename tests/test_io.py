@@ -196,3 +196,36 @@ def test_other_forks_layer_fields_do_not_matter(tmp_path):
     (got,) = load_caffemodel(path)
     assert (got.name, got.type) == ("fc8_interp", "Interp")
     np.testing.assert_array_equal(got.blobs[0], [1.0, 2.0])
+
+
+def test_hdf5_weights_round_trip_into_a_net(tmp_path):
+    """Caffe's HDF5 layout (data/<layer>/<blob index>, diff/ alike) written and read back; a net
+    copies from it by layer name as from a caffemodel (Caffe's CopyTrainedLayersFrom picks the
+    format by the file's signature)."""
+    import h5py
+    from caffe.hdf5_io import is_hdf5, load_hdf5, save_hdf5
+    from caffe.net import Net
+
+    text = """
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 3 dim: 3 } } }
+    layer { name: "conv" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 2 kernel_size: 1 } }
+    """
+    w = np.arange(4, dtype=np.float32).reshape(2, 2, 1, 1)
+    b = np.array([5, 6], np.float32)
+    path = tmp_path / "w.h5"
+    save_hdf5(path, [("in", [], None), ("conv", [w, b], [w * 0, b * 0])])
+    assert is_hdf5(path) and not is_hdf5(FIXTURES / "golden" / "layers" / "net.caffemodel")
+    with h5py.File(path) as f:
+        assert sorted(f["data"]) == ["conv", "in"] and sorted(f["data/conv"]) == ["0", "1"]
+        assert f["data/conv/0"].dtype == np.float32 and f["diff/conv/1"].shape == (2,)
+    layers = {lb.name: lb.blobs for lb in load_hdf5(path)}
+    assert np.array_equal(layers["conv"][0], w) and layers["in"] == []
+    net = Net(text, "TEST")
+    report = net.copy_from(str(path))
+    assert "conv" in report["copied"] and not report["skipped"]
+    assert np.array_equal(net.layer("conv").blobs[1].detach().numpy(), b)
+    with pytest.raises(DeepLabError, match="repeat"):
+        save_hdf5(tmp_path / "dup.h5", [("a", [], None), ("a", [], None)])
+    (tmp_path / "bad.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 10)
+    with pytest.raises(DeepLabError, match="bad.h5"):
+        load_hdf5(tmp_path / "bad.h5")

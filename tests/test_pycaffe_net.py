@@ -209,6 +209,26 @@ def test_constructor_forms_save_copy_and_share(tmp_path, branch):
         branch.set_input_arrays(np.zeros((1, 1, 1, 3), np.float32), np.zeros(1, np.float32))
 
 
+def test_save_and_load_hdf5(tmp_path, branch):
+    """Net.save_hdf5 / load_hdf5 (Caffe's HDF5 weights) carry values and diffs; copy_from reads
+    an HDF5 file too, as CopyTrainedLayersFrom does."""
+    import h5py
+    branch.params["conv"][0].data[...] = 5
+    branch.params["conv"][1].diff[...] = 0.25
+    h5 = str(tmp_path / "w.h5")
+    branch.save_hdf5(h5)
+    with h5py.File(h5) as f:
+        assert f["data/conv/0"][...].item() == 5 and f["diff/conv/1"][...].item() == 0.25
+        assert list(f["data/relu"]) == []
+    other = caffe.Net(write(tmp_path, BRANCH), caffe.TEST)
+    other.load_hdf5(h5)
+    assert other.params["conv"][0].data.item() == 5
+    third = caffe.Net(write(tmp_path, BRANCH), caffe.TEST, weights=h5)
+    assert third.params["conv"][0].data.item() == 5
+    with pytest.raises(CaffeError, match="Could not open file"):
+        other.load_hdf5(str(tmp_path / "missing.h5"))
+
+
 def test_forward_all_pads_the_last_batch(tmp_path):
     net = caffe.Net(write(tmp_path, BRANCH.replace("dim: 1 dim: 1 dim: 1 dim: 3", "dim: 2 dim: 1 dim: 1 dim: 3")),
                     caffe.TEST)

@@ -192,3 +192,48 @@ def test_resume_from_a_caffemodel_missing_a_layer_says_so(data, tmp_path, capsys
     run_main_ok(args + ["--snapshot", f"{prefix}_iter_2.solverstate"])
     err = capsys.readouterr().err
     assert "RESUMING WITH FILLER WEIGHTS" in err and "fc8" in err
+
+
+def test_weights_for_another_net_warn_and_strict_refuses(data, tmp_path, capsys):
+    from caffe.model_io import LayerBlobs, save_caffemodel
+    other = tmp_path / "other.caffemodel"
+    save_caffemodel(other, [LayerBlobs("unrelated", "Convolution", [np.zeros((1, 1, 1, 1), np.float32)])])
+    args = [a for a in argv(data, tmp_path / "p", 1) if a != "--quiet"] + ["--weights", str(other)]
+    run_main_ok(args)
+    assert "none of the 1 layer(s)" in capsys.readouterr().err
+    err = run_error(argv(data, tmp_path / "p", 1) + ["--weights", str(other), "--strict"], capsys)
+    assert "none of the 1 layer(s)" in err and "other.caffemodel" in err
+
+
+def test_non_finite_loss_stops_naming_the_iteration_and_blob(data, tmp_path, capsys):
+    """A diverging run stops at once with the iteration and the loss blob, as Caffe's NaN loss
+    would be noticed only in the log."""
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text((TINY / "solver.prototxt").read_text().replace("base_lr:", "base_lr: 1e30 #"))
+    args = argv(data, tmp_path / "p", 5)
+    args[args.index("--solver") + 1] = str(solver)
+    err = run_error(args, capsys)
+    assert "iteration" in err and "loss" in err and "non-finite" in err
+
+
+def test_kill_9_then_the_same_command_ends_as_an_uninterrupted_run(data, tmp_path):
+    """kill -9 at a random moment of a run (snapshots every 2 iterations), then the same command
+    again: the final snapshot equals an uninterrupted run's byte for byte, and the temporary
+    files the killed run may have left are gone."""
+    import random
+    import time
+    assert train.main(argv(data, tmp_path / "ref", 6, snapshot=2)) == 0
+    cmd = [sys.executable, str(TRAIN_PY)] + argv(data, tmp_path / "run", 6, snapshot=2)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(random.uniform(1.0, 4.0))
+    proc.kill()
+    proc.wait()
+    (tmp_path / ".run_iter_4.abcdefgh.tmp.caffemodel").write_bytes(b"half")  # as a kill mid-write leaves
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for ext in ("caffemodel", "solverstate"):
+        ref = (tmp_path / f"ref_iter_6.{ext}").read_bytes()
+        run = (tmp_path / f"run_iter_6.{ext}").read_bytes()
+        if ext == "solverstate":  # it names its own caffemodel
+            ref = ref.replace(b"ref_iter_6", b"run_iter_6")
+        assert run == ref, ext
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true", help="use the channels_last memory format")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="data loading processes per training process (default %(default)s; 0 = in-process)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse --weights files none of whose layers is in the net (default: a warning)")
     p.add_argument("--quiet", action="store_true", help="no log lines on stderr and no progress bar")
     return p
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         weights=[w for w in (args.weights or "").split(",") if w], snapshot=args.snapshot,
         mapping=parse_set(args.set), gpus=args.gpu, cpu=args.cpu, seed=args.seed, log_file=args.log_file,
         log_stderr=not args.quiet, progress=not args.quiet, amp=args.amp, channels_last=args.channels_last,
-        workers=args.workers)
+        workers=args.workers, strict=args.strict)
     return 0 if train(args.solver, options) else 130
 
 
