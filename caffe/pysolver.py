@@ -16,6 +16,7 @@ import torch
 from . import CaffeError
 from .blob import pull, push
 from .pycaffe import Net, device
+from .sgd import check_solver
 from .solver import CaffeLog, Solver, build_nets, output_lines, snapshot_prefix
 
 
@@ -75,9 +76,8 @@ class SGDSolver:
         if not os.path.isfile(filename):
             raise CaffeError(f"Could not open file {filename}")
         param = parse_solver(filename)
-        if param.type and param.type != self.solver_type:
-            raise CaffeError(f"{filename}: solver type {param.type!r}, but this is {type(self).__name__}; "
-                             "use caffe.get_solver to pick the class from the file")
+        param.type = self.solver_type   # as in BVLC's pycaffe, the class decides the update rule
+        check_solver(param)
         param.snapshot_prefix = snapshot_prefix(param, filename)
         seed = int(param.random_seed)
         if seed >= 0:
@@ -145,7 +145,33 @@ class SGDSolver:
         net.share_with(self.net)
 
 
-SOLVERS = {"SGD": SGDSolver}
+class NesterovSolver(SGDSolver):
+    """Caffe's Nesterov solver (``type: "Nesterov"``)."""
+    solver_type = "Nesterov"
+
+
+class AdaGradSolver(SGDSolver):
+    """Caffe's AdaGrad solver (``type: "AdaGrad"``)."""
+    solver_type = "AdaGrad"
+
+
+class RMSPropSolver(SGDSolver):
+    """Caffe's RMSProp solver (``type: "RMSProp"``)."""
+    solver_type = "RMSProp"
+
+
+class AdaDeltaSolver(SGDSolver):
+    """Caffe's AdaDelta solver (``type: "AdaDelta"``)."""
+    solver_type = "AdaDelta"
+
+
+class AdamSolver(SGDSolver):
+    """Caffe's Adam solver (``type: "Adam"``)."""
+    solver_type = "Adam"
+
+
+SOLVERS = {cls.solver_type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
+                                            AdaDeltaSolver, AdamSolver)}
 
 
 def get_solver(filename: str):

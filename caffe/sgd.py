@@ -1,11 +1,14 @@
-"""Caffe's SGD update rule and learning-rate policies, as BVLC Caffe's SGDSolver.
+"""Caffe's update rules and learning-rate policies, as BVLC Caffe's SGDSolver and its
+subclasses (Nesterov, AdaGrad, RMSProp, AdaDelta, Adam: ``solvers/*_solver.cpp``).
 
 ``learning_rate`` is SGDSolver::GetLearningRate (fixed, step, exp, inv, multistep, poly,
 sigmoid), in float32 where Caffe's Dtype arithmetic is. :class:`SGD` is SGDSolver::ApplyUpdate
 after the rate: ClipGradients (global L2 norm over every learnable diff, before
 normalisation), then per learnable param Normalize (diff /= iter_size), Regularize (diff +=
-weight_decay x decay_mult x w, or x sign(w) for L1), ComputeUpdateValue (v = momentum v +
-rate x lr_mult x diff) and w -= v. The loop around it is caffe.solver.Solver.
+weight_decay x decay_mult x w, or x sign(w) for L1), ComputeUpdateValue (SGD: v = momentum v +
+rate x lr_mult x diff; the other types below) and w -= the update. The history blobs are
+Caffe's, in its order (one per param; AdaDelta and Adam append a second set), so solverstates
+move between Caffe and this engine. The loop around it is caffe.solver.Solver.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import torch
 from . import CaffeError
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 _f32 = np.float32
 
 
@@ -68,7 +72,11 @@ def _need(ok: bool, message: str) -> None:
 
 def check_solver(param) -> None:
     """Caffe's solver parameter checks, as one-line errors."""
-    _need(param.type in ("SGD", ""), f"type {param.type!r} is not supported (only SGD)")
+    _need(param.type in TYPES or param.type == "", f"unknown solver type {param.type!r} (one of {', '.join(TYPES)})")
+    if param.type in ("AdaGrad", "RMSProp"):  # Caffe's CHECKs in their constructors
+        _need(param.momentum == 0, f"momentum cannot be used with {param.type}")
+    if param.type == "RMSProp":
+        _need(0 <= param.rms_decay <= 1, "rms_decay must be in [0, 1]")
     _need(param.lr_policy in POLICIES, f"unknown lr_policy {param.lr_policy!r} (one of {', '.join(POLICIES)})")
     _need(param.iter_size >= 1, "iter_size must be >= 1")
     _need(param.average_loss >= 1, "average_loss must be >= 1")
@@ -85,7 +93,12 @@ class SGD:
 
     def __init__(self, params, param):
         self.params = params
-        self.history = [torch.zeros_like(p.param, memory_format=torch.preserve_format) for p in params]
+        self.type = param.type or "SGD"
+        sets = 2 if self.type in ("AdaDelta", "Adam") else 1   # Caffe appends a second history set
+        self.history = [torch.zeros_like(p.param, memory_format=torch.preserve_format)
+                        for _ in range(sets) for p in params]
+        self.delta, self.rms_decay = _f32(param.delta), _f32(param.rms_decay)
+        self.momentum2 = _f32(param.momentum2)
         self.momentum = _f32(param.momentum)
         self.weight_decay = _f32(param.weight_decay)
         self.l1 = param.regularization_type == "L1"
@@ -110,10 +123,12 @@ class SGD:
         return None
 
     @torch.no_grad()
-    def update(self, rate: float) -> None:
-        """Normalize, Regularize, ComputeUpdateValue for each param, then w -= v."""
+    def update(self, rate: float, it: int = 0) -> None:
+        """Normalize, Regularize, ComputeUpdateValue for each param, then w -= the update
+        (``it``: the iteration, which Adam's bias correction uses)."""
         norm = float(_f32(1) / _f32(self.iter_size))
-        for p, v in zip(self.params, self.history):
+        n = len(self.params)
+        for i, p in enumerate(self.params):
             w = p.param
             g = w.grad if w.grad is not None else torch.zeros_like(w)  # no path to the loss: zero diff
             if self.iter_size > 1:
@@ -121,5 +136,35 @@ class SGD:
             decay = float(self.weight_decay * _f32(p.decay_mult))
             if decay:
                 g.add_(torch.sign(w) if self.l1 else w, alpha=decay)
-            v.mul_(float(self.momentum)).add_(g, alpha=float(_f32(rate) * _f32(p.lr_mult)))
-            w.sub_(v)
+            local = float(_f32(rate) * _f32(p.lr_mult))
+            second = self.history[n + i] if len(self.history) > n else None
+            w.sub_(self._update_value(g, self.history[i], second, local, it))
+
+    def _update_value(self, g, h, h2, local: float, it: int):
+        """ComputeUpdateValue of the solver type: the value subtracted from the weights."""
+        m, delta = float(self.momentum), float(self.delta)
+        if self.type == "SGD":
+            return h.mul_(m).add_(g, alpha=local)
+        if self.type == "Nesterov":   # v' = m v + lr g; update = (1 + m) v' - m v
+            previous = h.clone()
+            h.mul_(m).add_(g, alpha=local)
+            return h * (1 + m) - previous * m
+        if self.type == "AdaGrad":    # h += g^2; update = lr g / (sqrt(h) + delta)
+            h.add_(g * g)
+            return g / (h.sqrt() + delta) * local
+        if self.type == "RMSProp":    # h = d h + (1 - d) g^2; update = lr g / (sqrt(h) + delta)
+            d = float(self.rms_decay)
+            h.mul_(d).add_(g * g, alpha=1 - d)
+            return g / (h.sqrt() + delta) * local
+        if self.type == "AdaDelta":   # h = m h + (1-m) g^2; u = g sqrt((h2 + delta)/(h + delta)); h2 = m h2 + (1-m) u^2
+            h.mul_(m).add_(g * g, alpha=1 - m)
+            u = g * ((h2 + delta) / (h + delta)).sqrt()
+            h2.mul_(m).add_(u * u, alpha=1 - m)
+            return u * local
+        # Adam: m1 = b1 m1 + (1-b1) g; v = b2 v + (1-b2) g^2; update = lr c m1 / (sqrt(v) + eps),
+        # c = sqrt(1 - b2^t) / (1 - b1^t), t = it + 1
+        b1, b2, t = m, float(self.momentum2), it + 1
+        h.mul_(b1).add_(g, alpha=1 - b1)
+        h2.mul_(b2).add_(g * g, alpha=1 - b2)
+        correction = _f32(np.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t))   # pow(float, int) is double in C++
+        return h / (h2.sqrt() + delta) * float(_f32(local) * correction)

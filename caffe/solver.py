@@ -211,7 +211,7 @@ class Solver:
         if clipped:
             self._info("sgd_solver.cpp:92", f"Gradient clipping: scaling down gradients (L2 norm {_g(clipped[0])} "
                        f"> {_g(float(self.sgd.clip))}) by scale factor {_g(clipped[1])}")
-        self.sgd.update(rate)
+        self.sgd.update(rate, self.iter)
 
     def step(self, iters: int) -> None:
         """Solver::Step: run ``iters`` iterations (fewer if stopped by a signal)."""
@@ -391,8 +391,8 @@ class Solver:
                 self._info("solver.cpp:480", f"RESUMING WITH FILLER WEIGHTS: {model} holds no weights for "
                            f"layer(s) {', '.join(missing)} of the net; they restart from their fillers", "W")
         if len(state.history) != len(self.sgd.history):
-            raise CaffeError(f"{path}: holds {len(state.history)} history blobs but the net has "
-                               f"{len(self.sgd.history)} learnable params")
+            raise CaffeError(f"{path}: holds {len(state.history)} history blobs but a {self.sgd.type} solver over "
+                             f"this net has {len(self.sgd.history)}")
         for i, (h, v) in enumerate(zip(state.history, self.sgd.history)):
             if h.size != v.numel():
                 raise CaffeError(f"{path}: history blob {i} ({self.params[i].layer!r} blob {self.params[i].index}) "

@@ -112,8 +112,64 @@ def test_snapshot_restore_and_solve(tmp_path):
 
 
 def test_unknown_solver_type_is_refused(tmp_path):
-    path = solver_file(tmp_path, extra="type: 'Adam'")
-    with pytest.raises(CaffeError, match="Adam"):
+    path = solver_file(tmp_path, extra="type: 'Adamax'")
+    with pytest.raises(CaffeError, match="Adamax"):
         caffe.get_solver(path)
-    with pytest.raises(CaffeError, match="Adam"):
-        caffe.SGDSolver(path)
+
+
+# One step of every Caffe solver type from the tiny net above (score weights 0, data 1, label 0):
+# the gradient of both the weight and the bias is g = [-0.5, 0.5]; base_lr 0.1.
+def _one_step(g, kind, extra):
+    lr, m = 0.1, extra.get("momentum", 0.0)
+    delta = extra.get("delta", 1e-8)
+    if kind == "SGD":
+        return -lr * g
+    if kind == "Nesterov":   # v = lr g; update = (1 + m) v - m 0
+        return -(1 + m) * lr * g
+    if kind == "AdaGrad":    # h = g^2; update = lr g / (|g| + delta)
+        return -lr * g / (np.abs(g) + delta)
+    if kind == "RMSProp":    # h = (1 - d) g^2
+        d = extra["rms_decay"]
+        return -lr * g / (np.sqrt((1 - d) * g * g) + delta)
+    if kind == "AdaDelta":   # h = (1-m) g^2; u = g sqrt(delta / (h + delta))
+        return -lr * g * np.sqrt(delta / ((1 - m) * g * g + delta))
+    b1, b2 = m, extra.get("momentum2", 0.999)   # Adam, t = 1: correction sqrt(1-b2)/(1-b1)
+    mm, vv = (1 - b1) * g, (1 - b2) * g * g
+    return -lr * np.sqrt(1 - b2) / (1 - b1) * mm / (np.sqrt(vv) + delta)
+
+
+@pytest.mark.parametrize("kind, extra", [
+    ("SGD", {}), ("Nesterov", {"momentum": 0.9}), ("AdaGrad", {"delta": 1e-3}),
+    ("RMSProp", {"rms_decay": 0.9, "delta": 1e-3}), ("AdaDelta", {"momentum": 0.95, "delta": 1e-2}),
+    ("Adam", {"momentum": 0.9, "momentum2": 0.999}),
+])
+def test_every_solver_type_takes_caffes_first_step(tmp_path, kind, extra):
+    fields = "".join(f"{k}: {v} " for k, v in extra.items() if k != "momentum")
+    path = solver_file(tmp_path, extra=f"type: '{kind}' {fields}")
+    with open(path) as f:
+        text = f.read().replace("momentum: 0", f"momentum: {extra.get('momentum', 0)}")
+    with open(path, "w") as f:
+        f.write(text)
+    solver = caffe.get_solver(path)
+    assert type(solver).__name__ == ("SGDSolver" if kind == "SGD" else f"{kind}Solver")
+    solver.net.blobs["data"].data[...] = 1
+    solver.net.blobs["label"].data[...] = 0
+    solver.step(1)
+    want = _one_step(np.array([-0.5, 0.5]), kind, extra)
+    np.testing.assert_allclose(solver.net.params["score"][0].data.ravel(), want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(solver.net.params["score"][1].data, want, rtol=1e-5, atol=1e-7)
+    solver.snapshot()   # history in Caffe's layout: a second set for AdaDelta and Adam
+    from caffe.model_io import load_solverstate
+    state = load_solverstate(str(tmp_path / "snap_iter_1.solverstate"))
+    assert len(state.history) == (4 if kind in ("AdaDelta", "Adam") else 2)
+
+
+def test_adagrad_and_rmsprop_refuse_momentum(tmp_path):
+    for kind in ("AdaGrad", "RMSProp"):
+        path = solver_file(tmp_path, extra=f"type: '{kind}'")
+        with open(path) as f:
+            text = f.read().replace("momentum: 0", "momentum: 0.9")
+        with open(path, "w") as f:
+            f.write(text)
+        with pytest.raises(CaffeError, match=f"momentum cannot be used with {kind}"):
+            caffe.get_solver(path)

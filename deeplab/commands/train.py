@@ -1,4 +1,4 @@
-"""deeplab-train: train a net with Caffe's SGD from a solver prototxt, as ``caffe train`` does.
+"""deeplab-train: train a net with a Caffe solver from a solver prototxt, as ``caffe train`` does.
 
 Examples:
   deeplab-train --solver exp/config/solver.prototxt --weights models/vgg16_128.caffemodel \\
@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     """deeplab-train's arguments."""
     p = argparse.ArgumentParser(
         prog="deeplab-train", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run a Caffe solver (SGD; lr policies fixed, step, multistep, poly, inv, exp, sigmoid; "
+        description="Run a Caffe solver (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta or Adam; "
+                    "lr policies fixed, step, multistep, poly, inv, exp, sigmoid; "
                     "iter_size, clip_gradients, momentum, weight decay with lr_mult/decay_mult) on its train "
                     "net, testing on its test nets every test_interval, writing "
                     "<snapshot_prefix>_iter_N.caffemodel/.solverstate every `snapshot` iterations and at the "
