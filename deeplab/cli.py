@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 
 from caffe.tool import run_main  # noqa: F401  (the one error-to-exit-status rule)
 
@@ -81,7 +80,6 @@ def parse_range(text: str, integer: bool = False) -> list:
 # net computes, so shape inspection (netinfo) may fill it with a dummy.
 FILE_FIELDS = frozenset({"source", "root_folder", "prefix", "mean_file", "file_name", "snapshot_prefix",
                          "net", "train_net", "test_net", "weights"})
-_STRING_FIELD = re.compile(r"""([A-Za-z_]\w*)\s*:\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
 
 
 def file_placeholders(path: str | os.PathLike, mapping: dict[str, str]) -> dict[str, str]:
@@ -89,19 +87,12 @@ def file_placeholders(path: str | os.PathLike, mapping: dict[str, str]) -> dict[
     leaves unfilled and that appear only inside quoted values of file fields (FILE_FIELDS:
     source, root_folder, prefix, ...). A placeholder used anywhere else (``num_output:
     ${NUM_LABELS}``) gets none, so filling still stops on it with a clear error."""
-    from caffe.prototxt import PLACEHOLDER as _PLACEHOLDER, split_comment as _split_comment
+    from caffe.prototxt import placeholders
 
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError):
         return {}  # the parser reports the file itself
-    in_files: set[str] = set()
-    elsewhere: set[str] = set()
-    for line in text.splitlines():
-        code = _split_comment(line)[0]
-        spans = [m.span(2) for m in _STRING_FIELD.finditer(code) if m.group(1) in FILE_FIELDS]
-        for m in _PLACEHOLDER.finditer(code):
-            inside = any(a < m.start() and m.end() < b for a, b in spans)
-            (in_files if inside else elsewhere).add(m.group(1))
-    return {name: f"<{name}>" for name in sorted(in_files - elsewhere - set(mapping))}
+    found = placeholders(text)
+    return {name: f"<{name}>" for name in sorted(found) if name not in mapping and found[name] <= FILE_FIELDS}

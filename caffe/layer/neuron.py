@@ -1,7 +1,6 @@
 """Element-wise layers: ReLU (leaky with negative_slope) and Dropout."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from . import Layer, register
