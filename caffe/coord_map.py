@@ -84,11 +84,12 @@ def _bottoms(top):
     return inputs[:1] if top.fn.type_name == "Crop" else inputs
 
 
-def _ancestors(start):
-    """Map from every top reachable upstream of ``start`` to the composed map start <- it."""
+def _upstream(start):
+    """Yield ``(top, map start <- top)`` for ``start`` and every top reachable upstream of it."""
     maps, todo = {start: IDENTITY}, [start]
     while todo:
         top = todo.pop()
+        yield top, maps[top]
         try:
             step = coord_map(top.fn)
         except UndefinedMapException:
@@ -96,24 +97,14 @@ def _ancestors(start):
         for bottom in _bottoms(top):
             maps[bottom] = compose(maps[top], step)
             todo.append(bottom)
-    return maps
 
 
 def coord_map_from_to(top_from, top_to):
     """The map from ``top_from``'s coordinates to ``top_to``'s, through a common ancestor."""
-    from_maps = _ancestors(top_from)
-    to_maps, todo = {top_to: IDENTITY}, [top_to]
-    while todo:
-        top = todo.pop()
+    from_maps = dict(_upstream(top_from))
+    for top, to_map in _upstream(top_to):
         if top in from_maps:
-            return compose(to_maps[top], inverse(from_maps[top]))
-        try:
-            step = coord_map(top.fn)
-        except UndefinedMapException:
-            continue
-        for bottom in _bottoms(top):
-            to_maps[bottom] = compose(to_maps[top], step)
-            todo.append(bottom)
+            return compose(to_map, inverse(from_maps[top]))
     raise RuntimeError("Could not compute map between tops; are they connected by spatial layers?")
 
 

@@ -267,14 +267,7 @@ class Net:
             end_ind = len(self._net.layers) - 1
             outputs = set(self.outputs) | set(blobs)
         if kwargs:
-            if set(kwargs) != set(self.inputs):
-                raise CaffeError(f"input blob arguments {sorted(kwargs)} do not match the net's inputs {self.inputs}")
-            for name, value in kwargs.items():
-                value = np.asarray(value)
-                if value.shape[:1] != self.blobs[name].data.shape[:1]:
-                    raise CaffeError(f"input {name!r} has batch size {value.shape[:1]}; the blob's is "
-                                     f"{self.blobs[name].data.shape[:1]} (reshape the blob first)")
-                self.blobs[name].data[...] = value
+            self._fill(kwargs, self.inputs, "data", "input blob", "inputs", "input", " (reshape the blob first)")
         self._forward(start_ind, end_ind)
         return {name: self.blobs[name].data for name in outputs}
 
@@ -291,16 +284,21 @@ class Net:
             end_ind = 0
             outputs = set(self.inputs) | set(diffs)
         if kwargs:
-            if set(kwargs) != set(self.outputs):
-                raise CaffeError(f"top diff arguments {sorted(kwargs)} do not match the net's outputs {self.outputs}")
-            for name, value in kwargs.items():
-                value = np.asarray(value)
-                if value.shape[:1] != self.blobs[name].diff.shape[:1]:
-                    raise CaffeError(f"diff {name!r} has batch size {value.shape[:1]}; the blob's is "
-                                     f"{self.blobs[name].diff.shape[:1]}")
-                self.blobs[name].diff[...] = value
+            self._fill(kwargs, self.outputs, "diff", "top diff", "outputs", "diff")
         self._backward(start_ind, end_ind)
         return {name: self.blobs[name].diff for name in outputs}
+
+    def _fill(self, values: dict, names: list, attr: str, what: str, role: str, item: str, hint: str = "") -> None:
+        """Write forward's input arrays (``attr`` "data") or backward's top diffs ("diff") into
+        the blobs ``names``, checking the names and the batch sizes."""
+        if set(values) != set(names):
+            raise CaffeError(f"{what} arguments {sorted(values)} do not match the net's {role} {names}")
+        for name, value in values.items():
+            value, target = np.asarray(value), getattr(self.blobs[name], attr)
+            if value.shape[:1] != target.shape[:1]:
+                raise CaffeError(f"{item} {name!r} has batch size {value.shape[:1]}; the blob's is "
+                                 f"{target.shape[:1]}{hint}")
+            target[...] = value
 
     def reshape(self) -> None:
         """Net::Reshape: recompute every top's shape from the current input shapes."""
