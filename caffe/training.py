@@ -36,6 +36,7 @@ class TrainOptions:
     workers: int = 0               # data loading processes per training process
     sigint_effect: str = "stop"
     sighup_effect: str = "snapshot"
+    time_budget: float | None = None  # seconds of training; max_iter is lowered to fit (deeplab-train's)
     strict: bool = False           # a weights file matching no layer of the net is an error, not a warning
 
 
@@ -49,6 +50,8 @@ def check_options(options: TrainOptions) -> None:
     for name in ("sigint_effect", "sighup_effect"):
         if getattr(options, name) not in SIGNAL_EFFECTS:
             raise CaffeError(f"{name} must be one of {', '.join(SIGNAL_EFFECTS)}; got {getattr(options, name)!r}")
+    if options.time_budget is not None and not options.time_budget > 0:
+        raise CaffeError(f"time budget must be > 0 seconds, got {options.time_budget}")
     if options.amp not in (None, "bf16", "fp16"):
         raise CaffeError(f"amp must be bf16 or fp16, got {options.amp!r}")
 
@@ -154,6 +157,7 @@ def train(solver_path: str, options: TrainOptions | None = None) -> bool:
                         device=d.device, dist=d, log=log, amp=options.amp, channels_last=options.channels_last,
                         progress=options.progress)
         solver.sigint_effect, solver.sighup_effect = options.sigint_effect, options.sighup_effect
+        solver.time_budget = options.time_budget
         if log and options.snapshot:
             log("caffe.cpp:235", f"Resuming from {options.snapshot}")
         if log:

@@ -272,3 +272,36 @@ def test_share_weights_follows_caffes_first_test_layer_of_a_name():
     assert test.layers[1].blobs[0] is train.layers[2].blobs[0]
     assert test.layers[2].blobs[0] is not train.layers[1].blobs[0]
     assert test.layers[2].blobs[0] is not train.layers[2].blobs[0]
+
+
+def first_golden_batch(name):
+    """A feed that gives the golden net its first batch every time."""
+    z = np.load(GOLDEN / name / "trajectory.npz")
+    return lambda b: {"data": torch.from_numpy(z["data_0"]), "label": torch.from_numpy(z["label_0"])}
+
+
+def test_time_budget_fits_max_iter_to_the_pace(monkeypatch):
+    """deeplab-train --time-budget: from iteration 20 on, max_iter becomes what the pace allows
+    (here 1 s per iteration and 35 s: 35 iterations), logged, and solve stops there."""
+    import caffe.solver as solver_module
+    lines = []
+    param = parse_solver(GOLDEN / "solver_poly" / "solver.prototxt")
+    param.max_iter, param.display, param.snapshot_after_train = 100, 0, False
+    solver, _ = golden_solver("solver_poly", param=param, log=lambda where, msg, level="I": lines.append(msg),
+                              batch=first_golden_batch("solver_poly"))
+    monkeypatch.setattr(solver_module.time, "monotonic", lambda: float(solver.iter))  # 1 s per iteration
+    solver.time_budget = 35.0
+    solver.solve()
+    assert solver.iter == 35 and solver.param.max_iter == 35
+    assert any("Time budget 35 s" in m and "max_iter 100 -> 35" in m for m in lines)
+    assert learning_rate(solver.param, 34)[0] > 0  # "poly" follows the new max_iter
+
+
+def test_time_budget_never_raises_max_iter_above_the_solvers(monkeypatch):
+    import caffe.solver as solver_module
+    solver, _ = golden_solver("solver_poly", batch=first_golden_batch("solver_poly"))
+    monkeypatch.setattr(solver_module.time, "monotonic", lambda: float(solver.iter))
+    planned, solver.param.snapshot_after_train = solver.param.max_iter, False
+    solver.time_budget = 1e6
+    solver.solve()
+    assert solver.iter == planned

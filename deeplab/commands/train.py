@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true", help="use the channels_last memory format")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="data loading processes per training process (default %(default)s; 0 = in-process)")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="fit training into this many minutes: from iteration 20 on, max_iter is set every 10 "
+                        "iterations to what the pace so far allows (at most the solver's; 'poly' follows it) "
+                        "and logged; the final snapshot is train_iter_<iterations done>")
     p.add_argument("--strict", action="store_true",
                    help="refuse --weights files none of whose layers is in the net (default: a warning)")
     p.add_argument("--quiet", action="store_true", help="no log lines on stderr and no progress bar")
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         weights=[w for w in (args.weights or "").split(",") if w], snapshot=args.snapshot,
         mapping=parse_set(args.set), gpus=args.gpu, cpu=args.cpu, seed=args.seed, log_file=args.log_file,
         log_stderr=not args.quiet, progress=not args.quiet, amp=args.amp, channels_last=args.channels_last,
-        workers=args.workers, strict=args.strict)
+        workers=args.workers, strict=args.strict,
+        time_budget=None if args.time_budget is None else args.time_budget * 60)
     return 0 if train(args.solver, options) else 130
 
 

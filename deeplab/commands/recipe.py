@@ -1,0 +1,90 @@
+"""deeplab-recipe (tools/recipe.py): one experiment as one call on a lent GPU machine.
+
+Examples:
+  deeplab-recipe pack --out pack/camvid --root data/camvid/CamVid --list-dir data/camvid/list \\
+      --sets train val test --init models/init/camvid/DeepLab-LargeFOV.caffemodel --wheels /tmp/wheels/*.whl
+  deeplab-recipe run --pack pack/camvid --conf prototxt/camvid/DeepLab-LargeFOV-GPU --out $OUT \\
+      --work /tmp/recipe --gpu 0 --amp bf16 --channels-last --workers 14 --minutes 6 --sets val test
+  deeplab-recipe receive --results DIR --exper exper/camvid/DeepLab-LargeFOV-GPU
+(make camvid-gpu-pack / camvid-gpu-dry-run / camvid-gpu-receive wrap these; tools/gpu_recipe.sh is
+the one command the GPU machine runs.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from deeplab.cli import run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """deeplab-recipe's arguments (three subcommands)."""
+    p = argparse.ArgumentParser(prog="deeplab-recipe", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Pack an experiment for a machine that receives few files, run "
+                                            "it there in one call, and unpack what comes back.",
+                                epilog=__doc__.split("\n", 2)[2])
+    sub = p.add_subparsers(dest="command", required=True)
+    pk = sub.add_parser("pack", help="dataset (JPEG + PNG), initial weights (float16) and wheels into one folder")
+    pk.add_argument("--out", required=True, help="the pack folder")
+    pk.add_argument("--root", required=True, help="the lists' root folder")
+    pk.add_argument("--list-dir", required=True, help="folder of <set>.txt lists")
+    pk.add_argument("--sets", nargs="+", required=True, help="list names to pack (e.g. train val test)")
+    pk.add_argument("--init", required=True, help="caffemodel with the initial weights")
+    pk.add_argument("--init-layers", default="conv.*",
+                    help="regular expression of the layers to keep (default conv.*: layers made by fillers "
+                         "are made again from the seed)")
+    pk.add_argument("--quality", type=int, default=85, help="JPEG quality of the images (default 85)")
+    pk.add_argument("--wheels", nargs="*", default=[], help="wheel files the machine lacks (e.g. protobuf, tqdm)")
+    r = sub.add_parser("run", help="unpack, train, extract, pack the results (the call on the GPU machine)")
+    r.add_argument("--pack", required=True, help="folder made by `pack`")
+    r.add_argument("--conf", required=True, help="folder with solver.prototxt, train.prototxt, test.prototxt")
+    r.add_argument("--out", required=True, help="where archives, train.log and recipe.json go")
+    r.add_argument("--work", required=True, help="scratch folder (data, snapshots)")
+    r.add_argument("--gpu", type=int, default=None, help="CUDA device (default: the CPU)")
+    r.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast for training and extraction")
+    r.add_argument("--channels-last", action="store_true", help="channels_last memory format for training")
+    r.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="data loading processes")
+    r.add_argument("--minutes", type=float, default=None, help="training time budget (deeplab-train --time-budget)")
+    r.add_argument("--sets", nargs="+", default=["val", "test"], help="sets to extract (default val test)")
+    r.add_argument("--classes", default="camvid", help="dataset description (default camvid)")
+    r.add_argument("--batch", type=int, default=1, help="images per forward in extraction")
+    r.add_argument("--dry-run", action="store_true",
+                   help="the same steps with 2 iterations and 3 images per set (check the script on a CPU)")
+    r.add_argument("--max-mib", type=float, default=15, help="largest archive in MiB (default 15)")
+    rc = sub.add_parser("receive", help="unpack run's archives into an experiment folder")
+    rc.add_argument("--results", required=True, help="folder holding recipe.json and the archives")
+    rc.add_argument("--exper", required=True, help="experiment folder, e.g. exper/camvid/DeepLab-LargeFOV-GPU")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand and print what it did."""
+    args = build_parser().parse_args(argv)
+    from deeplab import recipe
+    if args.command == "pack":
+        done = recipe.make_pack(args.out, args.root, args.list_dir, args.sets, args.init, args.init_layers,
+                                args.quality, args.wheels)
+        print(f"{args.out}: {done['bytes'] / 2 ** 20:.1f} MiB; images {done['images']}; "
+              f"{len(done['init_layers'])} initial layers", file=sys.stderr)
+    elif args.command == "run":
+        done = recipe.run(args.pack, args.conf, args.out, args.work, gpu=args.gpu, amp=args.amp,
+                          channels_last=args.channels_last, workers=args.workers, minutes=args.minutes,
+                          sets=args.sets, classes=args.classes, batch=args.batch,
+                          max_bytes=int(args.max_mib * 2 ** 20), dry_run=args.dry_run)
+        print(json.dumps({k: done[k] for k in ("iterations", "device", "timings", "archives")}), file=sys.stderr)
+    else:
+        done = recipe.receive(args.results, args.exper)
+        print(f"{args.exper}: {done['iterations']} iterations on {done['device']}, sets {done['sets']}",
+              file=sys.stderr)
+    return 0
+
+
+def run() -> None:
+    """The deeplab-recipe console script."""
+    run_main(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,191 @@
+"""Compact packs for moving an experiment to a machine that can only receive a few files.
+
+A GPU machine lent for minutes takes at most a few dozen MiB with the working tree and gives
+back a few files of 16 MiB: this module packs what a recipe needs there and what it brings back.
+
+- ``pack_dataset``: the images and labels of some list files in one ``.npz`` (images re-encoded
+  as JPEG of a given quality, labels as the original lossless PNG bytes, plus each list's lines)
+  and ``unpack_dataset`` to write them back as a dataset folder with release-style lists;
+- ``pack_weights`` / ``unpack_weights``: chosen layers of a caffemodel as float16 and back;
+- ``pack_folder`` / ``unpack_archives``: a folder's files into tar archives of at most a given
+  size each, and back.
+
+JPEG re-encoding is lossy (quality 85 changes pixel values by a few levels); labels are exact.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+
+import cv2
+import numpy as np
+
+from caffe.files import atomic_path
+from caffe.images import read_image
+from caffe.lists import read_list
+from caffe.model_io import LayerBlobs, load_caffemodel, save_caffemodel
+
+from . import DeepLabError
+
+IMAGES, LABELS = "images", "labels"
+
+
+def _encode_jpeg(path: str, quality: int) -> bytes:
+    ok, data = cv2.imencode(".jpg", read_image(path), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise DeepLabError(f"{path}: could not encode as JPEG")
+    return data.tobytes()
+
+
+def _concat(chunks: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.cumsum([0] + [len(c) for c in chunks]).astype(np.int64)
+    return np.frombuffer(b"".join(chunks), np.uint8), offsets
+
+
+def _chunks(data: np.ndarray, offsets: np.ndarray) -> list[bytes]:
+    return [data[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def pack_dataset(root: str, list_dir: str, sets: list[str], out: str, quality: int = 85,
+                 progress: bool = True) -> dict[str, int]:
+    """Pack the images (as JPEG) and labels (PNG bytes) of ``list_dir/<set>.txt`` for each set into
+    ``out`` (.npz); an image in several lists is stored once. Returns images per set."""
+    from tqdm import tqdm
+    if not 1 <= quality <= 100:
+        raise DeepLabError(f"JPEG quality must be 1..100, got {quality}")
+    arrays: dict[str, np.ndarray] = {}
+    images: dict[str, bytes] = {}
+    labels: dict[str, bytes] = {}
+    counts = {}
+    for name in sets:
+        lines = read_list(os.path.join(list_dir, f"{name}.txt"))
+        ids = []
+        for line in tqdm(lines, desc=f"pack {name}", disable=not progress):
+            image_id = os.path.splitext(os.path.basename(line.image))[0]
+            ids.append(image_id)
+            if image_id not in images:
+                images[image_id] = _encode_jpeg(os.path.join(root, line.image.lstrip("/")), quality)
+            if line.label is not None and image_id not in labels:
+                with open(os.path.join(root, line.label.lstrip("/")), "rb") as f:
+                    labels[image_id] = f.read()
+        has_labels = np.array([line.label is not None for line in lines])
+        if has_labels.any() and not has_labels.all():
+            raise DeepLabError(f"{list_dir}/{name}.txt: some lines have a label and some do not")
+        arrays[f"list_{name}"] = np.array(ids)
+        arrays[f"labelled_{name}"] = np.array(bool(has_labels.all()))
+        counts[name] = len(ids)
+    order = sorted(images)
+    arrays["ids"] = np.array(order)
+    arrays["images"], arrays["image_offsets"] = _concat([images[i] for i in order])
+    arrays["label_ids"] = np.array(sorted(labels))
+    arrays["labels"], arrays["label_offsets"] = _concat([labels[i] for i in sorted(labels)])
+    arrays["quality"] = np.array(quality)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    return counts
+
+
+def unpack_dataset(pack: str, dest: str) -> dict[str, int]:
+    """Write a pack as ``dest/images/<id>.jpg``, ``dest/labels/<id>.png`` and ``dest/list/<set>.txt``
+    (release-style lines ``/images/x.jpg /labels/x.png``) plus ``<set>_id.txt``; images per set."""
+    with np.load(pack, allow_pickle=False) as z:
+        for sub in (IMAGES, LABELS, "list"):
+            os.makedirs(os.path.join(dest, sub), exist_ok=True)
+        for key, data, offsets, ext in ((("ids", "images", "image_offsets", ".jpg")),
+                                        (("label_ids", "labels", "label_offsets", ".png"))):
+            folder = IMAGES if ext == ".jpg" else LABELS
+            for image_id, blob in zip(z[key], _chunks(z[data], z[offsets])):
+                with open(os.path.join(dest, folder, f"{image_id}{ext}"), "wb") as f:
+                    f.write(blob)
+        counts = {}
+        for key in z.files:
+            if not key.startswith("list_"):
+                continue
+            name, ids = key[len("list_"):], [str(i) for i in z[key]]
+            labelled = bool(z[f"labelled_{name}"])
+            with open(os.path.join(dest, "list", f"{name}.txt"), "w") as f:
+                f.writelines(f"/{IMAGES}/{i}.jpg" + (f" /{LABELS}/{i}.png" if labelled else "") + "\n" for i in ids)
+            with open(os.path.join(dest, "list", f"{name}_id.txt"), "w") as f:
+                f.writelines(f"{i}\n" for i in ids)
+            counts[name] = len(ids)
+    return counts
+
+
+def pack_weights(caffemodel: str, out: str, layers: str = ".*") -> list[str]:
+    """Store the layers of ``caffemodel`` whose names match the regular expression ``layers`` as
+    float16 in ``out`` (.npz); returns their names. Float16 keeps about 3 significant digits."""
+    keep = re.compile(layers)
+    arrays = {}
+    names = []
+    for layer in load_caffemodel(caffemodel):
+        if not keep.fullmatch(layer.name) or not layer.blobs:
+            continue
+        names.append(layer.name)
+        arrays[f"type/{layer.name}"] = np.array(layer.type)
+        for i, blob in enumerate(layer.blobs):
+            if np.abs(blob).max(initial=0) > np.finfo(np.float16).max:
+                raise DeepLabError(f"{caffemodel}: layer {layer.name} blob {i} exceeds float16's range")
+            arrays[f"blob/{layer.name}/{i}"] = blob.astype(np.float16)
+    if not names:
+        raise DeepLabError(f"{caffemodel}: no layer with learnable blobs matches {layers!r}")
+    arrays["order"] = np.array(names)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    return names
+
+
+def unpack_weights(packed: list[str], caffemodel: str) -> list[str]:
+    """Write the layers of ``pack_weights`` files, in the order given, as one (float32) caffemodel;
+    returns the layer names."""
+    layers = []
+    for path in packed:
+        with np.load(path, allow_pickle=False) as z:
+            for name in (str(n) for n in z["order"]):
+                count = sum(1 for k in z.files if k.startswith(f"blob/{name}/"))
+                layers.append(LayerBlobs(name, str(z[f"type/{name}"]),
+                                         [z[f"blob/{name}/{i}"].astype(np.float32) for i in range(count)]))
+    save_caffemodel(caffemodel, layers)
+    return [layer.name for layer in layers]
+
+
+def pack_folder(folder: str, out_prefix: str, max_bytes: int = 15 << 20) -> list[str]:
+    """Put the files under ``folder`` (recursively, sorted) into ``out_prefix.<k>.tar`` archives of
+    at most ``max_bytes`` each (a single larger file is an error); returns the archive paths."""
+    files = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+    if not files:
+        raise DeepLabError(f"{folder}: nothing to pack")
+    groups: list[list[str]] = [[]]
+    size = 0
+    for rel in files:
+        n = os.path.getsize(os.path.join(folder, rel)) + 1024  # tar header and padding
+        if n > max_bytes:
+            raise DeepLabError(f"{os.path.join(folder, rel)}: {n} bytes, more than an archive may hold ({max_bytes})")
+        if size + n > max_bytes - 1024 * 10:  # the end-of-archive blocks
+            groups.append([])
+            size = 0
+        groups[-1].append(rel)
+        size += n
+    paths = []
+    for k, group in enumerate(groups):
+        path = f"{out_prefix}.{k}.tar"
+        with atomic_path(path) as tmp, tarfile.open(tmp, "w") as tar:
+            for rel in group:
+                tar.add(os.path.join(folder, rel), arcname=rel, recursive=False)
+        paths.append(path)
+    return paths
+
+
+def unpack_archives(archives: list[str], dest: str) -> int:
+    """Extract ``pack_folder`` archives into ``dest`` (plain files only, no paths leaving it)."""
+    count = 0
+    for path in archives:
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+            for m in members:
+                if not m.isfile() or m.name.startswith("/") or ".." in m.name.split("/"):
+                    raise DeepLabError(f"{path}: member {m.name!r} is not a plain relative file")
+            tar.extractall(dest, members=members, filter="data")
+            count += len(members)
+    return count
+

@@ -1,0 +1,191 @@
+"""One experiment as one call on a lent machine: train, extract, pack the results.
+
+A GPU machine lent for a few minutes receives the working tree plus a pack folder (made by
+``make_pack`` here: the dataset as JPEG + PNG in one .npz, the initial weights as float16,
+the wheels the machine lacks) and sends back at most a few files of 16 MiB. ``run`` does the
+whole experiment there (or here, as a dry run on the CPU): unpack, train with a time budget,
+round the final weights to float16 (so that the weights sent back are exactly those the score
+maps come from), extract each set's score maps and DCNN labels, and pack them into archives
+of at most 15 MiB. ``receive`` unpacks those archives into an experiment folder here, where the
+CRF and the evaluation run (tools/densecrf, tools/crf_search.py, tools/eval.py).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import sys
+import time
+
+from . import DeepLabError
+from .pack import pack_dataset, pack_folder, pack_weights, unpack_archives, unpack_dataset, unpack_weights
+
+DATASET_PACK = "dataset.npz"
+INIT_PACK = "init.npz"
+WHEELS = "wheels"
+MODEL = "model/final.caffemodel"
+
+
+def make_pack(out: str, root: str, list_dir: str, sets: list[str], init: str, init_layers: str,
+              quality: int = 85, wheels: list[str] = ()) -> dict:
+    """Fill the folder ``out`` with what ``run`` needs on a machine without the data: the dataset
+    pack, the initial weights (layers matching ``init_layers``) as float16, and ``wheels``
+    (files copied into out/wheels, put on sys.path by the recipe's shell script). Returns sizes."""
+    os.makedirs(out, exist_ok=True)
+    counts = pack_dataset(root, list_dir, sets, os.path.join(out, DATASET_PACK), quality)
+    layers = pack_weights(init, os.path.join(out, INIT_PACK), init_layers)
+    if wheels:
+        os.makedirs(os.path.join(out, WHEELS), exist_ok=True)
+        for w in wheels:
+            shutil.copy(w, os.path.join(out, WHEELS))
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+    return {"images": counts, "init_layers": layers, "bytes": size}
+
+
+def _mapping(conf: str, exp: str, data: str, set_name: str = "val") -> list[str]:
+    values = {"NET_ID": os.path.basename(os.path.normpath(conf)), "EXP": exp, "DATA_ROOT": data,
+              "LIST_DIR": os.path.join(data, "list"), "TRAIN_SET": "train", "TEST_SET": set_name,
+              "FEATURE_DIR": os.path.join(exp, "features")}
+    return [a for k, v in values.items() for a in ("--set", f"{k}={v}")]
+
+
+def _final_snapshot(model_dir: str) -> str:
+    found = glob.glob(os.path.join(model_dir, "train_iter_*.caffemodel"))
+    if not found:
+        raise DeepLabError(f"{model_dir}: training wrote no snapshot")
+    return max(found, key=lambda p: int(re.search(r"_iter_(\d+)\.caffemodel$", p).group(1)))
+
+
+def run(pack: str, conf: str, out: str, work: str, *, gpu: int | None, amp: str | None, channels_last: bool,
+        workers: int, minutes: float | None, sets: list[str], classes: str, batch: int = 1,
+        max_bytes: int = 15 << 20, dry_run: bool = False) -> dict:
+    """The whole experiment from ``pack`` with the nets of ``conf`` (solver/train/test.prototxt),
+    working in ``work``; archives, the training log and ``recipe.json`` (timings, iterations,
+    the commands) go to ``out``. ``minutes`` is the training time budget. ``dry_run``: the same
+    steps with 2 iterations and the first 3 images of each set (a check of the script on a CPU)."""
+    from .commands import extract as extract_cmd
+    from .commands import train as train_cmd
+    from .labels import load_classes
+    for name in ("solver", "train", "test"):
+        if not os.path.isfile(os.path.join(conf, f"{name}.prototxt")):
+            raise DeepLabError(f"{conf}: no {name}.prototxt")
+    for name in (DATASET_PACK, INIT_PACK):
+        if not os.path.isfile(os.path.join(pack, name)):
+            raise DeepLabError(f"{pack}: no {name} (make it with: deeplab-recipe pack)")
+    info = load_classes(classes)
+    os.makedirs(out, exist_ok=True)
+    timings, commands = {}, []
+    t = time.time()
+    data, exp = os.path.join(work, "data"), os.path.join(work, "exp")
+    counts = unpack_dataset(os.path.join(pack, DATASET_PACK), data)
+    init = os.path.join(work, "init.caffemodel")
+    unpack_weights([os.path.join(pack, INIT_PACK)], init)
+    timings["unpack_s"] = time.time() - t
+
+    solver = os.path.join(conf, "solver.prototxt")
+    if dry_run:
+        solver = os.path.join(work, "solver.prototxt")
+        with open(os.path.join(conf, "solver.prototxt")) as f:
+            text = re.sub(r"^\s*max_iter:.*$", "max_iter: 2", f.read(), flags=re.M)
+        with open(solver, "w") as f:
+            f.write(text)
+        for set_name in sets:
+            path = os.path.join(data, "list", f"{set_name}.txt")
+            with open(path) as f:
+                head = f.readlines()[:3]
+            with open(path, "w") as f:
+                f.writelines(head)
+    device = ["--gpu", str(gpu)] if gpu is not None else ["--cpu"]
+    labels = ["--set", f"NUM_LABELS={info.num_classes}", "--set", f"IGNORE_LABEL={info.ignore}"]
+    argv = (["--solver", solver, "--weights", init, "--log-file",
+             os.path.join(out, "train.log"), "--workers", str(workers), "--quiet"] + device + labels
+            + _mapping(conf, exp, data) + (["--amp", amp] if amp else []) + (["--channels-last"] if channels_last else [])
+            + (["--time-budget", str(minutes)] if minutes else []))
+    commands.append(["deeplab-train"] + argv)
+    t = time.time()
+    if train_cmd.main(argv):
+        raise DeepLabError("training failed")
+    timings["train_s"] = time.time() - t
+    snapshot = _final_snapshot(os.path.join(exp, "model"))
+    iterations = int(re.search(r"_iter_(\d+)\.caffemodel$", snapshot).group(1))
+
+    # The weights sent back are float16: extract with exactly those.
+    back = os.path.join(work, "back")
+    weights_dir = os.path.join(back, "weights")
+    os.makedirs(weights_dir, exist_ok=True)
+    from caffe.model_io import load_caffemodel
+    names = [layer.name for layer in load_caffemodel(snapshot) if layer.blobs]
+    parts = [os.path.join(weights_dir, f"{k:02d}_{name}.npz") for k, name in enumerate(names)]
+    for name, part in zip(names, parts):
+        pack_weights(snapshot, part, re.escape(name))
+    final = os.path.join(exp, MODEL)
+    unpack_weights(parts, final)
+
+    t = time.time()
+    for set_name in sets:
+        argv = (["--model", os.path.join(conf, "test.prototxt"), "--weights", final,
+                 "--list", os.path.join(data, "list", f"{set_name}.txt"), "--root", data,
+                 "--out", os.path.join(back, "features", set_name),
+                 "--labels-out", os.path.join(back, "res", set_name, "dcnn"), "--classes", classes,
+                 "--batch", str(batch), "--workers", str(max(1, workers)), "--quiet"]
+                + (["--gpu", str(gpu)] if gpu is not None else []) + (["--amp", amp] if amp else [])
+                + labels + _mapping(conf, exp, data, set_name))
+        commands.append(["deeplab-extract"] + argv)
+        if extract_cmd.main(argv):
+            raise DeepLabError(f"extraction of {set_name} failed")
+    timings["extract_s"] = time.time() - t
+    t = time.time()
+    archives = pack_folder(back, os.path.join(out, "results"), max_bytes)
+    timings["pack_s"] = time.time() - t
+    record = {"conf": conf, "iterations": iterations, "images": counts, "sets": sets, "amp": amp,
+              "channels_last": channels_last, "gpu": gpu, "device": _device_name(gpu), "timings": timings,
+              "archives": [os.path.basename(a) for a in archives], "commands": commands,
+              "python": sys.version.split()[0], "dry_run": dry_run}
+    with open(os.path.join(out, "recipe.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    return record
+
+
+def _device_name(gpu: int | None) -> str:
+    import torch
+    if gpu is not None and torch.cuda.is_available():
+        return torch.cuda.get_device_name(gpu)
+    import platform
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def receive(results: str, exper: str) -> dict:
+    """Unpack ``run``'s archives from the folder ``results`` into the experiment folder ``exper``:
+    features/<set>, res/<set>/dcnn, model/<final>.caffemodel (float32 from the float16 parts),
+    log/train.log and recipe.json. Returns recipe.json's record."""
+    record_path = os.path.join(results, "recipe.json")
+    if not os.path.isfile(record_path):
+        raise DeepLabError(f"{results}: no recipe.json (not the output of deeplab-recipe run)")
+    with open(record_path) as f:
+        record = json.load(f)
+    archives = [os.path.join(results, a) for a in record["archives"]]
+    for a in archives:
+        if not os.path.isfile(a):
+            raise DeepLabError(f"{a}: missing (recipe.json lists it)")
+    unpacked = os.path.join(exper, ".received")
+    shutil.rmtree(unpacked, ignore_errors=True)
+    unpack_archives(archives, unpacked)
+    parts = sorted(glob.glob(os.path.join(unpacked, "weights", "*.npz")))
+    unpack_weights(parts, os.path.join(exper, "model", f"train_iter_{record['iterations']}.caffemodel"))
+    for sub in ("features", "res"):
+        for set_dir in glob.glob(os.path.join(unpacked, sub, "*")):
+            dest = os.path.join(exper, sub, os.path.basename(set_dir))
+            shutil.rmtree(os.path.join(dest, "dcnn") if sub == "res" else dest, ignore_errors=True)
+            if sub == "res":
+                os.makedirs(dest, exist_ok=True)
+                shutil.move(os.path.join(set_dir, "dcnn"), os.path.join(dest, "dcnn"))
+            else:
+                shutil.move(set_dir, dest)
+    shutil.rmtree(unpacked)
+    os.makedirs(os.path.join(exper, "log"), exist_ok=True)
+    if os.path.isfile(os.path.join(results, "train.log")):
+        shutil.copy(os.path.join(results, "train.log"), os.path.join(exper, "log", "train.log"))
+    shutil.copy(record_path, os.path.join(exper, "recipe.json"))
+    return record
