@@ -145,11 +145,13 @@ def parse_input_shape(text: str) -> tuple[int, int, int, int]:
 
 
 def net_info(source, phase: str = "TEST", mapping: dict | None = None,
-             input_shape: tuple | None = None) -> NetInfo:
-    """Describe the net in ``source`` (prototxt path, text or NetParameter) for ``phase``.
+             input_shape: tuple | None = None, level: int = 0, stages=()) -> NetInfo:
+    """Describe the net in ``source`` (prototxt path, text or NetParameter) for ``phase``, ``level``
+    and ``stages`` (Caffe's NetState: the file's own state.stage are added to them).
 
     ``input_shape`` (N, C, H, W) replaces the first data layer's image shape (its label top,
-    if any, becomes N x 1 x H x W), e.g. to see what a 321x321 crop gives.
+    if any, becomes N x 1 x H x W), e.g. to see what a 321x321 crop gives. A net using layer
+    types the engine lacks is refused with every such type and its layers named at once.
     """
     from caffe.net import Net, filter_layers, _phase_id
     from caffe.prototxt import parse_net
@@ -164,13 +166,29 @@ def net_info(source, phase: str = "TEST", mapping: dict | None = None,
     for lp in copy.layer:
         if lp.type == "MatWrite":
             lp.mat_write_param.ClearField("source")
-    kept = filter_layers(copy, _phase_id(phase))
+    all_stages = list(copy.state.stage) + list(stages) if copy.HasField("state") else list(stages)
+    kept = filter_layers(copy, _phase_id(phase), level, all_stages)
     if not kept:
         raise DeepLabError(f"{name} has no layer in the {phase} phase (see its include/exclude rules)")
+    missing = missing_types(kept)
+    if missing:
+        raise DeepLabError(f"{name} needs {len(missing)} layer type(s) this engine lacks: "
+                           + "; ".join(f"{t} ({len(ls)} layer{'s' if len(ls) > 1 else ''}: {', '.join(ls[:4])}"
+                                       f"{', ...' if len(ls) > 4 else ''})" for t, ls in missing.items()))
     input_shapes = _input_shapes(kept, input_shape)
     with torch.device("meta"):
-        net = Net(copy, phase, input_shapes=input_shapes)
+        net = Net(copy, phase, input_shapes=input_shapes, level=level, stages=stages)
     return describe(net)
+
+
+def missing_types(layers) -> dict[str, list[str]]:
+    """Layer types of ``layers`` (LayerParameters) without an engine implementation -> their layers'
+    names, in order of first use."""
+    missing: dict[str, list[str]] = {}
+    for lp in layers:
+        if lp.type not in REGISTRY:
+            missing.setdefault(lp.type, []).append(lp.name or "(unnamed)")
+    return missing
 
 
 def _input_shapes(layers, input_shape) -> dict:

@@ -246,3 +246,38 @@ def test_file_placeholders_only_in_file_fields(tmp_path):
     assert file_placeholders(str(p), {"P": "given"}) == {"A": "<A>", "R": "<R>"}  # B also names a layer
     p.write_text('source: "${A}"\nroot_folder: "${R}"\n')
     assert file_placeholders(str(p), {}) == {"A": "<A>", "R": "<R>"}
+
+
+STAGED = """
+name: "staged"
+layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "deploy_only" type: "ReLU" bottom: "conv" top: "relu" include { phase: TEST stage: "deploy" } }
+layer { name: "deep" type: "Convolution" bottom: "conv" top: "deep" include { min_level: 2 }
+  convolution_param { num_output: 2 kernel_size: 1 } }
+"""
+
+
+def test_cli_stage_and_level_choose_layers(tmp_path, capsys):
+    path = tmp_path / "staged.prototxt"
+    path.write_text(STAGED)
+    assert netinfo_tool.main([str(path), "--json"]) == 0
+    assert [layer["name"] for layer in json.loads(capsys.readouterr().out)["layers"]] == ["in", "conv"]
+    assert netinfo_tool.main([str(path), "--json", "--stage", "deploy", "--level", "2"]) == 0
+    names = [layer["name"] for layer in json.loads(capsys.readouterr().out)["layers"]]
+    assert names == ["in", "conv", "deploy_only", "deep"]
+
+
+def test_unsupported_types_are_all_named_at_once(tmp_path, capsys):
+    path = tmp_path / "fork.prototxt"
+    path.write_text(STAGED + "".join(
+        f'layer {{ name: "{n}" type: "{t}" bottom: "conv" top: "{n}" }}\n'
+        for n, t in [("bn1", "BN"), ("up1", "Upsample"), ("bn2", "BN"), ("x", "NoSuchType")]))
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(netinfo_tool.main, [str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert ("needs 3 layer type(s) this engine lacks: BN (2 layers: bn1, bn2); Upsample (1 layer: up1); "
+            "NoSuchType (1 layer: x)") in err

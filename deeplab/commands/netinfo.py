@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of batch_size and crop_size from the prototxt")
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="value for a ${NAME} placeholder (repeatable)")
+    p.add_argument("--level", type=int, default=0, help="NetState level for min_level/max_level rules (default 0)")
+    p.add_argument("--stage", action="append", default=[], metavar="NAME",
+                   help="NetState stage for stage/not_stage rules (repeatable; added to the file's state)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p
 
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = parse_input_shape(args.input) if args.input else None
     mapping = parse_set(args.set)
     dummies = file_placeholders(args.prototxt, mapping)
-    info = net_info(args.prototxt, args.phase or default_phase(args.prototxt), {**dummies, **mapping}, shape)
+    info = net_info(args.prototxt, args.phase or default_phase(args.prototxt), {**dummies, **mapping}, shape,
+                    level=args.level, stages=args.stage)
     if dummies:
         print("note: placeholders that only name files are shown as dummies (nothing is read): "
               + ", ".join(f"${{{n}}}={v}" for n, v in dummies.items()), file=sys.stderr)
