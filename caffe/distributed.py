@@ -4,9 +4,10 @@
 as Caffe::DeviceQuery does. Several processes are started by torchrun or by
 caffe.training's self-spawn.
 
-Each process runs the solver on its own ``batch_size`` and its own share of the data; after
-the ``iter_size`` passes the diffs are averaged over processes with one all-reduce (what
-Caffe's multi-GPU P2PSync does: sum, then scale by 1/solver_count), so every process applies
+Each process runs the solver on its own ``batch_size`` and its own share of the data; the net
+runs inside DistributedDataParallel (caffe.solver), which averages the diffs over processes
+while backward runs, in the last of the ``iter_size`` passes (``no_sync`` before it) — what
+Caffe's multi-GPU P2PSync does (sum, then scale by 1/solver_count) — so every process applies
 the same update and the weights stay identical. Only rank 0 logs, tests and snapshots.
 Backend: NCCL on CUDA, gloo on CPU.
 """
@@ -107,24 +108,6 @@ def cleanup() -> None:
 
 
 @torch.no_grad()
-def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
-    """Replace each param's grad by its mean over processes (None counts as zeros)."""
-    live = [p for p in params if p.requires_grad]
-    if not live:
-        return
-    for p in live:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in live])
-    dist.all_reduce(flat)
-    flat.div_(world)
-    offset = 0
-    for p in live:
-        n = p.numel()
-        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-        offset += n
-
-
 @torch.no_grad()
 def broadcast_params(tensors: list[torch.Tensor]) -> None:
     """Give every process rank 0's values (initial weights, restored history)."""

@@ -213,9 +213,10 @@ def _collate(items):
             return it
     shapes = {it[0].shape for it in items}
     if len(shapes) > 1:
-        where = ", ".join(f"{it[3]} {it[0].shape[1]}x{it[0].shape[2]}" for it in items)
+        where = ", ".join(f"{it[-1]} {it[0].shape[1]}x{it[0].shape[2]}" for it in items)
         return CaffeError(f"images of one batch differ in size and no crop_size is set ({where})")
-    return tuple(torch.from_numpy(np.stack([it[k] for it in items])) for k in range(3))
+    # an item is (one array per top, ..., where): caffe.datasources' sources too
+    return tuple(torch.from_numpy(np.stack([it[k] for it in items])) for k in range(len(items[0]) - 1))
 
 
 class Stream:
@@ -257,24 +258,35 @@ class Stream:
         self._it = None
 
 
+def layer_source(layer, phase: str, seed: int = 0, net=None):
+    """The source (a Dataset by stream position) of a built data layer: ImageSegSource for
+    ImageSegData (label values checked against ``net``'s losses when given), else the one
+    caffe.datasources.make_source makes (Data, ImageData, HDF5Data, WindowData; an error for
+    Input and MemoryData, whose data code hands over)."""
+    if layer.type == "ImageSegData":
+        classes, ignore = (label_classes(net, layer.top_names[1]) if net is not None and len(layer.top_names) > 1
+                           else (None, None))
+        return ImageSegSource(layer.param, phase, seed, classes, ignore)
+    from .datasources import make_source
+    return make_source(layer, phase, seed)
+
+
 class NetFeed:
-    """All ImageSegData layers of a Net as one feed: ``feed(b)`` -> {top: tensor}."""
+    """All data layers of a Net as one feed: ``feed(b)`` -> {top: tensor}."""
 
     def __init__(self, net, seed: int = 0, rank: int = 0, world: int = 1, workers: int = 0,
                  pin_memory: bool = False):
         phase = "TRAIN" if net.phase == 0 else "TEST"
         self.streams = []
         for layer in net.layers:
-            if not layer.is_data:
-                continue
-            if layer.type != "ImageSegData":
-                raise CaffeError(f"layer {layer.name!r} ({layer.type}): training, caffe test and caffe time read "
-                                 "data only through ImageSegData layers; an Input layer needs its data fed by code")
-            classes, ignore = label_classes(net, layer.top_names[1]) if len(layer.top_names) > 1 else (None, None)
-            src = ImageSegSource(layer.param, phase, seed, classes, ignore)
-            self.streams.append(Stream(src, rank, world, workers, pin_memory))
+            if layer.is_data:
+                src = layer_source(layer, phase, seed, net)
+                # a LevelDB opens in one process only: its records are read here, not in workers
+                in_process = getattr(getattr(src, "db", None), "in_process", False)
+                self.streams.append(Stream(src, rank, world, 0 if in_process else workers, pin_memory))
         if not self.streams:
-            raise CaffeError(f"net {net.name!r} ({phase}) has no ImageSegData layer to read data from")
+            raise CaffeError(f"net {net.name!r} ({phase}) has no data layer (ImageSegData, Data, ImageData, "
+                             "HDF5Data or WindowData) to read data from")
 
     def __call__(self, b: int) -> dict[str, torch.Tensor]:
         out = {}

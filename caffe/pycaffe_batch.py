@@ -1,9 +1,10 @@
 """Data into a pycaffe Net: its data layers' tops on each forward, and inputs of any length
 in batches (pycaffe's forward_all / forward_backward_all / set_input_arrays).
 
-Data layers on forward: Input tops keep what the user wrote; ImageSegData reads its list
-(caffe.imageseg, batch after batch); MemoryData serves the arrays given to
-``set_input_arrays`` batch by batch, wrapping around, as Caffe's MemoryDataLayer.
+Data layers on forward: Input tops keep what the user wrote; ImageSegData, Data, ImageData,
+HDF5Data and WindowData read their sources (caffe.imageseg.layer_source, batch after batch);
+MemoryData serves the arrays given to ``set_input_arrays`` batch by batch, wrapping around,
+as Caffe's MemoryDataLayer.
 """
 from __future__ import annotations
 
@@ -19,57 +20,63 @@ def fill_data_layer(net, i: int, layer) -> bool:
     if layer.type == "MemoryData":
         _memory_data(net, layer)
         return True
-    if layer.type == "ImageSegData":
-        feed = net._feeds.get(i)
-        if feed is None:
-            from .imageseg import ImageSegSource, Stream
-            phase = "TRAIN" if net._net.phase == 0 else "TEST"
-            feed = net._feeds[i] = Stream(ImageSegSource(layer.param, phase))
-        b = net._batch_index.get(i, 0)
-        net._batch_index[i] = b + 1
-        for name, t in feed(b).items():
-            net._blob_at[name].set_data(t)
-        return True
     if not layer.is_data:
         return False
-    if layer.type != "Input":
-        raise CaffeError(f"layer {layer.name!r} ({layer.type}): pycaffe reads no data for this layer type; "
-                         "use an Input layer and fill net.blobs yourself")
+    if layer.type == "Input":
+        return True
+    feed = net._feeds.get(i)
+    if feed is None:
+        from .imageseg import Stream, layer_source
+        phase = "TRAIN" if net._net.phase == 0 else "TEST"
+        feed = net._feeds[i] = Stream(layer_source(layer, phase))
+    b = net._batch_index.get(i, 0)
+    net._batch_index[i] = b + 1
+    for name, t in feed(b).items():
+        net._blob_at[name].set_data(t)
     return True
 
 
 def set_input_arrays(net, data, labels) -> None:
     """Hand ``data`` (N x C x H x W float32, C-contiguous) and ``labels`` (N, or N x 1 x 1 x 1)
-    to the net's first layer, a MemoryData layer; N must be a multiple of its batch_size."""
+    to the net's first layer, a MemoryData layer; N must be a multiple of its batch_size.
+    As BVLC's _caffe.cpp, the arrays are kept, not copied, and each check's message is Caffe's."""
     layers = net._net.layers
     if not len(layers) or layers[0].type != "MemoryData":
-        raise CaffeError("set_input_arrays may only be called if the first layer is a MemoryData layer")
-    labels = np.asarray(labels)
-    if labels.ndim == 1:
-        labels = np.ascontiguousarray(labels[:, None, None, None])
+        raise CaffeError("set_input_arrays may only be called if the first layer is a MemoryDataLayer")
+    if getattr(labels, "ndim", None) == 1:   # pycaffe.py's _Net_set_input_arrays
+        labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
     p = layers[0].param.memory_data_param
-    for name, arr, (c, h, w) in (("data", data, (p.channels, p.height, p.width)), ("labels", labels, (1, 1, 1))):
-        if not isinstance(arr, np.ndarray) or not arr.flags["C_CONTIGUOUS"]:
-            raise CaffeError(f"set_input_arrays: {name} must be a C-contiguous numpy array")
-        if arr.ndim != 4 or arr.dtype != np.float32:
-            raise CaffeError(f"set_input_arrays: {name} must be 4-d float32, got {arr.ndim}-d {arr.dtype}")
-        if arr.shape[1:] != (c, h, w):
-            raise CaffeError(f"set_input_arrays: {name} has shape {arr.shape}; the layer wants N x {c} x {h} x {w}")
+    for name, arr, (c, h, w) in (("data array", data, (p.channels, p.height, p.width)),
+                                 ("labels array", labels, (1, 1, 1))):
+        if not isinstance(arr, np.ndarray):
+            raise CaffeError(f"{name} must be a numpy array, got {type(arr).__name__}")
+        if not arr.flags["C_CONTIGUOUS"]:
+            raise CaffeError(f"{name} must be C contiguous")
+        if arr.ndim != 4:
+            raise CaffeError(f"{name} must be 4-d")
+        if arr.dtype != np.float32:
+            raise CaffeError(f"{name} must be float32")
+        for axis, want, what in ((1, c, "number of channels"), (2, h, "height"), (3, w, "width")):
+            if arr.shape[axis] != want:
+                raise CaffeError(f"{name} has wrong {what} ({arr.shape[axis]}; the layer wants {want})")
     if data.shape[0] != labels.shape[0]:
-        raise CaffeError("set_input_arrays: data and labels must have the same first dimension")
-    if data.shape[0] % max(int(p.batch_size), 1):
-        raise CaffeError(f"set_input_arrays: {data.shape[0]} items is not a multiple of batch_size {p.batch_size}")
-    net._memory_data = [data, labels.reshape(-1), 0]
+        raise CaffeError("data and labels must have the same first dimension")
+    if data.shape[0] % int(p.batch_size):
+        raise CaffeError(f"first dimensions of input arrays must be a multiple of batch size ({data.shape[0]} "
+                         f"items, batch_size {p.batch_size})")
+    net._memory_data = [data, labels, 0]
 
 
 def _memory_data(net, layer) -> None:
+    """MemoryDataLayer::Forward: batch_size items from ``pos`` (data N x C x H x W, labels
+    reshaped N x 1 x 1 x 1 as Caffe does), then pos advances and wraps to 0 at the end."""
     if net._memory_data is None:
-        raise CaffeError(f"layer {layer.name!r} (MemoryData) needs its arrays: call net.set_input_arrays first")
+        raise CaffeError(f"layer {layer.name!r} (MemoryData) needs its arrays: call net.set_input_arrays first "
+                         "(Caffe: MemoryDataLayer needs to be initialized by calling Reset)")
     data, labels, pos = net._memory_data
-    n = max(int(layer.param.memory_data_param.batch_size), 1)
-    tops = [data[pos:pos + n], labels[pos:pos + n]]
-    for name, arr in zip(layer.top_names, tops):
-        net._blob_at[name].set_data(arr.reshape((n,) + net._blob_at[name].data.shape[1:]))
+    n = int(layer.param.memory_data_param.batch_size)
+    for name, arr in zip(layer.top_names, (data[pos:pos + n], labels[pos:pos + n])):
+        net._blob_at[name].set_data(arr)
     net._memory_data[2] = (pos + n) % len(data)
 
 

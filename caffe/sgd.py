@@ -2,8 +2,8 @@
 subclasses (Nesterov, AdaGrad, RMSProp, AdaDelta, Adam: ``solvers/*_solver.cpp``).
 
 ``learning_rate`` is SGDSolver::GetLearningRate (fixed, step, exp, inv, multistep, poly,
-sigmoid), in float32 where Caffe's Dtype arithmetic is. :class:`SGD` is SGDSolver::ApplyUpdate
-after the rate: ClipGradients (global L2 norm over every learnable diff, before
+sigmoid), in float32 where Caffe's Dtype arithmetic is. :class:`SGD` (a torch.optim.Optimizer)
+is SGDSolver::ApplyUpdate after the rate: ClipGradients (global L2 norm over every learnable diff, before
 normalisation), then per learnable param Normalize (diff /= iter_size), Regularize (diff +=
 weight_decay x decay_mult x w, or x sign(w) for L1), ComputeUpdateValue (SGD: v = momentum v +
 rate x lr_mult x diff; the other types below) and w -= the update. The history blobs are
@@ -88,15 +88,26 @@ def check_solver(param) -> None:
 
 
 # ------------------------------------------------------------------ the update rule
-class SGD:
-    """Caffe's SGD update over a net's learnable params, with the momentum history."""
+class SGD(torch.optim.Optimizer):
+    """Caffe's update rule of every solver type as a ``torch.optim.Optimizer``.
+
+    One param group per learnable param, carrying its ``lr_mult`` and ``decay_mult`` (and
+    ``lr``: the solver's rate at this iteration, set by :meth:`update` or :meth:`set_rate`),
+    so ``torch.amp.GradScaler`` (``unscale_``, ``step``) and gradient hooks work with it. The
+    state of each param is Caffe's history blob(s); :attr:`history` lists them in Caffe's
+    order (every param's first history, then the second set of AdaDelta and Adam).
+    """
 
     def __init__(self, params, param):
-        self.params = params
+        self.params = list(params)
+        groups = [{"params": [p.param], "lr_mult": float(p.lr_mult), "decay_mult": float(p.decay_mult)}
+                  for p in self.params]
+        super().__init__(groups or [{"params": []}], {"lr": 0.0})
         self.type = param.type or "SGD"
         sets = 2 if self.type in ("AdaDelta", "Adam") else 1   # Caffe appends a second history set
-        self.history = [torch.zeros_like(p.param, memory_format=torch.preserve_format)
-                        for _ in range(sets) for p in params]
+        for p in self.params:
+            self.state[p.param]["history"] = [torch.zeros_like(p.param, memory_format=torch.preserve_format)
+                                              for _ in range(sets)]
         self.delta, self.rms_decay = _f32(param.delta), _f32(param.rms_decay)
         self.momentum2 = _f32(param.momentum2)
         self.momentum = _f32(param.momentum)
@@ -104,6 +115,13 @@ class SGD:
         self.l1 = param.regularization_type == "L1"
         self.clip = _f32(param.clip_gradients)
         self.iter_size = int(param.iter_size)
+        self.iteration = 0
+
+    @property
+    def history(self) -> list[torch.Tensor]:
+        """Caffe's history blobs, in its order (what a .solverstate holds)."""
+        sets = len(self.state[self.params[0].param]["history"]) if self.params else 1
+        return [self.state[p.param]["history"][k] for k in range(sets) for p in self.params]
 
     @torch.no_grad()
     def clip_gradients(self) -> tuple[float, float] | None:
@@ -122,23 +140,36 @@ class SGD:
             return norm, scale
         return None
 
-    @torch.no_grad()
+    def set_rate(self, rate: float, it: int = 0) -> None:
+        """The solver's learning rate for the next :meth:`step` and the iteration (Adam's bias
+        correction uses it)."""
+        for group in self.param_groups:
+            group["lr"] = rate
+        self.iteration = it
+
     def update(self, rate: float, it: int = 0) -> None:
-        """Normalize, Regularize, ComputeUpdateValue for each param, then w -= the update
-        (``it``: the iteration, which Adam's bias correction uses)."""
+        """``set_rate`` then ``step``: one Caffe update at ``rate``."""
+        self.set_rate(rate, it)
+        self.step()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Normalize, Regularize, ComputeUpdateValue for each param, then w -= the update."""
+        loss = closure() if closure is not None else None
         norm = float(_f32(1) / _f32(self.iter_size))
-        n = len(self.params)
-        for i, p in enumerate(self.params):
-            w = p.param
-            g = w.grad if w.grad is not None else torch.zeros_like(w)  # no path to the loss: zero diff
-            if self.iter_size > 1:
-                g.mul_(norm)
-            decay = float(self.weight_decay * _f32(p.decay_mult))
-            if decay:
-                g.add_(torch.sign(w) if self.l1 else w, alpha=decay)
-            local = float(_f32(rate) * _f32(p.lr_mult))
-            second = self.history[n + i] if len(self.history) > n else None
-            w.sub_(self._update_value(g, self.history[i], second, local, it))
+        for group in self.param_groups:
+            for w in group["params"]:
+                g = w.grad if w.grad is not None else torch.zeros_like(w)  # no path to the loss: zero diff
+                if self.iter_size > 1:
+                    g.mul_(norm)
+                decay = float(self.weight_decay * _f32(group["decay_mult"]))
+                if decay:
+                    g.add_(torch.sign(w) if self.l1 else w, alpha=decay)
+                local = float(_f32(group["lr"]) * _f32(group["lr_mult"]))
+                history = self.state[w]["history"]
+                second = history[1] if len(history) > 1 else None
+                w.sub_(self._update_value(g, history[0], second, local, self.iteration))
+        return loss
 
     def _update_value(self, g, h, h2, local: float, it: int):
         """ComputeUpdateValue of the solver type: the value subtracted from the weights."""

@@ -118,8 +118,11 @@ class Solver:
         for tn in self.test_nets:
             share_weights(net, tn)
         self.sgd = SGD(self.params, param)
+        # fp16 autocast: torch's dynamic loss scaling (scale 2^16, halved on overflow, doubled after
+        # 2000 good steps); bf16 and float32 need none (the scaler is then a no-op).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.model = self._distributed(net) if self.world > 1 else net
         self.iter, self.current_step = 0, 0
-        self.loss_scale, self._good_steps = (2.0 ** 16 if self.amp == torch.float16 else 1.0), 0
         self._losses: list[torch.Tensor] = []
         self.last_outputs: dict[str, torch.Tensor] = {}
         self._request = None  # "stop" / "snapshot", set by signals
@@ -164,21 +167,35 @@ class Solver:
         return float(torch.stack(self._losses).mean()) if self._losses else math.nan
 
     # -------------------------------------------------------------- one iteration
+    def _distributed(self, net):
+        """The net inside DistributedDataParallel: gradients averaged over processes in buckets
+        while backward runs (Caffe's multi-GPU sync, overlapped); each process keeps its own
+        running statistics (buffers are not broadcast), as each Caffe solver did."""
+        from torch.nn.parallel import DistributedDataParallel
+        if not any(p.param.requires_grad for p in self.params):
+            return net
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True)
+
     def forward_backward(self) -> torch.Tensor:
-        """The ``iter_size`` passes of the current iteration; returns their mean loss."""
+        """The ``iter_size`` passes of the current iteration; returns their mean loss. Gradients
+        are synchronised over processes in the last pass only (``no_sync`` before it)."""
         net, total, n = self.net, None, self.param.iter_size
         for k in range(n):
             inputs = self._inputs(self.train_feed, self.iter * n + k)
             self._reseed(k)
-            with self._autocast():
-                blobs = net(inputs)
-                loss = net.loss(blobs)
-            if not bool(torch.isfinite(loss.detach())):
-                bad = [b for b in net.loss_weights if b in blobs and not bool(torch.isfinite(blobs[b].detach()).all())]
-                raise CaffeError(f"iteration {self.iter}: the loss is {float(loss.detach()):g} (non-finite loss blob(s) "
-                                 f"{', '.join(bad) or '?'}): training diverged or the data holds NaN/Inf; "
-                                 "lower base_lr or check the inputs, and resume from the last snapshot")
-            (loss * self.loss_scale if self.loss_scale != 1.0 else loss).backward()
+            later = k < n - 1 and self.model is not net
+            with self.model.no_sync() if later else contextlib.nullcontext():
+                with self._autocast():
+                    blobs = self.model(inputs)
+                    loss = net.loss(blobs)
+                if not bool(torch.isfinite(loss.detach())):
+                    bad = [b for b in net.loss_weights
+                           if b in blobs and not bool(torch.isfinite(blobs[b].detach()).all())]
+                    raise CaffeError(f"iteration {self.iter}: the loss is {float(loss.detach()):g} (non-finite loss "
+                                     f"blob(s) {', '.join(bad) or '?'}): training diverged or the data holds NaN/Inf; "
+                                     "lower base_lr or check the inputs, and resume from the last snapshot")
+                self.scaler.scale(loss).backward()
             total = loss.detach().float() if total is None else total + loss.detach().float()
             if k == n - 1:
                 self.last_outputs = {b: blobs[b].detach() for b in net.output_names if b in blobs}
@@ -186,26 +203,19 @@ class Solver:
         return total / n
 
     def _finish_gradients(self) -> bool:
-        """Average diffs over processes, undo fp16 loss scaling; False if they overflowed."""
-        if self.world > 1:
-            from .distributed import average_gradients
-            average_gradients([p.param for p in self.params], self.world)
-        if self.loss_scale == 1.0:
+        """Undo fp16 loss scaling; False (the iteration is redone at half the scale) if the
+        gradients overflowed."""
+        if not self.scaler.is_enabled():
             return True
+        self.scaler.unscale_(self.sgd)
         grads = [p.param.grad for p in self.params if p.param.grad is not None]
         with torch.no_grad():
-            for g in grads:
-                g.div_(self.loss_scale)
             finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
-        if not finite:  # dynamic loss scaling: halve and retry the iteration
-            self.loss_scale /= 2
-            self._good_steps = 0
-            self._info("solver.cpp:0", f"fp16 gradients overflowed; loss scale now {self.loss_scale:g}", "W")
-            return False
-        self._good_steps += 1
-        if self._good_steps % 2000 == 0:
-            self.loss_scale *= 2
-        return True
+        if not finite:
+            self.scaler.step(self.sgd)   # skipped: the scaler saw the overflow
+            self.scaler.update()
+            self._info("solver.py:0", f"fp16 gradients overflowed; loss scale now {self.scaler.get_scale():g}", "W")
+        return finite
 
     def apply_update(self) -> None:
         """SGDSolver::ApplyUpdate: rate, ClipGradients, per-param update, net update."""
@@ -216,7 +226,9 @@ class Solver:
         if clipped:
             self._info("sgd_solver.cpp:92", f"Gradient clipping: scaling down gradients (L2 norm {_g(clipped[0])} "
                        f"> {_g(float(self.sgd.clip))}) by scale factor {_g(clipped[1])}")
-        self.sgd.update(rate, self.iter)
+        self.sgd.set_rate(rate, self.iter)
+        self.scaler.step(self.sgd)
+        self.scaler.update()
 
     def step(self, iters: int) -> None:
         """Solver::Step: run ``iters`` iterations (fewer if stopped by a signal)."""

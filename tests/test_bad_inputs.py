@@ -213,7 +213,7 @@ CASES = {
     "netinfo/unknown layer type": (lambda r: ("netinfo", [str(proto(r, 'input: "data"\ninput_shape { dim: 1 dim: 3 '
                                                                         'dim: 8 dim: 8 }\nlayer { name: "x" type: '
                                                                         '"Bogus" bottom: "data" top: "y" }\n'))]),
-                                   "layer 'x': unknown layer type 'Bogus'", 2),
+                                   "needs 1 layer type(s) this engine lacks: Bogus (1 layer: x)", 2),
     "extract/empty prototxt": (lambda r: ex(r, model=proto(r, "")), "defines no layers", 2),
     "extract/shape mismatch": (lambda r: ex(r, weights=shape_mismatch(r)), "layer 'conv2': blob 0 has shape", 2),
     "extract/empty caffemodel": (lambda r: ex(r, weights=model_weights(r, b"")), "holds no layers", 2),

@@ -24,6 +24,12 @@ def layer(text, *bottom_shapes, phase="TEST"):
 NEURON = (1, -1, -1, 1, -1, -1, False, False)
 LOSS = (2, -1, -1, 1, -1, -1, False, True)       # loss_layer.hpp
 CAFFE_CONTRACTS = {
+    "Data": (0, -1, -1, -1, 1, 2, False, False),            # data_layer.hpp
+    "HDF5Data": (0, -1, -1, -1, 1, -1, False, False),
+    "HDF5Output": (2, -1, -1, 0, -1, -1, False, False),
+    "ImageData": (0, -1, -1, 2, -1, -1, False, False),
+    "MemoryData": (0, -1, -1, 2, -1, -1, False, False),
+    "WindowData": (0, -1, -1, 2, -1, -1, False, False),
     **{t: NEURON for t in ("AbsVal", "BNLL", "Clip", "Dropout", "ELU", "Exp", "Log", "PReLU", "Power",
                            "ReLU", "Sigmoid", "Swish", "TanH", "Threshold")},
     **{t: (1, -1, -1, 1, -1, -1, False, False) for t in ("ArgMax", "BatchNorm", "Embed", "Flatten", "Im2col",

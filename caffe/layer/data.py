@@ -1,6 +1,7 @@
-"""Layers whose tops are fed from outside the graph: Input and the fork's ImageSegData.
+"""Layers whose tops are fed from outside the graph: Input, the fork's ImageSegData and
+BVLC's Data, ImageData, HDF5Data, WindowData and MemoryData.
 
-Loading images for ImageSegData is the data pipeline's job (caffe/imageseg.py); in the graph
+Loading data is the data pipeline's job (caffe/imageseg.py, caffe/datasources.py); in the graph
 the layer only declares its tops' shapes, which the Net exposes as inputs.
 """
 from __future__ import annotations
@@ -55,3 +56,63 @@ class ImageSegData(Layer):
         else:
             h = w = None
         return [(n, c, h, w), (n, 1, h, w), (n, 1, 1, 2)]
+
+
+class _SourceLayer(Layer):
+    """A BVLC data layer whose batches a source of caffe.datasources reads; at build, as
+    Caffe's DataLayerSetUp, the source is opened and its first item sizes the tops."""
+
+    is_data = True
+    exact_num_bottom_blobs = 0
+    exact_num_top_blobs = 2
+
+    def setup(self, bottom_shapes):
+        from ..datasources import make_source
+        return make_source(self, self.phase).top_shapes()
+
+
+@register("Data")
+class Data(_SourceLayer):
+    """Datum records of an LMDB / LevelDB (caffe.datum_db): data N x C x H x W (the first
+    record's size after transform_param), and label N when a second top is named."""
+
+    exact_num_top_blobs = -1
+    min_top_blobs, max_top_blobs = 1, 2
+
+
+@register("ImageData")
+class ImageData(_SourceLayer):
+    """Images of a ``path label`` list: data N x C x H x W (the first image's size after
+    new_height/new_width and transform_param), label N."""
+
+
+@register("HDF5Data")
+class HDF5Data(_SourceLayer):
+    """Rows of the datasets named as its tops in the listed HDF5 files: top i is
+    batch_size x (dataset i's row shape)."""
+
+    exact_num_top_blobs = -1
+    min_top_blobs = 1
+
+
+@register("WindowData")
+class WindowData(_SourceLayer):
+    """R-CNN windows warped to crop_size (caffe.window_data): data N x 3 x crop x crop, label N."""
+
+
+@register("MemoryData")
+class MemoryData(Layer):
+    """Arrays handed over by pycaffe's ``Net.set_input_arrays``, batch_size items per forward
+    (caffe.pycaffe_batch): data N x channels x height x width, label N."""
+
+    is_data = True
+    exact_num_bottom_blobs = 0
+    exact_num_top_blobs = 2
+
+    def setup(self, bottom_shapes):
+        p = self.param.memory_data_param
+        shape = (int(p.batch_size), int(p.channels), int(p.height), int(p.width))
+        if min(shape) <= 0:
+            raise self.error("batch_size, channels, height, and width must be specified and positive "
+                             f"in memory_data_param (got {'x'.join(map(str, shape))})")
+        return [shape, shape[:1]]

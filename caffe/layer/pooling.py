@@ -1,4 +1,4 @@
-"""Pooling (MAX, AVE, global) with Caffe's output size and border rules."""
+"""Pooling (MAX, AVE, STOCHASTIC, global) with Caffe's output size and border rules."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from . import Layer, register, spatial
 
-MAX, AVE = 0, 1
+MAX, AVE, STOCHASTIC = 0, 1, 2
 CEIL, FLOOR = 0, 1   # PoolingParameter.RoundMode
 
 
@@ -38,9 +38,10 @@ def _torch_out(size, kernel, pad, stride, ceil: bool):
 
 @register("Pooling")
 class Pooling(Layer):
-    """MAX or AVE pooling. AVE divides by the window clipped to image + padding (Caffe).
-    MAX pooling may have a second top, Caffe's mask: the index h * W + w of each maximum in
-    its input plane (-1 for a window holding no input)."""
+    """MAX, AVE or STOCHASTIC pooling. AVE divides by the window clipped to image + padding
+    (Caffe). MAX pooling may have a second top, Caffe's mask: the index h * W + w of each
+    maximum in its input plane (-1 for a window holding no input). STOCHASTIC (no padding)
+    follows BVLC's GPU kernels (its CPU code is not implemented): see ``_stochastic``."""
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = -1
@@ -54,8 +55,8 @@ class Pooling(Layer):
             raise self.error(f"takes a 4-axis (N, C, H, W) bottom, got shape {bottom_shapes[0]}")
         n, c, h, w = bottom_shapes[0]
         self.method = int(p.pool)
-        if self.method not in (MAX, AVE):
-            raise self.error("only MAX and AVE pooling are supported (not STOCHASTIC)")
+        if self.method not in (MAX, AVE, STOCHASTIC):
+            raise self.error(f"unknown pooling method {self.method}")
         if self.top_count > 1 and self.method != MAX:
             raise self.error("takes at most 1 top blob(s) unless pool is MAX (the second top is the max mask)")
         self.round_mode = int(p.round_mode)
@@ -77,6 +78,8 @@ class Pooling(Layer):
                               None, "kernel", self)
         if min(self.kernel) < 1 or min(self.stride) < 1:
             raise self.error("kernel and stride must be positive")
+        if self.method == STOCHASTIC and self.pad != (0, 0):
+            raise self.error("padding is implemented only for AVE and MAX pooling, not STOCHASTIC")
         if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
             raise self.error("pad must be smaller than the kernel")
         out = (n, c) + self.out_size(h, w)
@@ -100,6 +103,8 @@ class Pooling(Layer):
         else:
             k, s, p = self.kernel, self.stride, self.pad
         oh, ow = (1, 1) if self.global_pooling else self.out_size(h, w)
+        if self.method == STOCHASTIC:
+            return (self._stochastic(x, k, s, oh, ow),)
         ceil = self.round_mode == CEIL
         native = (p[0] <= k[0] // 2 and p[1] <= k[1] // 2
                   and (_torch_out(h, k[0], p[0], s[0], ceil), _torch_out(w, k[1], p[1], s[1], ceil)) == (oh, ow))
@@ -139,3 +144,30 @@ class Pooling(Layer):
         ones = F.pad(ones, (0, extra_w - p[1], 0, extra_h - p[0]))
         count = F.avg_pool2d(ones, k, s, divisor_override=1)
         return (total / count,)
+
+    def _stochastic(self, x, k, s, oh, ow):
+        """Caffe's StoPoolForwardTrain / StoPoolForwardTest over windows clipped to the image.
+
+        TRAIN: per window draw u in (0, 1] (curand's range), thres = u * sum of the window,
+        and take the first element in row-major order whose running sum reaches thres, so an
+        element is picked with probability proportional to its (non-negative) value; the
+        gradient flows to the picked element only (StoPoolBackward). TEST: sum(a^2) / sum(a),
+        0 where the sum is not positive; no gradient (Caffe's backward reads the TRAIN draw).
+        A window holding no input (past the image) gives 0."""
+        n, c, h, w = x.shape
+        extra_h, extra_w = max((oh - 1) * s[0] + k[0] - h, 0), max((ow - 1) * s[1] + k[1] - w, 0)
+        cols = F.unfold(F.pad(x.reshape(n * c, 1, h, w), (0, extra_w, 0, extra_h)), k, stride=s)
+        if self.training:
+            ones = F.pad(torch.ones((1, 1, h, w), dtype=x.dtype, device=x.device), (0, extra_w, 0, extra_h))
+            valid = F.unfold(ones, k, stride=s) > 0
+            running = cols.detach().cumsum(1)
+            u = 1 - torch.rand(running[:, -1:].shape, dtype=x.dtype, device=x.device)
+            hit = (running >= u * running[:, -1:]) & valid
+            first = hit.to(torch.uint8).argmax(1, keepdim=True)
+            top = cols.gather(1, first) * hit.any(1, keepdim=True)
+        else:
+            cols = cols.detach()
+            total, squares = cols.sum(1, keepdim=True), (cols * cols).sum(1, keepdim=True)
+            top = torch.where(total > 0, squares / torch.where(total > 0, total, torch.ones_like(total)),
+                              torch.zeros_like(total))
+        return top.reshape(n, c, oh, ow)

@@ -13,7 +13,9 @@ from .pooling import Pooling
 class SPP(Layer):
     """Level i (0 <= i < pyramid_height) pools the N x C x H x W bottom into 2^i x 2^i bins
     with kernel ceil(H / 2^i), stride = kernel, pad (kernel 2^i - H + 1) // 2 (each axis),
-    using Caffe's Pooling (MAX or AVE; STOCHASTIC is not supported). With one level the top
+    using Caffe's Pooling (MAX, AVE or STOCHASTIC; as in Caffe, STOCHASTIC has no padding,
+    so it works only where every level's pad is 0, and it samples in TEST nets too: the
+    inner Pooling layers' LayerParameter has no phase, i.e. TRAIN). With one level the top
     is that N x C x 1 x 1 pooling; otherwise each level is flattened and the levels are
     concatenated: N x C * sum(4^i)."""
 
@@ -25,8 +27,8 @@ class SPP(Layer):
         if self.levels < 1:
             raise self.error("pyramid_height must be at least 1")
         self.pool = int(p.pool)
-        if self.pool not in (0, 1):
-            raise self.error("only MAX and AVE pooling are supported")
+        if self.pool not in (0, 1, 2):
+            raise self.error(f"unknown pooling method {self.pool}")
         n, c, h, w = bottom_shapes[0]
         self._pools: dict = {}
         if h is not None and w is not None:
@@ -56,6 +58,8 @@ class SPP(Layer):
 
     def forward(self, x):
         pools = self._pyramid(x.shape[2], x.shape[3])
+        for pool in pools:   # Caffe's inner PoolingLayers get no phase: TRAIN, so STOCHASTIC samples in TEST too
+            pool.train(True)
         if self.levels == 1:
             return (pools[0](x)[0],)
         return (torch.cat([pool(x)[0].reshape(x.shape[0], -1) for pool in pools], 1),)

@@ -1,0 +1,369 @@
+"""Sources of BVLC Caffe's data layers: Data, ImageData, HDF5Data (WindowData: caffe.window_data),
+read batch by batch through caffe.imageseg.Stream (DataLoader workers, rank/world shards).
+
+A source is a torch Dataset indexed by stream position, as ImageSegSource: position p of the
+stream is the p-th sample the layer would hand out in one process, and batch b of process r
+(of w) holds positions (b*w + r)*B ... (b*w + r + 1)*B - 1 (caffe.imageseg). An item is
+(one array per top, ..., where) or the CaffeError it raised. Random choices (crop, mirror,
+shuffles) are drawn from (seed, position) or (seed, epoch), so any batch can be re-read.
+
+``CaffeTransform`` is Caffe's DataTransformer (data_transformer.cpp) for every source that
+takes a ``transform_param``: crop (random offset in TRAIN, centred in TEST; the image must
+be at least crop_size), then (pixel - mean) * scale with the mean from ``mean_file`` (a
+BlobProto of the full image size, cropped with the image) or ``mean_value`` (1, or one per
+channel), then a horizontal mirror with probability 1/2 when ``mirror``.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from . import CaffeError
+
+
+def layer_where(lp) -> str:
+    """``layer 'name' (Type)``, the prefix of a layer's errors."""
+    return f"layer {lp.name!r} ({lp.type})"
+
+
+def read_mean_file(path: str, where: str) -> np.ndarray:
+    """A binaryproto BlobProto mean as Caffe's Blob::FromProto sees it: legacy (num, channels,
+    height, width), trailing axes 1 for a shape of fewer than 4 axes; returns channels x
+    height x width (the first item)."""
+    from .proto import caffe_pb2
+    blob = caffe_pb2.BlobProto()
+    try:
+        with open(path, "rb") as f:
+            blob.ParseFromString(f.read())
+    except FileNotFoundError:
+        raise CaffeError(f"{where}: mean_file {path} not found") from None
+    except Exception as e:
+        raise CaffeError(f"{where}: mean_file {path} is not a BlobProto ({e})") from None
+    if blob.HasField("shape"):
+        dims = [int(d) for d in blob.shape.dim]
+        if len(dims) > 4:
+            raise CaffeError(f"{where}: mean_file {path} has {len(dims)} axes; at most 4 are allowed")
+        dims = dims + [1] * (4 - len(dims))
+    else:
+        dims = [int(blob.num), int(blob.channels), int(blob.height), int(blob.width)]
+    values = np.asarray(blob.double_data if len(blob.double_data) else blob.data, np.float32)
+    if values.size != int(np.prod(dims)):
+        raise CaffeError(f"{where}: mean_file {path} says shape {tuple(dims)} but holds {values.size} values")
+    c, h, w = dims[1:]
+    return values[: c * h * w].reshape(c, h, w)
+
+
+class CaffeTransform:
+    """transform_param applied to one C x H x W array (see the module doc)."""
+
+    def __init__(self, tp, train: bool, where: str):
+        self.where, self.train = where, train
+        self.crop, self.mirror, self.scale = int(tp.crop_size), bool(tp.mirror), np.float32(tp.scale)
+        self.force_color, self.force_gray = bool(tp.force_color), bool(tp.force_gray)
+        self.mean_values = np.asarray(tp.mean_value, np.float32)
+        self.mean = None
+        if tp.HasField("mean_file"):
+            if len(tp.mean_value):
+                raise CaffeError(f"{where}: cannot specify mean_file and mean_value at the same time")
+            self.mean = read_mean_file(tp.mean_file, where)
+
+    def shape(self, c: int, h: int, w: int) -> tuple[int, int, int]:
+        """Caffe's InferBlobShape for a C x H x W input (checks it covers the crop)."""
+        if self.crop and (h < self.crop or w < self.crop):
+            raise CaffeError(f"{self.where}: input {h}x{w} is smaller than crop_size {self.crop}")
+        return (c, self.crop, self.crop) if self.crop else (c, h, w)
+
+    def __call__(self, chw: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The transformed float32 array (C x crop x crop, or C x H x W without a crop)."""
+        c, h, w = chw.shape
+        self.shape(c, h, w)
+        do_mirror = self.mirror and bool(rng.integers(2))
+        y = x = 0
+        oh, ow = h, w
+        if self.crop:
+            oh = ow = self.crop
+            if self.train:
+                y, x = int(rng.integers(h - oh + 1)), int(rng.integers(w - ow + 1))
+            else:
+                y, x = (h - oh) // 2, (w - ow) // 2
+        out = chw[:, y:y + oh, x:x + ow].astype(np.float32)
+        if self.mean is not None:
+            if self.mean.shape != (c, h, w):
+                raise CaffeError(f"{self.where}: mean_file is {'x'.join(map(str, self.mean.shape))} but the "
+                                 f"data is {c}x{h}x{w} (channels x height x width)")
+            out -= self.mean[:, y:y + oh, x:x + ow]
+        elif self.mean_values.size:
+            if self.mean_values.size not in (1, c):
+                raise CaffeError(f"{self.where}: specify either 1 mean_value or as many as channels: {c}")
+            out -= self.mean_values.reshape(-1, 1, 1)
+        if self.scale != 1:
+            out *= self.scale
+        if do_mirror:
+            out = out[:, :, ::-1]
+        return np.ascontiguousarray(out)
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([seed & 0xFFFFFFFF, *keys])
+
+
+def _batch_size(value, where: str, field: str) -> int:
+    if int(value) <= 0:
+        raise CaffeError(f"{where}: {field}.batch_size must be positive, got {int(value)}")
+    return int(value)
+
+
+class _Source(Dataset):
+    """What every source shares: tops, batch size, the (seed, position) random generator and
+    errors returned (not raised) from ``__getitem__`` so a worker's error reaches the caller."""
+
+    def __init__(self, lp, phase: str, seed: int):
+        self.where, self.name, self.tops = layer_where(lp), lp.name, list(lp.top)
+        self.train, self.seed = phase.upper() == "TRAIN", int(seed)
+
+    def __getitem__(self, pos: int):
+        try:
+            return self.item(pos)
+        except CaffeError as e:
+            return e
+
+    def item(self, pos: int):  # pragma: no cover - every source defines it
+        raise NotImplementedError
+
+    def top_shapes(self) -> list[tuple]:  # pragma: no cover - every source defines it
+        raise NotImplementedError
+
+
+class DataSource(_Source):
+    """Data: Datum records of an LMDB or LevelDB in key order, wrapping around. BVLC's DataLayer
+    ignores ``rand_skip`` (only the older DataReader honoured it), and so do we; ``prefetch``
+    is the loader's business. Tops: data (N x C x H x W), label (N) when a second top is named."""
+
+    def __init__(self, lp, phase: str = "TRAIN", seed: int = 0):
+        from .datum_db import DatumDB
+        super().__init__(lp, phase, seed)
+        p = lp.data_param
+        self.batch_size = _batch_size(p.batch_size, self.where, "data_param")
+        if not p.source:
+            raise CaffeError(f"{self.where}: data_param.source (the database folder) is not set")
+        self.transform = CaffeTransform(lp.transform_param, self.train, self.where)
+        self.db = DatumDB(p.source, int(p.backend), self.where)
+
+    def __len__(self) -> int:
+        return len(self.db.keys)
+
+    def _decode(self, key: bytes, raw: bytes):
+        from .datum_db import decode_datum
+        where = f"{self.where}: {self.db.source} record {key!r}"
+        return decode_datum(raw, self.transform.force_color, self.transform.force_gray, where)
+
+    def top_shapes(self) -> list[tuple]:
+        """The first record's shape after the transform (Caffe's DataLayerSetUp)."""
+        chw, _ = self._decode(*self.db.first())
+        shapes = [(self.batch_size,) + self.transform.shape(*chw.shape), (self.batch_size,)]
+        return shapes[:len(self.tops)]
+
+    def item(self, pos: int):
+        keys = self.db.keys
+        key = keys[pos % len(keys)]
+        chw, label = self._decode(key, self.db.get(key))
+        data = self.transform(chw, _rng(self.seed, pos))
+        return (data, np.float32(label))[:len(self.tops)] + (f"{self.db.source} record {key!r}",)
+
+
+def _atoi(text: str) -> int:
+    """C's atoi: an optional sign and the leading digits (0 when there are none)."""
+    m = re.match(r"\s*([+-]?\d+)", text)
+    return int(m.group(1)) if m else 0
+
+
+class ImageDataSource(_Source):
+    """ImageData: ``path label`` lines (caffe.lists; path relative to ``root_folder``), read
+    as ReadImageToCVMat (BGR, or grey with ``is_color: false``; resized to new_height x
+    new_width, bilinear, when both are set), transformed, with the label as top 1. The first
+    ``rand() % rand_skip`` lines are skipped once at the start; with ``shuffle`` the lines
+    are shuffled at the start and at every wrap-around. A line without a label gets
+    atoi(path), as Caffe's parser does; a label that is not an integer is an error."""
+
+    def __init__(self, lp, phase: str = "TRAIN", seed: int = 0):
+        from .lists import read_list
+        super().__init__(lp, phase, seed)
+        p = lp.image_data_param
+        self.batch_size = _batch_size(p.batch_size, self.where, "image_data_param")
+        if bool(p.new_height) != bool(p.new_width):
+            raise CaffeError(f"{self.where}: new_height and new_width must be set at the same time")
+        if not p.source:
+            raise CaffeError(f"{self.where}: image_data_param.source (the list file) is not set")
+        self.transform = CaffeTransform(lp.transform_param, self.train, self.where)
+        self.new_size, self.color = (int(p.new_height), int(p.new_width)), bool(p.is_color)
+        try:
+            lines = read_list(p.source)
+        except CaffeError as e:
+            raise CaffeError(f"{self.where}: {e}") from None
+        self.entries = []
+        for line in lines:
+            if line.label is not None and not re.fullmatch(r"[+-]?\d+", line.label):
+                raise CaffeError(f"{self.where}: {line.where}: the label must be an integer, got {line.label!r}")
+            path = p.root_folder + line.image
+            if not os.path.isfile(path):
+                raise CaffeError(f"{self.where}: {line.where}: {path} does not exist")
+            label = int(line.label) if line.label is not None else _atoi(line.image)
+            self.entries.append((line.where, path, label))
+        self.shuffle = bool(p.shuffle)
+        self.skip = int(_rng(self.seed, 7).integers(p.rand_skip)) if p.rand_skip else 0
+        if self.skip >= len(self.entries):
+            raise CaffeError(f"{self.where}: not enough points to skip: rand_skip drew {self.skip} "
+                             f"for {len(self.entries)} lines")
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def item_index(self, pos: int) -> int:
+        """Which line stream position ``pos`` reads."""
+        epoch, k = divmod(pos + self.skip, len(self.entries))
+        if not self.shuffle:
+            return k
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, _rng(self.seed, epoch, 0x5EED).permutation(len(self.entries)))
+        return int(self._perm[1][k])
+
+    def _read(self, index: int) -> np.ndarray:
+        import cv2
+        from .images import read_image
+        where, path, _ = self.entries[index]
+        try:
+            img = read_image(path, color=self.color)
+        except CaffeError as e:
+            raise CaffeError(f"{self.where}: {where}: {e}") from None
+        nh, nw = self.new_size
+        if nh and nw:
+            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape(nh, nw, -1)
+        return img.transpose(2, 0, 1)
+
+    def top_shapes(self) -> list[tuple]:
+        """The first image's shape after the transform (Caffe's DataLayerSetUp)."""
+        chw = self._read(self.item_index(0))
+        return [(self.batch_size,) + self.transform.shape(*chw.shape), (self.batch_size,)]
+
+    def item(self, pos: int):
+        index = self.item_index(pos)
+        data = self.transform(self._read(index), _rng(self.seed, pos))
+        return data, np.float32(self.entries[index][2]), self.entries[index][0]
+
+
+class HDF5Source(_Source):
+    """HDF5Data: the files listed in ``source`` (whitespace-separated names, relative to the
+    working directory), each holding one dataset per top (named as the top, any float or
+    integer type, read as float32, the same row count in all of a file's datasets). Rows
+    are read in order across files, wrapping around; with ``shuffle`` the file order is
+    shuffled at the start and after each pass over the files, and a file's rows each time
+    it is read. No transform_param (as Caffe: HDF5 data is generic)."""
+
+    def __init__(self, lp, phase: str = "TRAIN", seed: int = 0):
+        from .hdf5_io import _h5py
+        super().__init__(lp, phase, seed)
+        p = lp.hdf5_data_param
+        if lp.HasField("transform_param"):
+            raise CaffeError(f"{self.where}: HDF5Data does not transform data; remove transform_param")
+        self.batch_size = _batch_size(p.batch_size, self.where, "hdf5_data_param")
+        try:
+            with open(p.source, encoding="utf-8") as f:
+                self.files = f.read().split()
+        except OSError as e:
+            raise CaffeError(f"{self.where}: failed to open source file {p.source}: {e.strerror or e}") from None
+        if not self.files:
+            raise CaffeError(f"{self.where}: must have at least 1 HDF5 filename listed in {p.source}")
+        self.shuffle = bool(p.shuffle)
+        h5py = _h5py()
+        self.rows, self.dims = [], None
+        for name in self.files:
+            try:
+                with h5py.File(name, "r") as f:
+                    shapes = [self._dataset(f, name, t).shape for t in self.tops]
+            except OSError as e:
+                raise CaffeError(f"{self.where}: failed opening HDF5 file {name}: {e}") from None
+            if any(len(s) < 1 for s in shapes):
+                raise CaffeError(f"{self.where}: {name}: every dataset needs at least 1 axis")
+            if len({s[0] for s in shapes}) > 1:
+                raise CaffeError(f"{self.where}: {name}: datasets {self.tops} have different row counts "
+                                 f"{[s[0] for s in shapes]}")
+            dims = [tuple(s[1:]) for s in shapes]
+            if self.dims is None:
+                self.dims = dims
+            elif dims != self.dims:
+                raise CaffeError(f"{self.where}: {name}: rows of shape {dims} differ from {self.files[0]}'s "
+                                 f"{self.dims} (one shape per top for all files)")
+            self.rows.append(int(shapes[0][0]))
+        self.total = sum(self.rows)
+        if self.total == 0:
+            raise CaffeError(f"{self.where}: the HDF5 files of {p.source} hold no rows")
+        self._cache: tuple[str, list[np.ndarray]] | None = None   # the file read last, whole (as Caffe)
+        self._perm: tuple[tuple[int, int], np.ndarray] | None = None
+
+    def _dataset(self, f, name: str, top: str):
+        ds = f.get(top)
+        if ds is None or not hasattr(ds, "dtype"):
+            raise CaffeError(f"{self.where}: failed to find HDF5 dataset {top!r} in {name}")
+        if ds.dtype.kind not in "fiu":
+            raise CaffeError(f"{self.where}: {name}: dataset {top!r} is {ds.dtype}; expected float or integer")
+        return ds
+
+    def __len__(self) -> int:
+        return self.total
+
+    def locate(self, pos: int) -> tuple[int, int]:
+        """(file index, row) stream position ``pos`` reads."""
+        epoch, k = divmod(pos, self.total)
+        order = np.arange(len(self.files))
+        if self.shuffle:
+            order = _rng(self.seed, epoch, 0xF11E).permutation(len(self.files))
+        for turn, f in enumerate(order):
+            if k < self.rows[f]:
+                if self.shuffle:
+                    if self._perm is None or self._perm[0] != (epoch, turn):
+                        self._perm = ((epoch, turn), _rng(self.seed, epoch, turn, 0x5EED).permutation(self.rows[f]))
+                    k = int(self._perm[1][k])
+                return int(f), k
+            k -= self.rows[f]
+        raise AssertionError("position past the last row")  # pragma: no cover
+
+    def top_shapes(self) -> list[tuple]:
+        """(batch_size,) + each dataset's row shape."""
+        return [(self.batch_size,) + d for d in self.dims]
+
+    def item(self, pos: int):
+        f, row = self.locate(pos)
+        name = self.files[f]
+        if self._cache is None or self._cache[0] != name:  # Caffe loads a whole file at a time
+            from .hdf5_io import _h5py
+            try:
+                with _h5py().File(name, "r") as h5:
+                    self._cache = (name, [np.asarray(self._dataset(h5, name, t), np.float32) for t in self.tops])
+            except OSError as e:
+                raise CaffeError(f"{self.where}: failed opening HDF5 file {name}: {e}") from None
+        return tuple(a[row] for a in self._cache[1]) + (f"{name} row {row}",)
+
+
+def make_source(layer, phase: str, seed: int = 0):
+    """The source of a built data layer other than ImageSegData (caffe.imageseg), by type."""
+    lp = layer.param
+    if layer.type == "Data":
+        return DataSource(lp, phase, seed)
+    if layer.type == "ImageData":
+        return ImageDataSource(lp, phase, seed)
+    if layer.type == "HDF5Data":
+        return HDF5Source(lp, phase, seed)
+    if layer.type == "WindowData":
+        from .window_data import WindowSource
+        return WindowSource(lp, phase, seed)
+    if layer.type == "MemoryData":
+        raise CaffeError(f"{layer_where(lp)}: MemoryData holds the arrays given to pycaffe's "
+                         "Net.set_input_arrays; training, caffe test and caffe time cannot fill it "
+                         "(Caffe: MemoryDataLayer needs to be initialized by calling Reset)")
+    raise CaffeError(f"{layer_where(lp)}: training, caffe test and caffe time read data only through "
+                     "ImageSegData, Data, ImageData, HDF5Data and WindowData layers; an Input layer needs "
+                     "its data fed by code")
