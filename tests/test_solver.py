@@ -305,3 +305,21 @@ def test_time_budget_never_raises_max_iter_above_the_solvers(monkeypatch):
     solver.time_budget = 1e6
     solver.solve()
     assert solver.iter == planned
+
+
+def test_fp16_steps_through_gradscaler_and_redoes_an_overflowed_iteration():
+    """amp fp16: torch.amp.GradScaler scales the loss; an overflow skips the update, halves the
+    scale, logs it and redoes the iteration (the iteration count does not move)."""
+    lines = []
+    ref, _ = golden_solver("solver_poly")
+    solver = Solver(ref.param, ref.net, first_golden_batch("solver_poly"), amp="fp16", progress=False,
+                    log=lambda where, msg, level="I": lines.append(msg))
+    assert solver.scaler.is_enabled() and solver.scaler.get_scale() == 2.0 ** 16
+    solver.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)  # float16 gradients overflow
+    before = blobs(solver.net)
+    solver.step(1)
+    assert solver.iter == 1
+    assert any("fp16 gradients overflowed; loss scale now 6.33825e+29" in m for m in lines)
+    after = blobs(solver.net)
+    assert any(not np.array_equal(after[k], before[k]) for k in before)   # the redone iteration updated
+    assert all(np.isfinite(v).all() for v in after.values())
