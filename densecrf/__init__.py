@@ -17,7 +17,7 @@ from deeplab import DeepLabError
 from .backends import BACKENDS, DEFAULT_BACKEND, get_backend
 from .params import NORMALIZATIONS, CRFParams
 
-__all__ = ["BACKENDS", "CRFParams", "NORMALIZATIONS", "mean_field_steps", "refine", "unary_from_scores"]
+__all__ = ["BACKENDS", "CRFParams", "check_image_scores", "NORMALIZATIONS", "mean_field_steps", "refine", "unary_from_scores"]
 
 
 def unary_from_scores(scores: np.ndarray) -> np.ndarray:
@@ -31,7 +31,8 @@ def unary_from_scores(scores: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def _check(image: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_image_scores(image: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image (H x W x 3 uint8) and full-resolution scores (C x H x W, finite), checked."""
     image = np.asarray(image)
     scores = np.asarray(scores)
     if image.ndim != 3 or image.shape[2] != 3:
@@ -56,7 +57,7 @@ def refine(image: np.ndarray, scores: np.ndarray, params: CRFParams | None = Non
 
     With ``return_prob=True`` returns ``(labels, marginals)``, marginals float32 C x H x W.
     """
-    image, scores = _check(image, scores)
+    image, scores = check_image_scores(image, scores)
     params = params or CRFParams()
     prob = get_backend(backend).marginals(image, unary_from_scores(scores), params)
     labels = prob.argmax(axis=0).astype(np.uint8)
@@ -70,6 +71,6 @@ def mean_field_steps(image: np.ndarray, scores: np.ndarray, params: CRFParams | 
     Element 0 is softmax(scores) (no CRF), element k the marginals after k iterations; the
     last equals ``refine(..., return_prob=True)[1]``.
     """
-    image, scores = _check(image, scores)
+    image, scores = check_image_scores(image, scores)
     params = params or CRFParams()
     return list(get_backend(backend).steps(image, unary_from_scores(scores), params))

@@ -104,24 +104,69 @@ def check_inputs(data: SearchData) -> None:
             raise DeepLabError(f"no ground truth {image_id}.png in {data.labels_dir}")
 
 
+def _load(data: SearchData, image_id: str):
+    """(image, scores, ground truth) of one subset image, errors naming it."""
+    try:
+        image, sm = load_pair(data.images_dir, data.scores_dir, image_id, data.scores_since)
+        gt = read_label(os.path.join(data.labels_dir, image_id + ".png"), data.num_classes, data.ignore_label)
+    except DeepLabError as e:
+        raise DeepLabError(f"id {image_id}: {e}") from None
+    if gt.shape != image.shape[:2]:
+        raise DeepLabError(f"id {image_id}: ground truth is {gt.shape[0]}x{gt.shape[1]}, "
+                           f"the image {image.shape[0]}x{image.shape[1]}")
+    return image, sm.scores, gt
+
+
+def _score(cm: ConfusionMatrix, image_id: str, gt: np.ndarray, pred: np.ndarray) -> None:
+    try:
+        cm.update(gt, pred)
+    except ValueError as e:
+        raise DeepLabError(f"{image_id}: {e} (set --ignore-label / --classes to match the labels)") from None
+
+
 def evaluate(data: SearchData, params: CRFParams) -> ConfusionMatrix:
     """Confusion matrix of the CRF's labels with ``params`` over the subset."""
     cm = ConfusionMatrix(data.num_classes, data.ignore_label)
     for image_id in data.ids:
-        try:
-            image, sm = load_pair(data.images_dir, data.scores_dir, image_id, data.scores_since)
-            gt = read_label(os.path.join(data.labels_dir, image_id + ".png"), data.num_classes, data.ignore_label)
-        except DeepLabError as e:
-            raise DeepLabError(f"id {image_id}: {e}") from None
-        if gt.shape != image.shape[:2]:
-            raise DeepLabError(f"id {image_id}: ground truth is {gt.shape[0]}x{gt.shape[1]}, "
-                               f"the image {image.shape[0]}x{image.shape[1]}")
-        pred = refine(image, sm.scores, params, backend=data.backend)
-        try:
-            cm.update(gt, pred)
-        except ValueError as e:
-            raise DeepLabError(f"{image_id}: {e} (set --ignore-label / --classes to match the labels)") from None
+        image, scores, gt = _load(data, image_id)
+        _score(cm, image_id, gt, refine(image, scores, params, backend=data.backend))
     return cm
+
+
+def kernel_groups(settings: list[CRFParams]) -> list[list[CRFParams]]:
+    """The settings grouped by what their kernels depend on (iterations, the three standard
+    deviations, normalisation): within a group only the weights w1, w2 differ."""
+    groups: dict[tuple, list[CRFParams]] = {}
+    for p in settings:
+        groups.setdefault((p.iters, p.bi_xy_std, p.bi_rgb_std, p.pos_xy_std, p.normalization), []).append(p)
+    return list(groups.values())
+
+
+def evaluate_group(data: SearchData, group: list[CRFParams]) -> list[ConfusionMatrix]:
+    """``evaluate`` for settings that differ only in their kernel weights, with the torch backend
+    as one job: each image's lattices are built once and serve every setting of the group."""
+    import torch
+
+    from .backends import get_backend
+    from .torch_backend import build_kernels, mean_field
+    from . import check_image_scores, unary_from_scores
+    device = get_backend("torch").device
+    cms = [ConfusionMatrix(data.num_classes, data.ignore_label) for _ in group]
+    cache: dict = {}
+    with torch.no_grad():
+        for image_id in data.ids:
+            image, scores, gt = _load(data, image_id)
+            check_image_scores(image, scores)
+            kernels = build_kernels([torch.from_numpy(np.ascontiguousarray(image)).to(device)], group[0], "lattice",
+                                    cache)
+            unary = torch.from_numpy(unary_from_scores(scores)).to(device)
+            flat = unary.reshape(unary.shape[0], -1).t()
+            for cm, p in zip(cms, group):
+                for q in mean_field(flat, kernels, (float(p.pos_w), float(p.bi_w)), p.iters):
+                    pass
+                pred = q.argmax(1).reshape(image.shape[:2]).to(torch.uint8).cpu().numpy()
+                _score(cm, image_id, gt, pred)
+    return cms
 
 
 _DATA: SearchData | None = None
@@ -132,10 +177,19 @@ def _init_worker(data: SearchData) -> None:
     _DATA = data
 
 
-def _work(params: CRFParams) -> tuple[CRFParams, dict]:
+def _metrics(cm: ConfusionMatrix) -> dict:
+    r = cm.compute()
+    return {"mean_iou": r["mean_iou"], "pixel_acc": r["pixel_acc"]}
+
+
+def _work(params: CRFParams) -> list[tuple[CRFParams, dict]]:
     assert _DATA is not None
-    r = evaluate(_DATA, params).compute()
-    return params, {"mean_iou": r["mean_iou"], "pixel_acc": r["pixel_acc"]}
+    return [(params, _metrics(evaluate(_DATA, params)))]
+
+
+def _work_group(group: list[CRFParams]) -> list[tuple[CRFParams, dict]]:
+    assert _DATA is not None
+    return [(p, _metrics(cm)) for p, cm in zip(group, evaluate_group(_DATA, group))]
 
 
 class Results:
@@ -194,12 +248,14 @@ def run_settings(data: SearchData, settings: list[CRFParams], results: Results, 
     bar = tqdm(total=len(todo), unit="setting", desc=f"crf search ({stage})", disable=not progress,
                dynamic_ncols=True)
     best = -1.0
+    # The torch backend evaluates settings sharing their kernels as one job (lattices built once).
+    work, tasks = (_work_group, kernel_groups(todo)) if data.backend == "torch" else (_work, todo)
     try:
-        for _, fut in run_tasks(_work, todo, workers, initializer=_init_worker, initargs=(data,)):
-            p, metrics = fut.result()
-            results.add(stage, p, metrics, images=len(data.ids))
-            bar.update(1)
-            best = max(best, metrics["mean_iou"])
+        for _, fut in run_tasks(work, tasks, workers, initializer=_init_worker, initargs=(data,)):
+            for p, metrics in fut.result():
+                results.add(stage, p, metrics, images=len(data.ids))
+                bar.update(1)
+                best = max(best, metrics["mean_iou"])
             bar.set_postfix(best=f"{100 * best:.2f}")
     finally:
         bar.close()

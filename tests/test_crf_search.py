@@ -148,3 +148,39 @@ def test_search_reports_missing_ground_truth(tmp_path):
                    "--labels", str(tmp_path / "labels"), "--list", str(tmp_path / "list.txt"),
                    "--out", str(tmp_path / "s"), "--quiet"])
 
+
+
+def test_torch_backend_evaluates_a_weight_group_as_one_job(tmp_path, monkeypatch):
+    """crf_search --backend torch: settings that differ only in w1/w2 share each image's lattices
+    (built once per image and group) and score exactly as evaluating them one by one."""
+    import densecrf.torch_backend as tb
+    ids = make_set(tmp_path, n=3)
+    data = search.SearchData(str(tmp_path / "images"), str(tmp_path / "scores"), str(tmp_path / "labels"),
+                             tuple(ids), 3, backend="torch")
+    settings = [CRFParams(iters=4, bi_w=w1, pos_w=w2, bi_xy_std=20) for w1 in (2, 5, 9) for w2 in (1, 3)]
+    settings.append(CRFParams(iters=4, bi_w=5, bi_xy_std=40))
+    groups = search.kernel_groups(settings)
+    assert [len(g) for g in groups] == [6, 1]
+    built = []
+    real = tb.build_kernels
+    monkeypatch.setattr(tb, "build_kernels", lambda *a, **k: built.append(1) or real(*a, **k))
+    together = [cm.compute()["mean_iou"] for cm in search.evaluate_group(data, groups[0])]
+    assert len(built) == len(ids)                     # one lattice build per image for six settings
+    alone = [search.evaluate(data, p).compute()["mean_iou"] for p in groups[0]]
+    assert together == pytest.approx(alone, abs=1e-12)
+    assert len(set(round(v, 9) for v in together)) > 1  # the weights matter on these images
+
+
+def test_search_cli_with_the_torch_backend(tmp_path):
+    ids = make_set(tmp_path, n=3)
+    tool = load_tool()
+    argv = ["--images", str(tmp_path / "images"), "--scores", str(tmp_path / "scores"),
+            "--labels", str(tmp_path / "labels"), "--list", str(tmp_path / "list.txt"), "--out", str(tmp_path / "s"),
+            "--n", "3", "--classes", str(tmp_path / "classes.txt"), "--bi-w", "3,8", "--bi-xy-std", "10,40",
+            "--bi-rgb-std", "4", "--fine-div", "1", "--iters", "3", "-j", "1", "--quiet", "--backend", "torch"]
+    assert tool.main(argv) == 0
+    best = json.loads((tmp_path / "s" / "best.json").read_text())
+    p = CRFParams.from_dict(best)
+    data = search.SearchData(str(tmp_path / "images"), str(tmp_path / "scores"), str(tmp_path / "labels"),
+                             tuple(ids), 3, backend="torch")
+    assert search.evaluate(data, p).compute()["mean_iou"] == pytest.approx(best["mean_iou"], abs=1e-9)
