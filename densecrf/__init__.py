@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeplab import DeepLabError
+from caffe import CaffeError as DeepLabError  # the same class as deeplab.DeepLabError
 
 from .backends import BACKENDS, DEFAULT_BACKEND, get_backend
 from .params import NORMALIZATIONS, CRFParams

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from deeplab import DeepLabError
+from caffe import CaffeError as DeepLabError  # the same class as deeplab.DeepLabError
 
 from .params import CRFParams
 

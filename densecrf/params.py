@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from deeplab import DeepLabError
+from caffe import CaffeError as DeepLabError  # the same class as deeplab.DeepLabError
 
 # Message normalisation of the Gaussian kernels (pydensecrf's names). The release's densecrf
 # code divides each pixel's message by sum_j k(f_i, f_j) afterwards: "after".

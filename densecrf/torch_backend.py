@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from .lattice import PermutohedralLattice, lattice_filter
 from .params import CRFParams
 
-__all__ = ["CRFKernel", "DenseCRF", "TorchDenseCRF", "build_kernels", "mean_field"]
+__all__ = ["CRFKernel", "DenseCRF", "TorchDenseCRF", "bilateral_kernel", "build_kernels", "mean_field",
+           "positional_kernel"]
 
 POSITIONAL = ("lattice", "exact")
 POSITIONAL_CACHE = 4  # positional kernels kept per backend (one per image size and sigma)
@@ -94,53 +95,76 @@ def build_kernels(images: Sequence[torch.Tensor], params: CRFParams, positional:
     The positional kernel depends only on the image sizes and sigma_gamma: with a ``cache`` dict
     it is built once per such key (the last few kept) and reused for later batches.
     """
-    if positional not in POSITIONAL:
-        raise ValueError(f"positional must be one of {POSITIONAL}, got {positional!r}")
     if not images:
         raise ValueError("an empty batch of images")
-    device = images[0].device
     sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
-    n = sum(h * w for h, w in sizes)
-    key = (tuple(sizes), float(params.pos_xy_std), params.normalization, positional, str(device))
+    pos = positional_kernel(sizes, params.pos_xy_std, params.normalization, images[0].device, positional, cache)
+    return pos, bilateral_kernel(images, params.bi_xy_std, params.bi_rgb_std, params.normalization)
+
+
+def positional_kernel(sizes: Sequence[tuple[int, int]], xy_std: float, normalization: str, device,
+                      positional: str = "lattice", cache: dict | None = None) -> CRFKernel:
+    """The positional kernel (features x/std, y/std) of a batch of images of ``sizes`` (H, W).
+
+    With a ``cache`` dict it is built once per (sizes, std, normalization, kind, device), the
+    last few kept.
+    """
+    if positional not in POSITIONAL:
+        raise ValueError(f"positional must be one of {POSITIONAL}, got {positional!r}")
+    key = (tuple(sizes), float(xy_std), normalization, positional, str(device))
     pos = None if cache is None else cache.get(key)
     if pos is None:
         if positional == "exact":
-            pos_filter = _SeparableGaussian(sizes, params.pos_xy_std, device)
+            pos_filter = _SeparableGaussian(sizes, xy_std, device)
         else:
-            pos_feats, groups = _grid(sizes, params.pos_xy_std, device)
+            pos_feats, groups = _grid(sizes, xy_std, device)
             pos_filter = PermutohedralLattice(pos_feats, groups if len(sizes) > 1 else None)
-        pos = CRFKernel(pos_filter, n, params.normalization, device)
+        pos = CRFKernel(pos_filter, sum(h * w for h, w in sizes), normalization, device)
         if cache is not None:
             while len(cache) >= POSITIONAL_CACHE:
                 cache.pop(next(iter(cache)))
             cache[key] = pos
-    xy, groups = _grid(sizes, params.bi_xy_std, device)
+    return pos
+
+
+def bilateral_kernel(images: Sequence[torch.Tensor], xy_std: float, rgb_std: float,
+                     normalization: str) -> CRFKernel:
+    """The bilateral kernel (x/std, y/std, then the 3 channels / rgb_std in the order given) of
+    a batch of H x W x 3 images (uint8 or float, one device)."""
+    device = images[0].device
+    sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
+    xy, groups = _grid(sizes, xy_std, device)
     rgb = torch.cat([im.reshape(-1, 3).to(torch.float32) for im in images])
-    bi_feats = torch.cat([xy, rgb / torch.tensor(float(params.bi_rgb_std), dtype=torch.float32, device=device)], 1)
+    bi_feats = torch.cat([xy, rgb / torch.tensor(float(rgb_std), dtype=torch.float32, device=device)], 1)
     bi_filter = PermutohedralLattice(bi_feats, groups if len(sizes) > 1 else None)
-    return pos, CRFKernel(bi_filter, n, params.normalization, device)
+    return CRFKernel(bi_filter, sum(h * w for h, w in sizes), normalization, device)
 
 
 def mean_field(unary: torch.Tensor, kernels: Sequence[CRFKernel], weights: Sequence, iters: int,
-               compat: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+               compat: torch.Tensor | None = None, start: torch.Tensor | None = None,
+               logits: bool = False) -> Iterator[torch.Tensor]:
     """Marginals (N x C) of mean-field inference: softmax(-unary), then one after each iteration.
 
-    ``unary`` is N x C (pixels x labels), ``weights`` one scalar or 0-d tensor per kernel,
-    ``compat`` None (Potts) or a C x C compatibility matrix ``mu``.
+    ``unary`` is N x C (pixels x labels), ``weights`` one scalar or 0-d tensor per kernel, or a
+    C x C matrix ``W`` (message ``K(Q) W^T``: class c receives sum_c' W[c, c'] K(Q)[c'], crfasrnn's
+    kernel weights), ``compat`` None (Potts) or a C x C compatibility matrix ``mu``. ``start``
+    replaces -unary as the logits of the first marginals; ``logits`` yields each step's logits
+    (``start`` or -unary, then each iteration's energy) instead of their softmax.
     """
     neg = -unary
-    q = torch.softmax(neg, dim=1)
-    yield q
+    e = neg if start is None else start
+    q = torch.softmax(e, dim=1)
+    yield e if logits else q
     for _ in range(iters):
         energy = neg
         for w, kernel in zip(weights, kernels):
             if compat is None and isinstance(w, (int, float)):
                 energy = torch.add(energy, kernel(q), alpha=w)  # one pass: energy + w * message
             else:
-                message = w * kernel(q)
+                message = kernel(q) @ w.t() if torch.is_tensor(w) and w.ndim == 2 else w * kernel(q)
                 energy = energy + message if compat is None else energy - message @ compat.t()
         q = torch.softmax(energy, dim=1)
-        yield q
+        yield energy if logits else q
 
 
 def _last(it: Iterator[torch.Tensor]) -> torch.Tensor:

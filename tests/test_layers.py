@@ -196,6 +196,10 @@ def _x(*shape):
 
 
 REGISTRY_EXAMPLES = {
+    "MultiStageMeanfield": ("multi_stage_meanfield_param { num_iterations: 2 theta_alpha: 5 theta_beta: 3 "
+                            "theta_gamma: 3 }", None),
+    "DenseCRF": ("dense_crf_param { max_iter: 2 pos_w: 3 pos_xy_std: 3 bi_w: 4 bi_xy_std: 5 bi_rgb_std: 3 }",
+                 [_x(), torch.tensor([[5.0, 4.0], [3.0, 5.0]]).reshape(2, 1, 1, 2), _x()]),
     "Accuracy": ("", [_x(2, 3), torch.tensor([0.0, 2.0])]),
     "BatchReindex": ("", [_x(), torch.tensor([1.0, 0.0])]),
     "Bias": ("", [_x(), _x(3)]),

@@ -24,6 +24,8 @@ def layer(text, *bottom_shapes, phase="TEST"):
 NEURON = (1, -1, -1, 1, -1, -1, False, False)
 LOSS = (2, -1, -1, 1, -1, -1, False, True)       # loss_layer.hpp
 CAFFE_CONTRACTS = {
+    "DenseCRF": (-1, 2, -1, 1, -1, -1, False, False),        # the DeepLab fork's densecrf_layer.hpp
+    "MultiStageMeanfield": (3, -1, -1, 1, -1, -1, False, False),   # crfasrnn's multi_stage_meanfield.hpp
     "Data": (0, -1, -1, -1, 1, 2, False, False),            # data_layer.hpp
     "HDF5Data": (0, -1, -1, -1, 1, -1, False, False),
     "HDF5Output": (2, -1, -1, 0, -1, -1, False, False),
