@@ -1,0 +1,407 @@
+"""Survey a folder of public Caffe net definitions: which of them this engine builds.
+
+    .venv/bin/python bench/survey_nets.py /tmp/survey --out /tmp/survey.json [--size 500]
+
+Every ``*.prototxt`` under the folder is read (files that are solvers are counted and
+skipped); for the TRAIN and TEST phases the script lists the layer types the engine lacks
+(``deeplab.netinfo.missing_types``) and, where none is missing, builds the net on PyTorch's
+``meta`` device with ``deeplab.netinfo.net_info`` (no weights allocated, nothing run) and
+records the parameter count and the output blobs' shapes. It prints a markdown table and
+writes the JSON record to ``--out``.
+
+Nothing outside the prototxt is read or run, so what needs a file or user code is replaced
+before the build, and the JSON says what was replaced:
+
+- ``${NAME}`` placeholders get dummies (``NUM_LABELS`` 21, other numbers 1, strings "x");
+- data layers that read files (Data, ImageData, WindowData, and Python layers without
+  bottoms, i.e. user data layers such as FCN's voc_layers) become Input layers: the image
+  top N x 3 x H x W (H x W: the layer's crop_size or new size, else ``--size``), a label top
+  N (classification sources) or N x 1 x H x W (Python / segmentation data); MNIST and
+  CIFAR sources get their known 1x28x28 and 3x32x32;
+- ImageSegData without a crop or new size gets ``--size`` as its new size;
+- HDF5Data is not built (its row shapes are only in the HDF5 files); other Python layers
+  (with bottoms) are user code and are not run: they count as missing ``Python(module.layer)``.
+
+A file that does not parse (fork-only fields such as SegNet's ``upsample_param``) is scanned
+for its layers' ``type`` values instead, so its missing types are still counted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import traceback
+from collections import Counter
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from caffe import CaffeError  # noqa: E402
+from caffe.prototxt import fill_placeholders, placeholders, split_comment  # noqa: E402
+
+FILE_DATA = {"Data", "ImageData", "WindowData"}
+# dataset name in the source -> C, H, W (first match; the siamese example stores MNIST pairs)
+KNOWN_SOURCES = {"siamese": (2, 28, 28), "mnist": (1, 28, 28), "cifar": (3, 32, 32)}
+IMAGE_TOPS = {"data", "color", "hha", "image", "img"}
+_SOLVER_KEYS = re.compile(r"^\s*(base_lr|lr_policy|max_iter|train_net|test_iter|snapshot_prefix)\s*:", re.M)
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{}]|[A-Za-z_][\w.]*\s*:?|[^\s{}]+')
+
+
+def is_solver(text: str) -> bool:
+    """Whether the text sets a solver field (base_lr, max_iter, ...) at the top level."""
+    depth = 0
+    for line in text.splitlines():
+        code = split_comment(line)[0]
+        if depth == 0 and _SOLVER_KEYS.match(code):
+            return True
+        depth += code.count("{") - code.count("}")
+    return False
+
+
+def dummy_mapping(text: str) -> dict[str, str]:
+    """Values for the file's ``${NAME}`` placeholders: 21 classes, 1 for other numbers, "x" in strings."""
+    mapping = {}
+    for name, fields in placeholders(text).items():
+        if name == "NUM_LABELS":
+            mapping[name] = "21"
+        else:
+            mapping[name] = "1" if "" in fields else "x"
+    return mapping
+
+
+def scan_types(text: str) -> list[tuple[str, str]]:
+    """(name, type) of each top-level ``layer``/``layers`` block, read from the text alone
+    (for files the schema refuses); V1 enum types come back upper case, e.g. ``UPSAMPLE``."""
+    code = "".join(split_comment(line)[0] + "\n" for line in text.splitlines())
+    found, depth, key, block, name, kind, pending = [], 0, None, False, "", "", None
+    for tok in _TOKEN.findall(code):
+        tok = tok.strip()
+        if tok == "{":
+            if depth == 0 and pending in ("layer", "layers"):
+                block, name, kind = True, "", ""
+            depth += 1
+            pending = None
+        elif tok == "}":
+            depth -= 1
+            if depth == 0 and block:
+                found.append((name, kind))
+                block = False
+        elif tok.endswith(":"):
+            key = tok[:-1].strip()
+            pending = key
+        elif depth == 1 and block and key in ("name", "type"):
+            value = tok.strip("\"'")
+            if key == "name":
+                name = value
+            else:
+                kind = value
+            key = None
+        else:
+            pending = tok
+            key = None
+    return found
+
+
+def _v1_type_name(kind: str) -> str:
+    """An upper-case V1 enum name -> the V2 type string where the upgrade knows it."""
+    from caffe.proto import caffe_pb2 as pb
+    from caffe.prototxt import V1_TYPE_NAMES
+    try:
+        return V1_TYPE_NAMES.get(pb.V1LayerParameter.LayerType.Value(kind), kind)
+    except ValueError:
+        return kind
+
+
+def feed_inputs(param, size: int) -> list[str]:
+    """Replace the file-reading data layers of ``param`` (in place) by Input layers, as the
+    module doc says; returns one line per replacement."""
+    from caffe.proto import caffe_pb2 as pb
+    notes = []
+    for lp in param.layer:
+        if lp.type == "ImageSegData":
+            tp, ip = lp.transform_param, lp.image_data_param
+            if not tp.crop_size and not (ip.new_height and ip.new_width):
+                ip.new_height = ip.new_width = size
+                notes.append(f"{lp.name}: ImageSegData new size {size}x{size}")
+            continue
+        user_data = lp.type == "Python" and not len(lp.bottom)
+        if lp.type not in FILE_DATA and not user_data:
+            continue
+        shapes, what = _data_shapes(lp, size, user_data)
+        keep = pb.LayerParameter()
+        keep.CopyFrom(lp)
+        lp.Clear()
+        lp.name, lp.type = keep.name, "Input"
+        lp.top.extend(keep.top)
+        for rule in keep.include:
+            lp.include.add().CopyFrom(rule)
+        for rule in keep.exclude:
+            lp.exclude.add().CopyFrom(rule)
+        if keep.HasField("phase"):
+            lp.phase = keep.phase
+        for s in shapes:
+            lp.input_param.shape.add().dim.extend(s)
+        notes.append(f"{keep.name}: {what} -> Input " + ", ".join(
+            f"{t} {'x'.join(map(str, s))}" for t, s in zip(keep.top, shapes)))
+    return notes
+
+
+def _data_shapes(lp, size: int, user_data: bool):
+    """Top shapes an Input stand-in for data layer ``lp`` gets, and a word on where from."""
+    tp = lp.transform_param
+    n = 1
+    h = w = size
+    c = 3
+    if user_data:
+        what = f"Python {lp.python_param.module}.{lp.python_param.layer}"
+        shapes = [(n, 3 if t.lower() in IMAGE_TOPS or i == 0 else 1, h, w) for i, t in enumerate(lp.top)]
+        return shapes, what
+    sub = {"Data": lp.data_param, "ImageData": lp.image_data_param, "WindowData": lp.window_data_param}[lp.type]
+    n = int(getattr(sub, "batch_size", 0)) or 1
+    source = getattr(sub, "source", "")
+    known = next((v for k, v in KNOWN_SOURCES.items() if k in source.lower()), None)
+    crop = int(tp.crop_size) or int(getattr(sub, "crop_size", 0))
+    if crop:
+        h = w = crop
+    elif lp.type == "ImageData" and lp.image_data_param.new_height and lp.image_data_param.new_width:
+        h, w = int(lp.image_data_param.new_height), int(lp.image_data_param.new_width)
+    elif known:
+        c, h, w = known
+    if known and not crop:
+        c = known[0]
+    what = f"{lp.type} ({source or 'no source'})"
+    shapes = [(n, c, h, w)] + [(n,)] * (len(lp.top) - 1)
+    return shapes, what
+
+
+def survey_file(path: str, size: int) -> dict:
+    """The survey record of one prototxt (see the module doc)."""
+    from caffe.prototxt import parse_net
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    rec = {"path": path, "kind": "net"}
+    if is_solver(text):
+        rec["kind"] = "solver"
+        return rec
+    mapping = dummy_mapping(text)
+    rec["placeholders"] = sorted(mapping)
+    dropped = []
+    while True:
+        try:
+            param = parse_net(fill_placeholders(text, mapping, path), None)
+            break
+        except CaffeError as e:
+            shorter = drop_unknown_field(text, str(e))
+            if shorter is None or len(dropped) >= 20:
+                return _unparsed(rec, text, e, dropped)
+            text, field = shorter
+            dropped.append(field)
+    rec["dropped_fields"] = sorted(set(dropped))
+    if not len(param.layer):
+        rec["kind"] = "empty"
+        return rec
+    rec["name"] = param.name
+    rec["syntax"] = "V1" if re.search(r"^\s*layers\s*\{", text, re.M) else "V2"
+    rec["layers"] = len(param.layer)
+    rec["inputs_fed"] = feed_inputs(param, size)
+    rec["phases"] = {ph: survey_phase(param, ph) for ph in ("TRAIN", "TEST")}
+    return rec
+
+
+def _unparsed(rec: dict, text: str, error, dropped: list) -> dict:
+    """Record of a file the schema refuses: the error and the missing types its text names."""
+    from caffe.layer import REGISTRY
+    rec["kind"] = "unparsed"
+    rec["parse_error"] = str(error).replace("<string>", os.path.basename(rec["path"]))
+    rec["dropped_fields"] = sorted(set(dropped))
+    missing: dict[str, list[str]] = {}
+    unknown_enum = set()
+    types = scan_types(text)
+    for n, t in types:
+        if t.isupper():
+            name = _v1_type_name(t)
+            if name == t:   # not in our V1 enum: a fork's value
+                unknown_enum.add(t)
+                camel = "".join(w.capitalize() for w in t.split("_"))
+                name = camel if camel in REGISTRY else t
+            t = name
+        if t not in REGISTRY:
+            missing.setdefault(t, []).append(n)
+    rec["v1_enum_unknown"] = sorted(unknown_enum)
+    rec["missing"] = missing
+    rec["layers"] = len(types)
+    return rec
+
+
+_NO_FIELD = re.compile(r':(\d+):(\d+): Message type "[\w.]+" has no field named "(\w+)"')
+
+
+def drop_unknown_field(text: str, error: str):
+    """``text`` without every occurrence of the field the schema refused (a message field
+    with its whole block), and the field's name; None when the error is not an unknown field."""
+    m = _NO_FIELD.search(error)
+    if not m:
+        return None
+    field = m.group(3)
+    out, pos = [], 0
+    for line_start, line in _line_starts(text):
+        code = split_comment(line)[0]
+        for f in re.finditer(r"(?<![\w.])%s\s*:?\s*" % re.escape(field), code):
+            a = line_start + f.start()
+            if a < pos:
+                continue
+            b = line_start + f.end()
+            if text[b:b + 1] == "{":
+                depth = 0
+                while b < len(text):
+                    depth += {"{": 1, "}": -1}.get(text[b], 0)
+                    b += 1
+                    if depth == 0:
+                        break
+            else:
+                v = re.match(r'"(?:[^"\\]|\\.)*"|\S+', text[b:])
+                b += v.end() if v else 0
+            out.append(text[pos:a])
+            pos = b
+    if not out:
+        return None
+    out.append(text[pos:])
+    return "".join(out), field
+
+
+def _line_starts(text: str):
+    start = 0
+    for line in text.splitlines(keepends=True):
+        yield start, line
+        start += len(line)
+
+
+def survey_phase(param, phase: str) -> dict:
+    """Missing types, and (if none) build result, parameter count and outputs for one phase."""
+    from caffe.net import filter_layers, _phase_id
+    from deeplab.netinfo import missing_types, net_info
+    stages = list(param.state.stage) if param.HasField("state") else []
+    kept = filter_layers(param, _phase_id(phase), 0, stages)
+    out: dict = {"layers": len(kept)}
+    if not any(not len(lp.bottom) for lp in kept):
+        out.update(missing={}, builds=None, na="no data or Input layer in this phase")
+        return out
+    missing = missing_types(kept)
+    for lp in kept:
+        if lp.type == "Python" and len(lp.bottom):
+            key = f"Python({lp.python_param.module}.{lp.python_param.layer})"
+            missing.setdefault(key, []).append(lp.name)
+        if lp.type == "HDF5Data":
+            missing.setdefault("HDF5Data(shapes in files)", []).append(lp.name)
+    out["missing"] = missing
+    if missing:
+        out["builds"] = None
+        return out
+    try:
+        info = net_info(param, phase)
+    except CaffeError as e:
+        out.update(builds=False, error=str(e))
+        return out
+    except Exception as e:   # an engine bug, not a user error: keep the traceback's last line
+        out.update(builds=False, error=f"ENGINE {type(e).__name__}: {e}",
+                   where=traceback.format_exc().strip().splitlines()[-3].strip())
+        return out
+    # BatchNorm mean/variance/factor values (a blob shared by several layers counts for each)
+    stats = sum(layer.params for layer in info.layers if layer.type == "BatchNorm")
+    out.update(builds=True, params=info.total_params, batchnorm_statistics=stats,
+               inputs={n: list(info.blob(n).shape) for n in info.inputs},
+               outputs={n: list(info.blob(n).shape) for n in info.outputs})
+    return out
+
+
+def _phase_cell(ph: dict | None) -> str:
+    if ph is None:
+        return ""
+    if ph.get("builds") is True:
+        return f"yes {ph['params'] / 1e6:.2f}M"
+    if ph.get("na"):
+        return "n/a"
+    if ph.get("builds") is False:
+        return "NO: " + ph["error"][:90].replace("|", "/")
+    return "missing"
+
+
+def markdown(records: list[dict], root: str) -> str:
+    """The per-file table (one row per net file) and the totals."""
+    lines = ["| file | layers | missing types | TRAIN | TEST | TEST outputs |", "|---|---|---|---|---|---|"]
+    for r in records:
+        if r["kind"] == "solver":
+            continue
+        rel = os.path.relpath(r["path"], root)
+        if r["kind"] != "net":
+            miss = ", ".join(sorted(r.get("missing", {}))) or "-"
+            if r.get("v1_enum_unknown"):
+                miss += " (V1 enum values not in the schema: " + ", ".join(r["v1_enum_unknown"]) + ")"
+            lines.append(f"| {rel} | {r.get('layers', 0)} | {miss} | does not parse: "
+                         f"{r.get('parse_error', r['kind'])[-80:].replace('|', '/')} | | |")
+            continue
+        ph = r["phases"]
+        miss = sorted(set(ph["TRAIN"]["missing"]) | set(ph["TEST"]["missing"]))
+        if r.get("dropped_fields"):
+            miss.append("(dropped: " + ", ".join(r["dropped_fields"]) + ")")
+        outs = ph["TEST"].get("outputs") or {}
+        out_text = "; ".join(f"{k} {'x'.join(map(str, v)) or 'scalar'}" for k, v in list(outs.items())[:3])
+        lines.append(f"| {rel} | {r['layers']} | {', '.join(miss) or '-'} | {_phase_cell(ph['TRAIN'])} "
+                     f"| {_phase_cell(ph['TEST'])} | {out_text} |")
+    s = summary(records)
+    lines += ["", f"{s['files']} prototxt files: {s['solvers']} solvers, {s['nets']} nets "
+              f"({s['unparsed']} do not parse); {s['builds_any']} nets build in at least one phase, "
+              f"{s['builds_all']} in every phase they have; {s['missing_any']} need a type the engine lacks; "
+              f"{s['errors']} fail to build otherwise.", "", "| missing type | nets |", "|---|---|"]
+    lines += [f"| {t} | {k} |" for t, k in s["missing_types"]]
+    return "\n".join(lines)
+
+
+def summary(records: list[dict]) -> dict:
+    """Counts over all records: files, nets, builds, and nets blocked per missing type."""
+    nets = [r for r in records if r["kind"] in ("net", "unparsed")]
+    blocked = Counter()
+    builds_any = builds_all = missing_any = errors = 0
+    for r in nets:
+        if r["kind"] == "unparsed":
+            types = set(r.get("missing", {}))
+        else:
+            phases = r["phases"].values()
+            types = set().union(*(p["missing"] for p in phases))
+            built = [p.get("builds") for p in phases if p["layers"] and not p.get("na")]
+            builds_any += any(b is True for b in built)
+            builds_all += bool(built) and all(b is True for b in built)
+            errors += any(b is False for b in built)
+        missing_any += bool(types)
+        blocked.update(types)
+    return {"files": len(records), "solvers": sum(r["kind"] == "solver" for r in records),
+            "nets": len(nets), "unparsed": sum(r["kind"] == "unparsed" for r in records),
+            "builds_any": builds_any, "builds_all": builds_all, "missing_any": missing_any,
+            "errors": errors, "missing_types": blocked.most_common()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", help="folder searched for *.prototxt files")
+    ap.add_argument("--out", required=True, help="JSON file written with one record per file")
+    ap.add_argument("--size", type=int, default=500, help="H = W of data layers whose size is not in the file")
+    args = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(1)
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(args.folder) for f in fs if f.endswith(".prototxt"))
+    if not paths:
+        print(f"error: no *.prototxt under {args.folder}", file=sys.stderr)
+        return 2
+    records = [survey_file(p, args.size) for p in paths]
+    print(markdown(records, args.folder))
+    tmp = args.out + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"folder": os.path.abspath(args.folder), "size": args.size, "summary": summary(records),
+                   "files": records}, f, indent=1)
+    os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
