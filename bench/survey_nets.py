@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from caffe import CaffeError  # noqa: E402
 from caffe.prototxt import fill_placeholders, placeholders, split_comment  # noqa: E402
 
-FILE_DATA = {"Data", "ImageData", "WindowData"}
+FILE_DATA = {"Data", "ImageData", "WindowData", "DenseImageData"}
 # dataset name in the source -> C, H, W (first match; the siamese example stores MNIST pairs)
 KNOWN_SOURCES = {"siamese": (2, 28, 28), "mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 IMAGE_TOPS = {"data", "color", "hha", "image", "img"}
@@ -157,6 +157,15 @@ def _data_shapes(lp, size: int, user_data: bool):
         what = f"Python {lp.python_param.module}.{lp.python_param.layer}"
         shapes = [(n, 3 if t.lower() in IMAGE_TOPS or i == 0 else 1, h, w) for i, t in enumerate(lp.top)]
         return shapes, what
+    if lp.type == "DenseImageData":  # SegNet's: image and a full-size label (divided by label_divide_factor)
+        p = lp.dense_image_data_param
+        n = int(p.batch_size) or 1
+        if p.crop_height and p.crop_width:
+            h, w = int(p.crop_height), int(p.crop_width)
+        elif p.new_height and p.new_width:
+            h, w = int(p.new_height), int(p.new_width)
+        f = int(p.label_divide_factor) or 1
+        return [(n, 3, h, w), (n, 1, h // f, w // f)][:len(lp.top)], f"DenseImageData ({p.source or 'no source'})"
     sub = {"Data": lp.data_param, "ImageData": lp.image_data_param, "WindowData": lp.window_data_param}[lp.type]
     n = int(getattr(sub, "batch_size", 0)) or 1
     source = getattr(sub, "source", "")

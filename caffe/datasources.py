@@ -1,4 +1,5 @@
-"""Sources of BVLC Caffe's data layers: Data, ImageData, HDF5Data (WindowData: caffe.window_data),
+"""Sources of BVLC Caffe's data layers: Data, ImageData, HDF5Data (WindowData: caffe.window_data;
+SegNet's DenseImageData: caffe.dense_image_data),
 read batch by batch through caffe.imageseg.Stream (DataLoader workers, rank/world shards).
 
 A source is a torch Dataset indexed by stream position, as ImageSegSource: position p of the
@@ -360,6 +361,9 @@ def make_source(layer, phase: str, seed: int = 0):
     if layer.type == "WindowData":
         from .window_data import WindowSource
         return WindowSource(lp, phase, seed)
+    if layer.type == "DenseImageData":
+        from .dense_image_data import DenseImageDataSource
+        return DenseImageDataSource(lp, phase, seed)
     if layer.type == "MemoryData":
         raise CaffeError(f"{layer_where(lp)}: MemoryData holds the arrays given to pycaffe's "
                          "Net.set_input_arrays; training, caffe test and caffe time cannot fill it "

@@ -286,7 +286,7 @@ class NetFeed:
                 self.streams.append(Stream(src, rank, world, 0 if in_process else workers, pin_memory))
         if not self.streams:
             raise CaffeError(f"net {net.name!r} ({phase}) has no data layer (ImageSegData, Data, ImageData, "
-                             "HDF5Data or WindowData) to read data from")
+                             "HDF5Data, WindowData or DenseImageData) to read data from")
 
     def __call__(self, b: int) -> dict[str, torch.Tensor]:
         out = {}

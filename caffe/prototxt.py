@@ -41,6 +41,8 @@ V1_TYPE_NAMES: dict[int, str] = {
     _V1.MAT_READ: "MatRead", _V1.SEG_ACCURACY: "SegAccuracy", _V1.PADDING: "Padding",
     _V1.DENSE_CRF: "DenseCRF", _V1.DOMINANT_CHANNEL: "DominantChannel",
     _V1.BIAS_CHANNEL: "BiasChannel",
+    # crfasrnn (torrvision/caffe upgrade_proto.cpp: CROP -> "Crop")
+    _V1.CROP: "Crop", _V1.MULTI_STAGE_MEANFIELD: "MultiStageMeanfield",
 }
 
 # Caffe's UpgradeSolverType.

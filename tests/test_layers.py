@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from google.protobuf import text_format
 
 from deeplab import DeepLabError
@@ -231,6 +232,9 @@ REGISTRY_EXAMPLES = {
     "SoftmaxWithLoss": ("loss_param { ignore_label: 255 }", [_x(), _labels()]),
     "SPP": ("spp_param { pyramid_height: 2 }", None),
     "Tile": ("tile_param { tiles: 2 }", None),
+    "BN": ('bn_param { scale_filler { type: "constant" value: 2 } shift_filler { type: "constant" value: 1 } }', None),
+    "Upsample": ("upsample_param { scale: 2 }",
+                 [_x(2, 3, 2, 2), F.max_pool2d(_x(2, 3, 4, 4), 2, return_indices=True)[1].float()]),
 }
 REGISTRY_SKIP = {
     "Data": "a data layer: its tops are read by caffe.datasources (tests/test_data_layers.py)",
@@ -239,6 +243,7 @@ REGISTRY_SKIP = {
     "ImageData": "a data layer: its tops are read by caffe.datasources (tests/test_data_layers.py)",
     "MemoryData": "a data layer: pycaffe's set_input_arrays fills it (tests/test_data_layers.py)",
     "WindowData": "a data layer: its tops are read by caffe.window_data (tests/test_data_layers.py)",
+    "DenseImageData": "a data layer: its tops are read by caffe.dense_image_data (tests/test_layers_segnet.py)",
     "ImageSegData": "a data layer: its tops are fed by caffe.imageseg, not computed",
     "Input": "a data layer: its tops are fed by the caller",
     "MatWrite": "writes files (tested in test_extract)",

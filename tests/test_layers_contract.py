@@ -26,6 +26,9 @@ LOSS = (2, -1, -1, 1, -1, -1, False, True)       # loss_layer.hpp
 CAFFE_CONTRACTS = {
     "DenseCRF": (-1, 2, -1, 1, -1, -1, False, False),        # the DeepLab fork's densecrf_layer.hpp
     "MultiStageMeanfield": (3, -1, -1, 1, -1, -1, False, False),   # crfasrnn's multi_stage_meanfield.hpp
+    "BN": (1, -1, -1, -1, 1, 3, False, False),   # caffe-segnet common_layers.hpp: 3 tops with LEARN, else 1 (setup)
+    "Upsample": (2, -1, -1, 1, -1, -1, False, False),         # caffe-segnet vision_layers.hpp
+    "DenseImageData": (0, -1, -1, 2, -1, -1, False, False),   # caffe-segnet data_layers.hpp
     "Data": (0, -1, -1, -1, 1, 2, False, False),            # data_layer.hpp
     "HDF5Data": (0, -1, -1, -1, 1, -1, False, False),
     "HDF5Output": (2, -1, -1, 0, -1, -1, False, False),

@@ -273,11 +273,12 @@ def test_unsupported_types_are_all_named_at_once(tmp_path, capsys):
     path = tmp_path / "fork.prototxt"
     path.write_text(STAGED + "".join(
         f'layer {{ name: "{n}" type: "{t}" bottom: "conv" top: "{n}" }}\n'
-        for n, t in [("bn1", "BN"), ("up1", "Upsample"), ("bn2", "BN"), ("x", "NoSuchType")]))
+        for n, t in [("bn1", "BinaryPngWrite"), ("up1", "SpatialProduct"), ("bn2", "BinaryPngWrite"),
+                     ("x", "NoSuchType")]))
     with pytest.raises(SystemExit) as exit_info:
         run_main(netinfo_tool.main, [str(path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert ("needs 3 layer type(s) this engine lacks: BN (2 layers: bn1, bn2); Upsample (1 layer: up1); "
-            "NoSuchType (1 layer: x)") in err
+    assert ("needs 3 layer type(s) this engine lacks: BinaryPngWrite (2 layers: bn1, bn2); SpatialProduct "
+            "(1 layer: up1); NoSuchType (1 layer: x)") in err

@@ -17,4 +17,4 @@ def test_readme_lists_the_registered_layer_types():
 def test_type_list_names_v1_spellings():
     listed = type_list()
     assert "`Convolution` (CONVOLUTION)" in listed and "`DenseCRF` (DENSE_CRF)" in listed
-    assert "`Crop`," in listed  # no V1 enum
+    assert "`BatchNorm`," in listed  # no V1 enum

@@ -178,4 +178,4 @@ def spatial(values, single, h, w, default, what, layer):
 
 
 # Import the layer families so they register themselves.
-from . import data, conv, neuron, pooling, interp, combine, loss, output, shape_ops, activation, inner_product, dummy_data, accuracy, scale_bias, normalization, deconv, losses_extra, python, spp, hdf5_output, crf  # noqa: E402,F401
+from . import data, conv, neuron, pooling, interp, combine, loss, output, shape_ops, activation, inner_product, dummy_data, accuracy, scale_bias, normalization, deconv, losses_extra, python, spp, hdf5_output, crf, segnet  # noqa: E402,F401
