@@ -23,6 +23,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from . import CaffeError
+from .lists import ListOrder
 
 
 def layer_where(lp) -> str:
@@ -213,24 +214,10 @@ class ImageDataSource(_Source):
                 raise CaffeError(f"{self.where}: {line.where}: {path} does not exist")
             label = int(line.label) if line.label is not None else _atoi(line.image)
             self.entries.append((line.where, path, label))
-        self.shuffle = bool(p.shuffle)
-        self.skip = int(_rng(self.seed, 7).integers(p.rand_skip)) if p.rand_skip else 0
-        if self.skip >= len(self.entries):
-            raise CaffeError(f"{self.where}: not enough points to skip: rand_skip drew {self.skip} "
-                             f"for {len(self.entries)} lines")
-        self._perm: tuple[int, np.ndarray] | None = None
+        self.item_index = ListOrder(len(self.entries), p.shuffle, self.seed, p.rand_skip, self.where)
 
     def __len__(self) -> int:
         return len(self.entries)
-
-    def item_index(self, pos: int) -> int:
-        """Which line stream position ``pos`` reads."""
-        epoch, k = divmod(pos + self.skip, len(self.entries))
-        if not self.shuffle:
-            return k
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, _rng(self.seed, epoch, 0x5EED).permutation(len(self.entries)))
-        return int(self._perm[1][k])
 
     def _read(self, index: int) -> np.ndarray:
         import cv2

@@ -29,13 +29,12 @@ import os
 import numpy as np
 
 from . import CaffeError
-from .datasources import CaffeTransform, ImageDataSource, _Source, _batch_size, _rng
+from .datasources import CaffeTransform, _Source, _batch_size, _rng
+from .lists import ListOrder
 
 
 class DenseImageDataSource(_Source):
     """A Dataset by stream position of (image C x H x W, label 1 x H' x W', where)."""
-
-    item_index = ImageDataSource.item_index   # the same shuffle / rand_skip stream as ImageData
 
     def __init__(self, lp, phase: str = "TRAIN", seed: int = 0):
         from .lists import read_list
@@ -75,12 +74,7 @@ class DenseImageDataSource(_Source):
                 if not os.path.isfile(path):
                     raise CaffeError(f"{self.where}: {line.where}: {path} does not exist")
             self.entries.append((line.where,) + paths)
-        self.shuffle = bool(p.shuffle)
-        self.skip = int(_rng(self.seed, 7).integers(p.rand_skip)) if p.rand_skip else 0
-        if self.skip >= len(self.entries):
-            raise CaffeError(f"{self.where}: not enough points to skip: rand_skip drew {self.skip} "
-                             f"for {len(self.entries)} lines")
-        self._perm = None
+        self.item_index = ListOrder(len(self.entries), p.shuffle, self.seed, p.rand_skip, self.where)
         # batch_size 1 without resize or crop: every batch takes its image's size (the fork reshapes)
         self.varying = self.batch_size == 1 and not self.new_size[0] and not self.crop[0]
         self.first = self._read(self.item_index(0))[0].shape

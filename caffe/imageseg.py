@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import CaffeError
 from .images import read_image, read_label
-from .lists import read_list as read_lines
+from .lists import ListOrder, read_list as read_lines
 
 NONE, IMAGE, PIXEL = 0, 1, 2
 
@@ -158,22 +158,11 @@ class ImageSegSource(Dataset):
             raise CaffeError(f"layer {lp.name!r}: give 1 mean_value or one per channel")
         self.entries = read_list(p.source, p.root_folder, self.label_type)
         self.batch_size = int(p.batch_size) or 1
-        self.shuffle, self.seed = bool(p.shuffle), int(seed)
-        self.skip = int(np.random.default_rng([self.seed, 7]).integers(p.rand_skip)) if p.rand_skip else 0
-        self._perm: tuple[int, np.ndarray] | None = None
+        self.seed = int(seed)
+        self.item_index = ListOrder(len(self.entries), p.shuffle, self.seed, p.rand_skip, f"layer {lp.name!r}")
 
     def __len__(self) -> int:
         return len(self.entries)
-
-    def item_index(self, pos: int) -> int:
-        """Which list entry stream position ``pos`` reads."""
-        epoch, k = divmod(pos + self.skip, len(self.entries))
-        if not self.shuffle:
-            return k
-        if self._perm is None or self._perm[0] != epoch:
-            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, 0x5EED])
-            self._perm = (epoch, rng.permutation(len(self.entries)))
-        return int(self._perm[1][k])
 
     def __getitem__(self, pos: int):
         """(data, label, dims) of stream position ``pos``, or the CaffeError it raised."""

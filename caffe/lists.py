@@ -58,3 +58,28 @@ def read_list(source: str | os.PathLike) -> list[ListLine]:
     if not out:
         raise CaffeError(f"list file {source} lists no images")
     return out
+
+
+class ListOrder:
+    """Which line of a list a data layer reads at stream position ``pos``: the lines in order, or
+    (``shuffle``) a seeded permutation drawn anew for each pass over them, as Caffe's data layers
+    shuffle at the start and at every wrap-around. ``rand_skip`` > 0 first skips a seeded random
+    number of lines below it, as Caffe's rand_skip; it must leave a line to read."""
+
+    def __init__(self, count: int, shuffle: bool, seed: int, rand_skip: int = 0, where: str = "list"):
+        import numpy as np
+        self._np = np
+        self.count, self.shuffle, self.seed = int(count), bool(shuffle), int(seed) & 0xFFFFFFFF
+        self.skip = int(np.random.default_rng([self.seed, 7]).integers(rand_skip)) if rand_skip else 0
+        if self.skip >= self.count:
+            raise CaffeError(f"{where}: not enough points to skip: rand_skip drew {self.skip} for {self.count} lines")
+        self._perm = None  # (pass, permutation) of the last pass asked for
+
+    def __call__(self, pos: int) -> int:
+        epoch, k = divmod(pos + self.skip, self.count)
+        if not self.shuffle:
+            return k
+        if self._perm is None or self._perm[0] != epoch:
+            rng = self._np.random.default_rng([self.seed, epoch, 0x5EED])
+            self._perm = (epoch, rng.permutation(self.count))
+        return int(self._perm[1][k])

@@ -197,7 +197,7 @@ def test_image_data_shuffle_skip_and_errors(tmp_path):
     assert [b["l"].tolist() for b in feed_batches(shuffled, 3, seed=3)] == epochs    # a function of the seed
     skipped = layer_source(data_net(layer.format(lst, tmp_path, "rand_skip: 5")).layers[0], "TEST", seed=1)
     firsts = [skipped[p][1] for p in range(6)]
-    assert firsts == [5 + (skipped.skip + p) % 5 for p in range(6)]                   # skip once, then wrap to 0
+    assert firsts == [5 + (skipped.item_index.skip + p) % 5 for p in range(6)]                 # skip once, then wrap to 0
     (tmp_path / "bad.txt").write_text("im0.png cat\n")
     with pytest.raises(CaffeError, match=r"layer 'd' \(ImageData\): .*bad.txt:1: the label must be an integer"):
         data_net(layer.format(tmp_path / "bad.txt", tmp_path, ""))
