@@ -126,6 +126,14 @@ class _Source(Dataset):
         self.where, self.name, self.tops = layer_where(lp), lp.name, list(lp.top)
         self.train, self.seed = phase.upper() == "TRAIN", int(seed)
 
+    def read_lines(self, source: str) -> list:
+        """The list file's sample lines (caffe.lists.read_list), errors naming this layer."""
+        from .lists import read_list
+        try:
+            return read_list(source)
+        except CaffeError as e:
+            raise CaffeError(f"{self.where}: {e}") from None
+
     def __getitem__(self, pos: int):
         try:
             return self.item(pos)
@@ -191,7 +199,6 @@ class ImageDataSource(_Source):
     atoi(path), as Caffe's parser does; a label that is not an integer is an error."""
 
     def __init__(self, lp, phase: str = "TRAIN", seed: int = 0):
-        from .lists import read_list
         super().__init__(lp, phase, seed)
         p = lp.image_data_param
         self.batch_size = _batch_size(p.batch_size, self.where, "image_data_param")
@@ -201,10 +208,7 @@ class ImageDataSource(_Source):
             raise CaffeError(f"{self.where}: image_data_param.source (the list file) is not set")
         self.transform = CaffeTransform(lp.transform_param, self.train, self.where)
         self.new_size, self.color = (int(p.new_height), int(p.new_width)), bool(p.is_color)
-        try:
-            lines = read_list(p.source)
-        except CaffeError as e:
-            raise CaffeError(f"{self.where}: {e}") from None
+        lines = self.read_lines(p.source)
         self.entries = []
         for line in lines:
             if line.label is not None and not re.fullmatch(r"[+-]?\d+", line.label):

@@ -37,7 +37,6 @@ class DenseImageDataSource(_Source):
     """A Dataset by stream position of (image C x H x W, label 1 x H' x W', where)."""
 
     def __init__(self, lp, phase: str = "TRAIN", seed: int = 0):
-        from .lists import read_list
         super().__init__(lp, phase, seed)
         p = lp.dense_image_data_param
         self.batch_size = _batch_size(p.batch_size, self.where, "dense_image_data_param")
@@ -61,10 +60,7 @@ class DenseImageDataSource(_Source):
             raise CaffeError(f"{self.where}: dense_image_data_param.source (the list file) is not set")
         self.transform = CaffeTransform(tp, self.train, self.where)
         self.color, self.mirror = bool(p.is_color), bool(p.mirror)
-        try:
-            lines = read_list(p.source)
-        except CaffeError as e:
-            raise CaffeError(f"{self.where}: {e}") from None
+        lines = self.read_lines(p.source)
         self.entries = []
         for line in lines:
             if line.label is None:
