@@ -120,7 +120,8 @@ def _batch_size(value, where: str, field: str) -> int:
 
 class _Source(Dataset):
     """What every source shares: tops, batch size, the (seed, position) random generator and
-    errors returned (not raised) from ``__getitem__`` so a worker's error reaches the caller."""
+    errors returned (not raised) from ``__getitem__`` so a worker's error reaches the caller.
+    Each source defines ``item(pos)`` (one sample's arrays) and ``top_shapes()``."""
 
     def __init__(self, lp, phase: str, seed: int):
         self.where, self.name, self.tops = layer_where(lp), lp.name, list(lp.top)
@@ -140,11 +141,6 @@ class _Source(Dataset):
         except CaffeError as e:
             return e
 
-    def item(self, pos: int):  # pragma: no cover - every source defines it
-        raise NotImplementedError
-
-    def top_shapes(self) -> list[tuple]:  # pragma: no cover - every source defines it
-        raise NotImplementedError
 
 
 class DataSource(_Source):

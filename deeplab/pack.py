@@ -116,23 +116,26 @@ def pack_weights(caffemodel: str, out: str, layers: str = ".*") -> list[str]:
     """Store the layers of ``caffemodel`` whose names match the regular expression ``layers`` as
     float16 in ``out`` (.npz); returns their names. Float16 keeps about 3 significant digits."""
     keep = re.compile(layers)
+    chosen = [layer for layer in load_caffemodel(caffemodel) if keep.fullmatch(layer.name) and layer.blobs]
+    if not chosen:
+        raise DeepLabError(f"{caffemodel}: no layer with learnable blobs matches {layers!r}")
+    return save_float16(chosen, out, caffemodel)
+
+
+def save_float16(layers: list[LayerBlobs], out: str, source: str = "weights") -> list[str]:
+    """Store ``layers`` (LayerBlobs with blobs) as float16 in ``out`` (.npz), in order; returns
+    their names. A value beyond float16's range is an error naming ``source``."""
     arrays = {}
-    names = []
-    for layer in load_caffemodel(caffemodel):
-        if not keep.fullmatch(layer.name) or not layer.blobs:
-            continue
-        names.append(layer.name)
+    for layer in layers:
         arrays[f"type/{layer.name}"] = np.array(layer.type)
         for i, blob in enumerate(layer.blobs):
             if np.abs(blob).max(initial=0) > np.finfo(np.float16).max:
-                raise DeepLabError(f"{caffemodel}: layer {layer.name} blob {i} exceeds float16's range")
+                raise DeepLabError(f"{source}: layer {layer.name} blob {i} exceeds float16's range")
             arrays[f"blob/{layer.name}/{i}"] = blob.astype(np.float16)
-    if not names:
-        raise DeepLabError(f"{caffemodel}: no layer with learnable blobs matches {layers!r}")
-    arrays["order"] = np.array(names)
+    arrays["order"] = np.array([layer.name for layer in layers])
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    return names
+    return [layer.name for layer in layers]
 
 
 def unpack_weights(packed: list[str], caffemodel: str) -> list[str]:

@@ -20,7 +20,8 @@ import sys
 import time
 
 from . import DeepLabError
-from .pack import pack_dataset, pack_folder, pack_weights, unpack_archives, unpack_dataset, unpack_weights
+from .pack import (pack_dataset, pack_folder, pack_weights, save_float16, unpack_archives, unpack_dataset,
+                   unpack_weights)
 
 DATASET_PACK = "dataset.npz"
 INIT_PACK = "init.npz"
@@ -116,10 +117,10 @@ def run(pack: str, conf: str, out: str, work: str, *, gpu: int | None, amp: str 
     weights_dir = os.path.join(back, "weights")
     os.makedirs(weights_dir, exist_ok=True)
     from caffe.model_io import load_caffemodel
-    names = [layer.name for layer in load_caffemodel(snapshot) if layer.blobs]
-    parts = [os.path.join(weights_dir, f"{k:02d}_{name}.npz") for k, name in enumerate(names)]
-    for name, part in zip(names, parts):
-        pack_weights(snapshot, part, re.escape(name))
+    layers = [layer for layer in load_caffemodel(snapshot) if layer.blobs]   # read once, one part per layer
+    parts = [os.path.join(weights_dir, f"{k:02d}_{layer.name}.npz") for k, layer in enumerate(layers)]
+    for layer, part in zip(layers, parts):
+        save_float16([layer], part, snapshot)
     final = os.path.join(exp, MODEL)
     unpack_weights(parts, final)
 
