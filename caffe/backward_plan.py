@@ -69,6 +69,8 @@ def plan_backward(net) -> None:
         split_need = {v: True for v in split_need}
     net.layer_need_backward = need
     net.bottom_need_backward = bottom_need
+    net.backward_refusals = {i: msg for i, layer in enumerate(net.layers)
+                             if need[i] and (msg := _refusal(layer, bottom_need[i]))}
     # Layer::param_propagate_down: a learnable blob gets a diff when its own ParamSpec has
     # lr_mult != 0, or under force_backward (only in a layer that runs backward at all).
     net.param_need_backward = [[net.force_backward or _lr_mult(layer, k) != 0 for k in range(len(layer.blobs))]
@@ -79,6 +81,17 @@ def plan_backward(net) -> None:
                                 for i, (_, bottoms, _) in enumerate(net._values)]
     for layer, i in net._owned:   # Caffe computes no diff for lr_mult 0 unless force_backward
         layer.blobs[i].requires_grad_(net.force_backward or _shared_lr(net, layer.blobs[i]))
+
+
+def _refusal(layer, bottom_need: list) -> str | None:
+    """Why Caffe's Backward of ``layer`` would abort with these bottoms needing a diff, or None."""
+    refused = layer.no_gradient_to
+    for j, needed in enumerate(bottom_need):
+        why = refused.get("*") or refused.get(j) or (refused.get(-1) if j == len(bottom_need) - 1 else None)
+        if needed and why:
+            return str(layer.error(f"cannot backpropagate to bottom {j} ({why}); BVLC Caffe aborts in Backward "
+                                   "here (use propagate_down: false, or no force_backward)"))
+    return None
 
 
 def _lr_mult(layer, k: int) -> float:

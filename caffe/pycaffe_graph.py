@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import CaffeError
+
 
 class Graph:
     """The engine's per-layer backward flags, blob versions and the forward / backward /
@@ -31,6 +33,7 @@ class Graph:
                 writer[t] = i
         self.layer_need = engine.layer_need_backward
         self.bottom_need = engine.bottom_receives_diff
+        self.refusals = engine.backward_refusals
         self.param_need = engine.param_need_backward
         self.saved: dict[int, tuple] = {}
 
@@ -82,6 +85,8 @@ class Graph:
             for fn in net._callbacks["before_backward"]:
                 fn(i)
             if self.layer_need[i]:
+                if i in self.refusals:
+                    raise CaffeError(self.refusals[i])
                 self._backward_layer(net, i, written)
             for fn in net._callbacks["after_backward"]:
                 fn(i)

@@ -101,6 +101,8 @@ class Solver:
     def __init__(self, param, net, train_feed, test_nets=(), test_feeds=(), *, seed: int = 0,
                  device="cpu", dist=None, log=None, amp=None, channels_last=False, progress=True):
         check_solver(param)
+        if net.backward_refusals:   # Caffe would abort at the first iteration's Backward
+            raise CaffeError(next(iter(net.backward_refusals.values())))
         self.param, self.net, self.train_feed = param, net, train_feed
         self.test_nets, self.test_feeds = list(test_nets), list(test_feeds)
         self.seed, self.device = int(seed), torch.device(device)

@@ -26,6 +26,9 @@ LOSS = (2, -1, -1, 1, -1, -1, False, True)       # loss_layer.hpp
 CAFFE_CONTRACTS = {
     "DenseCRF": (-1, 2, -1, 1, -1, -1, False, False),        # the DeepLab fork's densecrf_layer.hpp
     "MultiStageMeanfield": (3, -1, -1, 1, -1, -1, False, False),   # crfasrnn's multi_stage_meanfield.hpp
+    "RNN": (-1, 2, 4, -1, 1, 2, False, False),    # recurrent_layer.hpp: 2-3 bottoms (3-4 with expose_hidden), 1 top (2); exact counts checked in setup
+    "LSTM": (-1, 2, 5, -1, 1, 3, False, False),   # 2-3 bottoms (4-5 with expose_hidden), 1 top (3)
+    "LSTMUnit": (3, -1, -1, 2, -1, -1, False, False),
     "BN": (1, -1, -1, -1, 1, 3, False, False),   # caffe-segnet common_layers.hpp: 3 tops with LEARN, else 1 (setup)
     "Upsample": (2, -1, -1, 1, -1, -1, False, False),         # caffe-segnet vision_layers.hpp
     "DenseImageData": (0, -1, -1, 2, -1, -1, False, False),   # caffe-segnet data_layers.hpp

@@ -83,6 +83,10 @@ class Layer(nn.Module):
         """Caffe's AllowForceBackward: may ``force_backward`` send a gradient into ``bottom``?"""
         return True
 
+    # Bottoms whose gradient Caffe's Backward refuses (LOG(FATAL) / NOT_IMPLEMENTED when asked
+    # for it): index -> what the bottom is. -1 is the last bottom; "*" every bottom.
+    no_gradient_to: dict = {}
+
     def add_blob(self, shape: Sequence[int], filler) -> None:
         """Create a learnable blob of ``shape`` filled by a Caffe FillerParameter."""
         from .fillers import fill
@@ -178,4 +182,4 @@ def spatial(values, single, h, w, default, what, layer):
 
 
 # Import the layer families so they register themselves.
-from . import data, conv, neuron, pooling, interp, combine, loss, output, shape_ops, activation, inner_product, dummy_data, accuracy, scale_bias, normalization, deconv, losses_extra, python, spp, hdf5_output, crf, segnet  # noqa: E402,F401
+from . import data, conv, neuron, pooling, interp, combine, loss, output, shape_ops, activation, inner_product, dummy_data, accuracy, scale_bias, normalization, deconv, losses_extra, python, spp, hdf5_output, crf, segnet, recurrent  # noqa: E402,F401

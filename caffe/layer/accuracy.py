@@ -19,6 +19,8 @@ class Accuracy(Layer):
     exact_num_bottom_blobs = 2
     exact_num_top_blobs, min_top_blobs, max_top_blobs = -1, 1, 2
 
+    no_gradient_to = {"*": "Accuracy has no backward"}
+
     def setup(self, bottom_shapes):
         p = self.param.accuracy_param
         scores, label = bottom_shapes
@@ -70,6 +72,8 @@ class ArgMax(Layer):
     Ties go to the larger index (Caffe's partial_sort with std::greater on (value, index))."""
 
     exact_num_bottom_blobs = 1
+
+    no_gradient_to = {"*": "ArgMax has no backward"}
 
     def setup(self, bottom_shapes):
         p = self.param.argmax_param

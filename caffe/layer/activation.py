@@ -167,6 +167,8 @@ class BNLL(_Neuron):
 class Threshold(_Neuron):
     """y = 1 if x > threshold else 0. Caffe has no backward for it; here no gradient flows."""
 
+    no_gradient_to = {"*": "Threshold has no backward"}
+
     def setup(self, bottom_shapes):
         self.threshold = float(self.param.threshold_param.threshold)
         return list(bottom_shapes)

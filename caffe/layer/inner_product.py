@@ -54,6 +54,8 @@ class Embed(Layer):
 
     exact_num_bottom_blobs = 1
 
+    no_gradient_to = {0: "the indices"}
+
     def setup(self, bottom_shapes):
         p = self.param.embed_param
         self.k, self.n = int(p.input_dim), int(p.num_output)

@@ -74,6 +74,8 @@ class SigmoidCrossEntropyLoss(_Loss):
     ignore_label, computed stably, / the normaliser (loss_param.normalization; default
     BATCH_SIZE; ``normalize`` true means VALID). d/dx = sigmoid(x) - t."""
 
+    no_gradient_to = {1: "the targets"}
+
     def setup(self, bottom_shapes):
         self.check_first_dims(bottom_shapes)
         a, b = count(bottom_shapes[0]), count(bottom_shapes[1])
@@ -171,6 +173,8 @@ class HingeLoss(_Loss):
     """One-vs-all hinge loss of N x K scores against labels: d = max(0, 1 + s * x) with
     s = -1 for the true class, +1 otherwise; L1 (default): sum d / N, L2: sum d^2 / N."""
 
+    no_gradient_to = {1: "the labels"}
+
     def setup(self, bottom_shapes):
         self.check_first_dims(bottom_shapes)
         self.norm = int(self.param.hinge_loss_param.norm)
@@ -215,6 +219,8 @@ class InfogainLoss(_Loss):
 
     exact_num_bottom_blobs, min_bottom_blobs, max_bottom_blobs = -1, 2, 3
     exact_num_top_blobs, min_top_blobs, max_top_blobs = -1, 1, 2
+
+    no_gradient_to = {1: "the labels", 2: "the infogain matrix"}
 
     def setup(self, bottom_shapes):
         scores, label = bottom_shapes[:2]
@@ -267,6 +273,8 @@ class InfogainLoss(_Loss):
 class MultinomialLogisticLoss(_Loss):
     """-sum_i log(max(p[i, label_i], 1e-20)) / N for N x K probabilities; Caffe's gradient
     -1 / (N max(p, 1e-20)) at the label (also where the clamp is active)."""
+
+    no_gradient_to = {1: "the labels"}
 
     def setup(self, bottom_shapes):
         self.check_first_dims(bottom_shapes)

@@ -210,6 +210,8 @@ class Filter(Layer):
     min_bottom_blobs = 2
     exact_num_top_blobs, min_top_blobs = -1, 1
 
+    no_gradient_to = {-1: "the selector"}
+
     def setup(self, bottom_shapes):
         if len(bottom_shapes) < 2:
             raise self.error("needs at least one data bottom and the selector bottom")
@@ -234,6 +236,8 @@ class BatchReindex(Layer):
     """top[i] = bottom[permut[i]] along axis 0 (items may repeat; their gradients add up)."""
 
     exact_num_bottom_blobs = 2
+
+    no_gradient_to = {1: "the indices"}
 
     def setup(self, bottom_shapes):
         data, permut = bottom_shapes
