@@ -274,6 +274,31 @@ def test_net_records_caffes_backward_flags():
     assert forced.bottom_need_backward == [[], [True], [True, False]]     # never into the labels
 
 
+EMBED_NET = ('force_backward: true\n'
+             'layer { name: "in" type: "Input" top: "i" input_param { shape { dim: 2 } } }\n'
+             'layer { name: "e" type: "Embed" bottom: "i" top: "y" embed_param { num_output: 2 input_dim: 3 } }\n')
+
+
+def test_backward_into_a_bottom_caffe_refuses_is_an_error_at_backward_time(tmp_path):
+    """Caffe builds the net and runs forward; its Backward aborts (Embed's CHECK on its indices).
+    pycaffe's backward says so in one line; a solver refuses before its first iteration."""
+    import caffe
+    from caffe.proto import caffe_pb2
+    from caffe.solver import Solver
+    net = Net(EMBED_NET, "TRAIN")
+    assert net.backward_refusals == {1: "layer 'e' (Embed): cannot backpropagate to bottom 0 (the indices); "
+                                        "BVLC Caffe aborts in Backward here (use propagate_down: false, or no "
+                                        "force_backward)"}
+    assert Net(EMBED_NET.replace("force_backward: true", ""), "TRAIN").backward_refusals == {}
+    (tmp_path / "net.prototxt").write_text(EMBED_NET)
+    py = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN)
+    py.forward()
+    with pytest.raises(CaffeError, match=r"layer 'e' \(Embed\): cannot backpropagate to bottom 0 \(the indices\)"):
+        py.backward(y=np.ones((2, 2), np.float32))
+    with pytest.raises(CaffeError, match="cannot backpropagate to bottom 0"):
+        Solver(caffe_pb2.SolverParameter(base_lr=0.1, lr_policy="fixed"), net, lambda b: {"i": torch.zeros(2)})
+
+
 def test_layer_phase_field_and_file_stages():
     text = ('state { stage: "deploy" }\n'
             'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1000 } } }\n'
