@@ -82,14 +82,16 @@ def test_convolution_takes_several_bottoms_with_shared_weights():
                           2 * (out["a"] - net.layer("c").blobs[1].view(1, 2, 1, 1)), atol=1e-5)
 
 
-def test_two_tops_on_softmax_loss_need_loss_weight_per_top_as_in_caffe():
+def test_two_tops_need_loss_weight_per_top_and_softmax_loss_refuses_a_second_top_as_caffe_does():
     base = DATA + CONV % ("score", "data", "score", "")
     with pytest.raises(CaffeError, match=r"loss_weight must be unspecified or given once per top.*loss_weight: 1 loss_weight: 0"):
-        Net(base + 'layer { name: "l" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "l" top: "p" }',
+        Net(base + 'layer { name: "h" type: "Input" top: "h" input_param { shape { dim: 3 dim: 3 } } }\n'
+                   'layer { name: "l" type: "InfogainLoss" bottom: "score" bottom: "label" bottom: "h" top: "l" top: "p" }',
             "TRAIN")
-    net = Net(base + 'layer { name: "l" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "l" top: "p" '
-                     'loss_weight: 1 loss_weight: 0 }', "TRAIN")
-    assert net.loss_weights == {"l": 1.0}
+    for weights in ("", "loss_weight: 1 loss_weight: 0"):   # BVLC aborts on both (tests/fixtures/golden/bvlc)
+        with pytest.raises(CaffeError, match=r"'l' \(SoftmaxWithLoss\): a second \(probability\) top is refused"):
+            Net(base + 'layer { name: "l" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "l" top: "p" '
+                       f'{weights} }}', "TRAIN")
 
 
 # ------------------------------------------------------------------ duplicate names

@@ -1,6 +1,8 @@
 """Softmax, SoftmaxWithLoss (ignore_label, Caffe's normalisation modes) and the fork's SegAccuracy."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -37,9 +39,16 @@ class SoftmaxWithLoss(LossLayer):
 
     loss = -sum over non-ignored positions of log p[label] / normaliser, where the normaliser
     is (loss_param.normalization) FULL: N*H*W, VALID (default): the non-ignored count,
-    BATCH_SIZE: N, NONE: 1 — never below 1. The deprecated ``normalize: false`` means
-    BATCH_SIZE. ignore_label comes from loss_param or the fork's softmaxloss_param. An
-    optional second top is the softmax probability.
+    BATCH_SIZE: N, NONE: 1 — never below 1. Classes lie on ``softmax_param.axis`` (default 1);
+    N is the product of the axes before it, H*W of those after it. The deprecated
+    ``normalize: false`` means BATCH_SIZE. ignore_label comes from loss_param or the fork's
+    softmaxloss_param. An optional second top is the softmax probability.
+
+    The SegNet forks' ``weight_by_label_freqs`` (their softmax_loss_layer.cpp): each
+    non-ignored position's -log p[label] is multiplied by ``class_weighting[label]`` (one
+    value per class, checked against C); the normaliser stays the unweighted count above,
+    and the gradient, p - onehot, is scaled by the same weight. ``class_weighting`` without
+    ``weight_by_label_freqs`` is ignored, as there.
     """
 
     exact_num_top_blobs = -1
@@ -48,9 +57,10 @@ class SoftmaxWithLoss(LossLayer):
 
     def setup(self, bottom_shapes):
         lp = self.param.loss_param
-        self.axis = int(self.param.softmax_param.axis) % len(bottom_shapes[0])
-        if self.axis != 1:
-            raise self.error("only softmax over axis 1 is supported")
+        axes, axis = len(bottom_shapes[0]), int(self.param.softmax_param.axis)
+        if not -axes <= axis < axes:
+            raise self.error(f"softmax_param axis {axis} is out of range for {axes}-axis scores {bottom_shapes[0]}")
+        self.axis = axis % axes
         self.ignore = None
         if lp.HasField("ignore_label"):
             self.ignore = int(lp.ignore_label)
@@ -62,26 +72,29 @@ class SoftmaxWithLoss(LossLayer):
         else:
             self.mode = int(lp.normalization)
         scores, label = bottom_shapes
-        n, c = scores[0], scores[1]
-        inner = scores[2:]
+        c = scores[self.axis]
+        self.register_buffer("class_weights", None, persistent=False)
+        if lp.weight_by_label_freqs:
+            weights = [float(v) for v in lp.class_weighting]
+            if c is None or len(weights) != c:
+                raise self.error(f"weight_by_label_freqs needs one class_weighting value per class: got "
+                                 f"{len(weights)} for {c} classes")
+            self.class_weights = torch.tensor(weights)
         if None not in scores and None not in label:
-            count = 1
-            for d in label:
-                count *= d
-            expect = n
-            for d in inner:
-                expect *= d
-            if count != expect:
+            count, expect = math.prod(label), math.prod(scores) // max(c, 1)
+            if count != expect:   # outer_num_ * inner_num_: the scores' count without the class axis
                 raise self.error(f"label count {count} (shape {label}) must equal N*H*W = {expect} "
-                                 f"of the scores {scores}")
-        tops = [()]
+                                 f"of the scores {scores} (softmax axis {self.axis})")
         if self.top_count > 1:
-            tops.append(scores)
-        return tops
+            raise self.error("a second (probability) top is refused by BVLC Caffe in every form (without "
+                             "loss weights the loss layer adds one for two tops; with two, its inner Softmax "
+                             "layer gets both for its one top): add a Softmax layer for the probabilities")
+        return [()]
 
     def forward(self, scores, label):
-        n, c = scores.shape[:2]
-        logp = F.log_softmax(scores.float(), dim=1).reshape(n, c, -1)
+        c = scores.shape[self.axis]
+        n = math.prod(scores.shape[:self.axis])     # Caffe's outer_num_ (N for axis 1)
+        logp = F.log_softmax(scores.float(), dim=self.axis).reshape(n, c, -1)
         lab = label.reshape(n, -1).long()
         valid = lab != self.ignore if self.ignore is not None else torch.ones_like(lab, dtype=torch.bool)
         bad = valid & ((lab < 0) | (lab >= c))
@@ -90,6 +103,8 @@ class SoftmaxWithLoss(LossLayer):
             raise self.error(f"label values {values[:8]} are outside 0..{c - 1} and not the ignore_label")
         safe = torch.where(valid, lab, torch.zeros_like(lab))
         nll = -logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+        if self.class_weights is not None:
+            nll = nll * self.class_weights.to(nll.dtype)[safe]
         total = (nll * valid).sum()
         if self.mode == FULL:
             norm = float(lab.numel())
@@ -100,8 +115,6 @@ class SoftmaxWithLoss(LossLayer):
         else:
             norm = 1.0
         loss = total / (torch.clamp(norm, min=1.0) if torch.is_tensor(norm) else max(norm, 1.0))
-        if self.top_count > 1:
-            return loss, torch.softmax(scores, dim=1)
         return (loss,)
 
 

@@ -26,15 +26,20 @@ class ReLU(Layer):
 
 @register("Dropout")
 class Dropout(Layer):
-    """Caffe's dropout: in training, zero with probability ratio and scale by 1/(1-ratio)."""
+    """Caffe's dropout: in training, zero with probability ratio and scale by 1/(1-ratio).
+    The SegNet forks' ``sample_weights_test`` (Bayesian SegNet's Monte Carlo dropout) drops
+    and scales the same way in TEST too (their dropout_layer.cpp: ``phase_ == TRAIN ||
+    sample_weights_test``); backward multiplies by the same mask and scale."""
 
     exact_num_bottom_blobs = 1
 
     def setup(self, bottom_shapes):
-        self.ratio = float(self.param.dropout_param.dropout_ratio)
+        p = self.param.dropout_param
+        self.ratio = float(p.dropout_ratio)
         if not 0.0 <= self.ratio < 1.0:
             raise self.error(f"dropout_ratio must be in [0, 1), got {self.ratio}")
+        self.sample_test = bool(p.sample_weights_test)
         return list(bottom_shapes)
 
     def forward(self, x):
-        return (F.dropout(x, self.ratio, self.training),)
+        return (F.dropout(x, self.ratio, self.training or self.sample_test),)
