@@ -130,6 +130,19 @@ def test_test_time_dropout_backward_uses_the_mask_and_scale():
     assert torch.equal(x.grad, y.detach() / 3.0)          # mask * 1/(1-ratio), the forward's own mask
 
 
+def test_scale_train_false_moves_the_scaling_to_test():
+    """Intel's / NVIDIA's forks: kept values pass unscaled in TRAIN, TEST multiplies by 1 - ratio."""
+    assert caffe_pb2.DropoutParameter.DESCRIPTOR.fields_by_name["scale_train"].number == 3
+    x = torch.full((4, 10, 50, 50), 2.0, requires_grad=True)
+    (y,) = dropout("scale_train: false", "TEST")(x)
+    assert torch.allclose(y, torch.full_like(y, 1.5))                        # 2 * (1 - 0.25)
+    (t,) = dropout("scale_train: false", "TRAIN")(x)
+    assert sorted(torch.unique(t.detach()).tolist()) == [0.0, 2.0]
+    t.backward(torch.ones_like(t))
+    assert torch.equal(x.grad, (t.detach() != 0).float())                    # the mask, unscaled
+    assert torch.equal(dropout("scale_train: true", "TEST")(x)[0], x)        # the default: BVLC's rule
+
+
 # ---------------------------------------------------------------- SegNet-Tutorial's nets
 def camvid_like(tmp_path, n):
     """n 24x32 BGR images (24 / 8 odd, as CamVid's 360 / 8: upsample4 needs pad_out_h) with labels

@@ -29,7 +29,9 @@ class Dropout(Layer):
     """Caffe's dropout: in training, zero with probability ratio and scale by 1/(1-ratio).
     The SegNet forks' ``sample_weights_test`` (Bayesian SegNet's Monte Carlo dropout) drops
     and scales the same way in TEST too (their dropout_layer.cpp: ``phase_ == TRAIN ||
-    sample_weights_test``); backward multiplies by the same mask and scale."""
+    sample_weights_test``); backward multiplies by the same mask and scale. ``scale_train:
+    false`` (Intel's / NVIDIA's forks) moves the scaling to TEST: kept values pass unscaled in
+    training and TEST multiplies by 1 - ratio."""
 
     exact_num_bottom_blobs = 1
 
@@ -39,7 +41,12 @@ class Dropout(Layer):
         if not 0.0 <= self.ratio < 1.0:
             raise self.error(f"dropout_ratio must be in [0, 1), got {self.ratio}")
         self.sample_test = bool(p.sample_weights_test)
+        self.scale_train = bool(p.scale_train)
         return list(bottom_shapes)
 
     def forward(self, x):
-        return (F.dropout(x, self.ratio, self.training or self.sample_test),)
+        sampling = self.training or self.sample_test
+        y = F.dropout(x, self.ratio, sampling)
+        if not self.scale_train and self.ratio:
+            y = y * (1.0 - self.ratio)   # undoes F.dropout's 1/(1-ratio), or scales TEST's copy
+        return (y,)
