@@ -6,7 +6,8 @@ sigmoid), in float32 where Caffe's Dtype arithmetic is. :class:`SGD` (a torch.op
 is SGDSolver::ApplyUpdate after the rate: ClipGradients (global L2 norm over every learnable diff, before
 normalisation), then per learnable param Normalize (diff /= iter_size), Regularize (diff +=
 weight_decay x decay_mult x w, or x sign(w) for L1), ComputeUpdateValue (SGD: v = momentum v +
-rate x lr_mult x diff; the other types below) and w -= the update. The history blobs are
+rate x lr_mult x diff; the other types are its subclasses below, one per Caffe solver, each
+overriding ComputeUpdateValue) and w -= the update. The history blobs are
 Caffe's, in its order (one per param; AdaDelta and Adam append a second set), so solverstates
 move between Caffe and this engine. The loop around it is caffe.solver.Solver.
 """
@@ -87,9 +88,10 @@ def check_solver(param) -> None:
     _need(list(param.stepvalue) == sorted(param.stepvalue), "stepvalue must be increasing")
 
 
-# ------------------------------------------------------------------ the update rule
+# ------------------------------------------------------------------ the update rules
 class SGD(torch.optim.Optimizer):
-    """Caffe's update rule of every solver type as a ``torch.optim.Optimizer``.
+    """Caffe's SGDSolver update as a ``torch.optim.Optimizer``; the other solver types are its
+    subclasses (:func:`solver_optimizer` picks one from a SolverParameter's ``type``).
 
     One param group per learnable param, carrying its ``lr_mult`` and ``decay_mult`` (and
     ``lr``: the solver's rate at this iteration, set by :meth:`update` or :meth:`set_rate`),
@@ -98,16 +100,17 @@ class SGD(torch.optim.Optimizer):
     order (every param's first history, then the second set of AdaDelta and Adam).
     """
 
+    history_sets = 1          # Caffe's AdaDelta and Adam append a second set
+
     def __init__(self, params, param):
         self.params = list(params)
         groups = [{"params": [p.param], "lr_mult": float(p.lr_mult), "decay_mult": float(p.decay_mult)}
                   for p in self.params]
         super().__init__(groups or [{"params": []}], {"lr": 0.0})
-        self.type = param.type or "SGD"
-        sets = 2 if self.type in ("AdaDelta", "Adam") else 1   # Caffe appends a second history set
+        self.type = type(self).__name__
         for p in self.params:
             self.state[p.param]["history"] = [torch.zeros_like(p.param, memory_format=torch.preserve_format)
-                                              for _ in range(sets)]
+                                              for _ in range(self.history_sets)]
         self.delta, self.rms_decay = _f32(param.delta), _f32(param.rms_decay)
         self.momentum2 = _f32(param.momentum2)
         self.momentum = _f32(param.momentum)
@@ -120,8 +123,7 @@ class SGD(torch.optim.Optimizer):
     @property
     def history(self) -> list[torch.Tensor]:
         """Caffe's history blobs, in its order (what a .solverstate holds)."""
-        sets = len(self.state[self.params[0].param]["history"]) if self.params else 1
-        return [self.state[p.param]["history"][k] for k in range(sets) for p in self.params]
+        return [self.state[p.param]["history"][k] for k in range(self.history_sets) for p in self.params]
 
     @torch.no_grad()
     def clip_gradients(self) -> tuple[float, float] | None:
@@ -166,36 +168,73 @@ class SGD(torch.optim.Optimizer):
                 if decay:
                     g.add_(torch.sign(w) if self.l1 else w, alpha=decay)
                 local = float(_f32(group["lr"]) * _f32(group["lr_mult"]))
-                history = self.state[w]["history"]
-                second = history[1] if len(history) > 1 else None
-                w.sub_(self._update_value(g, history[0], second, local, self.iteration))
+                w.sub_(self.update_value(g, self.state[w]["history"], local, self.iteration))
         return loss
 
-    def _update_value(self, g, h, h2, local: float, it: int):
-        """ComputeUpdateValue of the solver type: the value subtracted from the weights."""
-        m, delta = float(self.momentum), float(self.delta)
-        if self.type == "SGD":
-            return h.mul_(m).add_(g, alpha=local)
-        if self.type == "Nesterov":   # v' = m v + lr g; update = (1 + m) v' - m v
-            previous = h.clone()
-            h.mul_(m).add_(g, alpha=local)
-            return h * (1 + m) - previous * m
-        if self.type == "AdaGrad":    # h += g^2; update = lr g / (sqrt(h) + delta)
-            h.add_(g * g)
-            return g / (h.sqrt() + delta) * local
-        if self.type == "RMSProp":    # h = d h + (1 - d) g^2; update = lr g / (sqrt(h) + delta)
-            d = float(self.rms_decay)
-            h.mul_(d).add_(g * g, alpha=1 - d)
-            return g / (h.sqrt() + delta) * local
-        if self.type == "AdaDelta":   # h = m h + (1-m) g^2; u = g sqrt((h2 + delta)/(h + delta)); h2 = m h2 + (1-m) u^2
-            h.mul_(m).add_(g * g, alpha=1 - m)
-            u = g * ((h2 + delta) / (h + delta)).sqrt()
-            h2.mul_(m).add_(u * u, alpha=1 - m)
-            return u * local
-        # Adam: m1 = b1 m1 + (1-b1) g; v = b2 v + (1-b2) g^2; update = lr c m1 / (sqrt(v) + eps),
-        # c = sqrt(1 - b2^t) / (1 - b1^t), t = it + 1
-        b1, b2, t = m, float(self.momentum2), it + 1
+    def update_value(self, g, history: list, local: float, it: int):
+        """ComputeUpdateValue: the value subtracted from the weights (``history`` is updated in
+        place). SGD: v = momentum v + lr g."""
+        return history[0].mul_(float(self.momentum)).add_(g, alpha=local)
+
+
+class Nesterov(SGD):
+    """NesterovSolver: v' = m v + lr g; update = (1 + m) v' - m v."""
+
+    def update_value(self, g, history, local, it):
+        h, m = history[0], float(self.momentum)
+        previous = h.clone()
+        h.mul_(m).add_(g, alpha=local)
+        return h * (1 + m) - previous * m
+
+
+class AdaGrad(SGD):
+    """AdaGradSolver: h += g^2; update = lr g / (sqrt(h) + delta)."""
+
+    def update_value(self, g, history, local, it):
+        h = history[0].add_(g * g)
+        return g / (h.sqrt() + float(self.delta)) * local
+
+
+class RMSProp(SGD):
+    """RMSPropSolver: h = d h + (1 - d) g^2; update = lr g / (sqrt(h) + delta)."""
+
+    def update_value(self, g, history, local, it):
+        d = float(self.rms_decay)
+        h = history[0].mul_(d).add_(g * g, alpha=1 - d)
+        return g / (h.sqrt() + float(self.delta)) * local
+
+
+class AdaDelta(SGD):
+    """AdaDeltaSolver: h = m h + (1-m) g^2; u = g sqrt((h2 + delta) / (h + delta));
+    h2 = m h2 + (1-m) u^2; update = lr u."""
+
+    history_sets = 2
+
+    def update_value(self, g, history, local, it):
+        (h, h2), m, delta = history, float(self.momentum), float(self.delta)
+        h.mul_(m).add_(g * g, alpha=1 - m)
+        u = g * ((h2 + delta) / (h + delta)).sqrt()
+        h2.mul_(m).add_(u * u, alpha=1 - m)
+        return u * local
+
+
+class Adam(SGD):
+    """AdamSolver: m1 = b1 m1 + (1-b1) g; v = b2 v + (1-b2) g^2;
+    update = lr c m1 / (sqrt(v) + eps), c = sqrt(1 - b2^t) / (1 - b1^t), t = it + 1."""
+
+    history_sets = 2
+
+    def update_value(self, g, history, local, it):
+        (h, h2), b1, b2, t = history, float(self.momentum), float(self.momentum2), it + 1
         h.mul_(b1).add_(g, alpha=1 - b1)
         h2.mul_(b2).add_(g * g, alpha=1 - b2)
         correction = _f32(np.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t))   # pow(float, int) is double in C++
-        return h / (h2.sqrt() + delta) * float(_f32(local) * correction)
+        return h / (h2.sqrt() + float(self.delta)) * float(_f32(local) * correction)
+
+
+OPTIMIZERS = {cls.__name__: cls for cls in (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)}
+
+
+def solver_optimizer(params, param) -> SGD:
+    """The optimizer of ``param.type`` (after check_solver, which knows the names)."""
+    return OPTIMIZERS[param.type or "SGD"](params, param)

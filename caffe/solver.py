@@ -25,7 +25,7 @@ import torch
 
 from . import CaffeError
 from .model_io import SolverState, load_solverstate, save_solverstate
-from .sgd import SGD, check_solver, learning_rate
+from .sgd import check_solver, learning_rate, solver_optimizer
 
 SIGNAL_EFFECTS = ("stop", "snapshot", "none")
 
@@ -119,7 +119,7 @@ class Solver:
         # Which blobs get a diff (lr_mult 0: none unless force_backward) the net decided when built.
         for tn in self.test_nets:
             share_weights(net, tn)
-        self.sgd = SGD(self.params, param)
+        self.sgd = solver_optimizer(self.params, param)
         # fp16 autocast: torch's dynamic loss scaling (scale 2^16, halved on overflow, doubled after
         # 2000 good steps); bf16 and float32 need none (the scaler is then a no-op).
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)

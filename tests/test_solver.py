@@ -162,6 +162,17 @@ def test_one_sgd_step_by_hand():
     np.testing.assert_allclose(params[2].param.item(), 3.996, rtol=1e-6)
 
 
+def test_each_solver_type_is_its_own_optimizer_subclass():
+    from caffe.sgd import OPTIMIZERS, TYPES, solver_optimizer
+    assert set(OPTIMIZERS) == set(TYPES)
+    params = make_params(([1.0, 2.0], [0.5, -0.5], 1, 1))
+    for name in TYPES:
+        opt = solver_optimizer(params, solver_param(type=name))
+        assert type(opt).__name__ == name and isinstance(opt, torch.optim.Optimizer)
+        assert len(opt.history) == (2 if name in ("AdaDelta", "Adam") else 1)
+    assert type(solver_optimizer(params, solver_param())).__name__ == "SGD"
+
+
 def test_iter_size_normalises_and_l1_decay():
     """iter_size 4 divides the accumulated diff by 4 before decay; L1 decays by sign(w):
     diff = 8/4 + 0.1*sign(-3) = 1.9; v = 0.5*1.9 = 0.95; w = -3.95."""
