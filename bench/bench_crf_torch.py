@@ -5,14 +5,20 @@
    each backend and their difference (target <= 0.1 points), largest marginal difference.
    Sets: the synthetic set (rendered here, 128 x 128, 5 classes) and CamVid images from
    ../shared (480 x 360, 11 classes); scores are net-like (the one-hot label at stride 8,
-   blurred, plus noise, upsampled) since no trained model is at hand.
+   blurred, plus noise, upsampled); and, with ``--features``, a trained net's score maps.
 2. The lattice's own approximation error: normalised filtering (what the CRF uses) against a
    brute-force dense Gaussian on small CamVid crops, for the positional and bilateral kernels.
 3. CPU speed at one thread (torch.set_num_threads(1); pydensecrf2 is single-threaded): seconds
-   per 500 x 375 image, 21 labels, 10 iterations, interleaved, median; the ratio (target >= 1.5x);
-   and the phases of each (lattice build, unary/softmax, each kernel's filtering).
+   per 500 x 375 image, 21 labels, 10 iterations, interleaved, median, in wall and thread CPU
+   time; the ratio (target >= 1.5x); the torch backend at 2 threads; the phases of each
+   (lattice build, unary/softmax, each kernel's filtering; thread CPU time).
+
+``--features``: parity on a trained net's score maps (``deeplab-extract`` output, read with
+densecrf's own loader), the CRF setting from ``--crf`` (a ``CRFParams`` JSON such as
+``results/camvid/best.json``; default: LargeFOV's), ground truth from ``--labels``.
 
     .venv/bin/python bench/bench_crf_torch.py [--synthetic 16] [--camvid 6] [--speed-images 3] [--repeat 3]
+        [--features DIR --images DIR --labels DIR --list FILE --classes N --crf JSON [--real-images K]]
     .venv/bin/python bench/bench_crf_torch.py --throughput cuda [--batches 1,8,32] [--dtype float16]   # 4. GPU
 
 4. ``--throughput DEVICE``: images per second of batches of 500 x 375 images on DEVICE (the
@@ -21,6 +27,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import pathlib
 import statistics
 import sys
@@ -35,11 +43,13 @@ from bench_crf import make_inputs
 from caffe.images import read_label
 from deeplab.data.synthetic import CLASSES, render
 from deeplab.eval.confusion import ConfusionMatrix
+from deeplab.lists import read_ids
 from deeplab.scoremaps import upsample_scores
 from densecrf import CRFParams, unary_from_scores
 from densecrf.backends import PyDenseCRF2
-from densecrf.lattice import PermutohedralLattice, dense_gaussian_filter
-from densecrf.torch_backend import CRFKernel, TorchDenseCRF, _grid
+from densecrf.io import load_pair
+from densecrf.lattice import LatticeSum, PermutohedralLattice, dense_gaussian_filter
+from densecrf.torch_backend import TorchDenseCRF, _grid, bilateral_kernel, mean_field, positional_kernel
 
 CAMVID = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
@@ -95,6 +105,16 @@ def parity(name: str, cases, classes: int, p: CRFParams) -> None:
           f"(diff {abs(m_ref - m_ours):.4f}; target <= 0.1), max |marginal diff| {max_diff:.2e}")
 
 
+def feature_set(features: str, images: str, labels: str, list_path: str, classes: int, limit: int):
+    """(id, image, label, unary) for the ids of ``list_path`` (the first ``limit``; 0: all): a
+    trained net's score maps, read as the densecrf stage reads them."""
+    ids = read_ids(list_path)
+    for image_id in ids[:limit] if limit else ids:
+        image, scores = load_pair(images, features, image_id)
+        label = read_label(os.path.join(labels, image_id + ".png"), classes, 255)
+        yield image_id, image, label, unary_from_scores(scores.scores)
+
+
 def lattice_error() -> None:
     """Print the normalised lattice filter's error against a brute-force dense Gaussian."""
     p = CRFParams()
@@ -120,88 +140,118 @@ def lattice_error() -> None:
                   f"(normalised filter of marginal-like values vs brute-force exp(-|df|^2/2))")
 
 
-def plain_pydensecrf_phases(rgb: np.ndarray, unary: np.ndarray, p: CRFParams) -> dict:
+def plain_pydensecrf_phases(rgb: np.ndarray, unary: np.ndarray, p: CRFParams, clock) -> dict:
     """pydensecrf2's phases: kernel setup (its lattice builds) and inference with 0, 1, 2 kernels."""
     c, h, w = unary.shape
     u = np.ascontiguousarray(unary.reshape(c, -1))
     out = {}
     for kernels in (0, 1, 2):
-        t0 = time.perf_counter()
+        t0 = clock()
         d = dcrf.DenseCRF2D(w, h, c)
         d.setUnaryEnergy(u)
-        t1 = time.perf_counter()
+        t1 = clock()
         if kernels >= 1:
             d.addPairwiseGaussian(sxy=p.pos_xy_std, compat=p.pos_w, normalization=dcrf.NORMALIZE_AFTER)
-        t2 = time.perf_counter()
+        t2 = clock()
         if kernels >= 2:
             d.addPairwiseBilateral(sxy=p.bi_xy_std, srgb=p.bi_rgb_std, rgbim=rgb, compat=p.bi_w,
                                    normalization=dcrf.NORMALIZE_AFTER)
-        t3 = time.perf_counter()
+        t3 = clock()
         d.inference(p.iters)
-        t4 = time.perf_counter()
+        t4 = clock()
         out[kernels] = (t2 - t1, t3 - t2, t4 - t3 + t1 - t0)
     return {"build pos": out[1][0], "build bi": out[2][1], "unary/softmax": out[0][2],
-            "pos filter": out[1][2] - out[0][2], "bi filter": out[2][2] - out[1][2]}
+            "pos+bi filter": out[2][2] - out[0][2], "pos filter": out[1][2] - out[0][2],
+            "bi filter": out[2][2] - out[1][2]}
 
 
-def torch_phases(rgb: np.ndarray, unary: np.ndarray, p: CRFParams) -> dict:
-    """The torch backend's phases, timed around the same calls its mean field makes."""
+def torch_phases(rgb: np.ndarray, unary: np.ndarray, p: CRFParams, clock) -> dict:
+    """The torch backend's phases: each kernel's build (lattice and normalisation; the backend
+    caches the positional one per image size); over the iterations, both kernels' messages (one
+    fused splat-blur-slice, as mean_field runs them) and the rest of mean_field (unary, adds,
+    softmax) = the whole run minus the messages; and each kernel's messages computed alone."""
     c, h, w = unary.shape
     t = {}
-    t0 = time.perf_counter()
-    im = torch.from_numpy(rgb)
-    pos_f = _grid([(h, w)], p.pos_xy_std, "cpu")[0]
-    pos = CRFKernel(PermutohedralLattice(pos_f), h * w, p.normalization, "cpu")
-    t1 = time.perf_counter()
-    xy = _grid([(h, w)], p.bi_xy_std, "cpu")[0]
-    bi_f = torch.cat([xy, im.reshape(-1, 3).float() / torch.tensor(float(p.bi_rgb_std))], 1)
-    bi = CRFKernel(PermutohedralLattice(bi_f), h * w, p.normalization, "cpu")
-    t2 = time.perf_counter()
+    t0 = clock()
+    pos = positional_kernel([(h, w)], p.pos_xy_std, p.normalization, "cpu")
+    t1 = clock()
+    bi = bilateral_kernel([torch.from_numpy(rgb)], p.bi_xy_std, p.bi_rgb_std, p.normalization)
+    t2 = clock()
     t["build pos"], t["build bi"] = t1 - t0, t2 - t1
-    soft = fpos = fbi = 0.0
-    with torch.no_grad():
-        a = time.perf_counter()
-        u = torch.from_numpy(unary).reshape(c, -1).t().contiguous()
-        q = torch.softmax(-u, dim=1)
-        soft += time.perf_counter() - a
+    fused, spent = LatticeSum.filter, [0.0]
+
+    def timed(self, x):
+        a = clock()
+        out = fused(self, x)
+        spent[0] += clock() - a
+        return out
+    LatticeSum.filter = timed
+    try:
+        with torch.no_grad():
+            a = clock()
+            flat = torch.from_numpy(unary).reshape(c, -1).t()
+            for q in mean_field(flat, (pos, bi), (float(p.pos_w), float(p.bi_w)), p.iters):
+                pass
+            q.t().reshape(c, h, w).contiguous().numpy()
+            total = clock() - a
+    finally:
+        LatticeSum.filter = fused
+    t["unary/softmax"], t["pos+bi filter"] = total - spent[0], spent[0]
+    q = torch.softmax(torch.nn.functional.pad(-flat, (0, -c % 8), value=-float("inf")), 1)  # as mean_field pads
+    for name, kernel, weight in (("pos filter", pos, p.pos_w), ("bi filter", bi, p.bi_w)):
+        a = clock()
         for _ in range(p.iters):
-            a = time.perf_counter()
-            mp = p.pos_w * pos(q)
-            b = time.perf_counter()
-            mb = p.bi_w * bi(q)
-            e = time.perf_counter()
-            q = torch.softmax(-u + mp + mb, dim=1)
-            fpos, fbi, soft = fpos + b - a, fbi + e - b, soft + time.perf_counter() - e
-        q.t().reshape(c, h, w).contiguous().numpy()
-    t["unary/softmax"], t["pos filter"], t["bi filter"] = soft, fpos, fbi
+            kernel.message(q, float(weight))
+        t[name] = clock() - a
     return t
 
 
 def speed(n_images: int, repeat: int) -> None:
-    """Print per-image seconds of both backends at one thread, their ratio and phases."""
+    """Print per-image seconds of both backends at one thread, their ratio and phases.
+
+    Both clocks: wall time and the thread's CPU time (on a shared machine the CPU time is the
+    steadier of the two; the runs are interleaved so both backends see the same load).
+    """
     torch.set_num_threads(1)
     p = CRFParams()
     inputs = [(rgb, unary_from_scores(full)) for rgb, _, full in make_inputs(n_images)]
     ref, ours = PyDenseCRF2(), TorchDenseCRF("cpu")
     ref.marginals(*inputs[0], p), ours.marginals(*inputs[0], p)  # warm-up
-    t_ref, t_ours = [], []
+    times = {(b, k): [] for b in (0, 1) for k in ("wall", "cpu")}
     for r in range(repeat):
         for rgb, unary in inputs:
             for which in ((0, 1) if r % 2 == 0 else (1, 0)):
-                a = time.perf_counter()
+                a, b = time.perf_counter(), time.thread_time()
                 (ref if which == 0 else ours).marginals(rgb, unary, p)
-                (t_ref if which == 0 else t_ours).append(time.perf_counter() - a)
-    mr, mo = statistics.median(t_ref), statistics.median(t_ours)
-    print(f"speed, one thread, 500x375, 21 labels, {p.iters} iterations ({len(t_ref)} runs each, interleaved, median): "
-          f"pydensecrf2 {mr:.3f} s, torch {mo:.3f} s per image; speed-up {mr / mo:.2f}x (target >= 1.5x); "
-          f"best runs {min(t_ref):.3f} s / {min(t_ours):.3f} s")
+                times[which, "cpu"].append(time.thread_time() - b)
+                times[which, "wall"].append(time.perf_counter() - a)
+    for clock in ("wall", "cpu"):
+        mr, mo = statistics.median(times[0, clock]), statistics.median(times[1, clock])
+        print(f"speed ({clock} time), one thread, 500x375, 21 labels, {p.iters} iterations ({len(times[0, clock])} "
+              f"runs each, interleaved, median): pydensecrf2 {mr:.3f} s, torch {mo:.3f} s per image; speed-up "
+              f"{mr / mo:.2f}x (target >= 1.5x); best runs {min(times[0, clock]):.3f} s / {min(times[1, clock]):.3f} s")
+    if (os.cpu_count() or 1) > 1:  # the torch backend's intra-op threads (pydensecrf2 has one)
+        torch.set_num_threads(2)
+        ours.marginals(*inputs[0], p)
+        t2 = []
+        for rgb, unary in inputs * repeat:
+            a = time.perf_counter()
+            ours.marginals(rgb, unary, p)
+            t2.append(time.perf_counter() - a)
+        torch.set_num_threads(1)
+        print(f"speed (wall time), torch with 2 threads: {statistics.median(t2):.3f} s per image ({len(t2)} runs, "
+              f"median; {statistics.median(times[1, 'wall']) / statistics.median(t2):.2f}x its one-thread time)")
     rgb, unary = inputs[0]
-    ph_ref = [plain_pydensecrf_phases(rgb, unary, p) for _ in range(repeat)]
-    ph_ours = [torch_phases(rgb, unary, p) for _ in range(repeat)]
+    ph_ref, ph_ours = [], []
+    for _ in range(repeat):  # interleaved as well
+        ph_ref.append(plain_pydensecrf_phases(rgb, unary, p, time.thread_time))
+        ph_ours.append(torch_phases(rgb, unary, p, time.thread_time))
+    notes = {"pos+bi filter": " (torch: one fused pass, as it runs)", "pos filter": " (torch: alone)",
+             "bi filter": " (torch: alone)"}
     for key in ph_ref[0]:
         a = statistics.median(x[key] for x in ph_ref)
         b = statistics.median(x[key] for x in ph_ours)
-        print(f"  phase {key:14s} pydensecrf2 {a:.3f} s   torch {b:.3f} s")
+        print(f"  phase (cpu time) {key:14s} pydensecrf2 {a:.3f} s   torch {b:.3f} s{notes.get(key, '')}")
 
 
 def throughput(device: str, batches: list[int], n_images: int, repeat: int, dtype: str) -> None:
@@ -238,6 +288,13 @@ def main() -> None:
     ap.add_argument("--speed-images", type=int, default=3, help="distinct 500x375 images for the timing")
     ap.add_argument("--repeat", type=int, default=3, help="passes over them (median taken)")
     ap.add_argument("--skip-speed", action="store_true", help="parity and lattice error only")
+    ap.add_argument("--features", metavar="DIR", help="parity on these score maps (.npy + sidecar, deeplab-extract)")
+    ap.add_argument("--images", metavar="DIR", help="their RGB images (with --features)")
+    ap.add_argument("--labels", metavar="DIR", help="their ground-truth label PNGs (with --features)")
+    ap.add_argument("--list", metavar="FILE", help="the ids to use (with --features)")
+    ap.add_argument("--classes", type=int, default=21, help="classes of --features (default 21)")
+    ap.add_argument("--crf", metavar="JSON", help="CRF setting for --features (CRFParams fields; default LargeFOV's)")
+    ap.add_argument("--real-images", type=int, default=0, help="first K ids of --list only (default 0: all)")
     ap.add_argument("--throughput", metavar="DEVICE", help="only the batched throughput on DEVICE (cuda, cpu)")
     ap.add_argument("--batches", default="1,8,32", help="batch sizes for --throughput (default 1,8,32)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
@@ -255,6 +312,14 @@ def main() -> None:
         parity("camvid-val", camvid_set(args.camvid), 11, p)
     elif args.camvid:
         print(f"parity camvid-val: skipped, {CAMVID} not present", file=sys.stderr)
+    if args.features:
+        if not (args.images and args.labels and args.list):
+            ap.error("--features needs --images, --labels and --list")
+        real = CRFParams.from_dict(json.loads(pathlib.Path(args.crf).read_text())) if args.crf else p
+        print(f"score maps {args.features} ({args.list}), CRF {real}")
+        parity(f"features {pathlib.Path(args.features).parent.parent.name}/{pathlib.Path(args.features).name}",
+               feature_set(args.features, args.images, args.labels, args.list, args.classes, args.real_images),
+               args.classes, real)
     lattice_error()
     if not args.skip_speed:
         speed(args.speed_images, args.repeat)

@@ -15,21 +15,25 @@ and the textbook Potts ``1 - I`` differs from it by a per-pixel constant, which 
 
 Each lattice is built once per batch (an image index keeps images apart) and reused by every
 iteration; gradients reach the unaries, the kernel weights and ``mu`` through all iterations
-(the filter's backward pass is its transpose, another lattice filter).
+(the filter's backward pass is its transpose, another lattice filter). Inference (no autograd,
+scalar weights, Potts) takes a faster path with the same result: all kernels' messages in one
+splat-blur-slice (``lattice.LatticeSum``), labels padded to a multiple of 8.
 """
 from __future__ import annotations
 
+import ctypes
+import math
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .lattice import PermutohedralLattice, lattice_filter
+from .lattice import LatticeSum, PermutohedralLattice, lattice_filter
 from .params import CRFParams
 
-__all__ = ["CRFKernel", "DenseCRF", "TorchDenseCRF", "bilateral_kernel", "build_kernels", "mean_field",
-           "positional_kernel"]
+__all__ = ["CRFKernel", "DenseCRF", "TorchDenseCRF", "bilateral_kernel", "build_kernels", "keep_freed_memory",
+           "mean_field", "positional_kernel"]
 
 POSITIONAL = ("lattice", "exact")
 POSITIONAL_CACHE = 4  # positional kernels kept per backend (one per image size and sigma)
@@ -76,6 +80,7 @@ class CRFKernel:
         # Krähenbühl: norm = 1 / (K 1 + 1e-20), or its square root for the symmetric variant.
         norm = 1.0 / (total + 1e-20)
         self.norm = norm.sqrt() if normalization == "symmetric" else norm
+        self._scales: dict = {}
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         norm = self.norm.to(q.dtype)
@@ -86,6 +91,19 @@ class CRFKernel:
         else:
             out = self.filt.filter(q)
         return out * norm
+
+    def message(self, q: torch.Tensor, weight: float) -> torch.Tensor:
+        """``weight * self(q)`` without autograd; the normalisation and the weight are folded
+        into the lattice's slice weights (one pass fewer over N x C)."""
+        key = (float(weight), q.dtype)
+        scale = self._scales.get(key)
+        if scale is None:
+            if len(self._scales) >= 4:  # a search tries many weights: keep the last few
+                self._scales.pop(next(iter(self._scales)))
+            scale = self._scales[key] = self.norm.to(q.dtype) * float(weight)
+        if self.normalization == "symmetric":
+            q = q * self.norm.to(q.dtype)
+        return self.filt.filter(q, scale=scale) if isinstance(self.filt, PermutohedralLattice) else self.filt.filter(q) * scale
 
 
 def build_kernels(images: Sequence[torch.Tensor], params: CRFParams, positional: str = "lattice",
@@ -151,6 +169,10 @@ def mean_field(unary: torch.Tensor, kernels: Sequence[CRFKernel], weights: Seque
     replaces -unary as the logits of the first marginals; ``logits`` yields each step's logits
     (``start`` or -unary, then each iteration's energy) instead of their softmax.
     """
+    plain = compat is None and all(isinstance(w, (int, float)) for w in weights)
+    if plain and not (torch.is_grad_enabled() and (unary.requires_grad or (start is not None and start.requires_grad))):
+        yield from _inference(unary, kernels, [float(w) for w in weights], iters, start, logits)
+        return
     neg = -unary
     e = neg if start is None else start
     q = torch.softmax(e, dim=1)
@@ -165,6 +187,41 @@ def mean_field(unary: torch.Tensor, kernels: Sequence[CRFKernel], weights: Seque
                 energy = energy + message if compat is None else energy - message @ compat.t()
         q = torch.softmax(energy, dim=1)
         yield energy if logits else q
+
+
+def _inference(unary: torch.Tensor, kernels: Sequence[CRFKernel], weights: list[float], iters: int,
+               start: torch.Tensor | None, logits: bool) -> Iterator[torch.Tensor]:
+    """``mean_field`` without autograd, Potts, scalar weights: each message in one splat-blur-slice
+    with its weight and normalisation folded into the slice. The labels are padded to a multiple
+    of 8 with logits -inf (probability 0, messages 0): rows of 8-float vectors make the filter
+    and the softmax faster than the bare label count (21 -> 24 saves about a fifth)."""
+    c = unary.shape[1]
+    pad = -c % 8
+
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, pad), value=-math.inf) if pad else x
+
+    neg = padded(-unary)
+    e = neg if start is None else padded(start)
+    q = torch.softmax(e, dim=1)
+    yield e[:, :c] if logits else q[:, :c]
+    fused = None
+    if kernels and all(k.normalization == "after" and isinstance(k.filt, PermutohedralLattice) for k in kernels):
+        # all messages in one splat-blur-slice, their weights and normalisations in the slice
+        fused = LatticeSum([k.filt for k in kernels], [k.norm * w for k, w in zip(kernels, weights)], neg.dtype)
+    energy = torch.empty_like(neg)  # reused (a fresh N x C tensor costs page faults); new when yielded
+    for _ in range(iters):
+        if logits:
+            energy = torch.empty_like(neg)
+        if fused is not None:
+            torch.add(neg, fused.filter(q), out=energy)
+        elif not kernels:
+            energy.copy_(neg)
+        else:
+            for k, (w, kernel) in enumerate(zip(weights, kernels)):  # -U + pos + bi, the C++ order
+                torch.add(neg if k == 0 else energy, kernel.message(q, w), out=energy)
+        q = torch.softmax(energy, dim=1)
+        yield energy[:, :c] if logits else q[:, :c]
 
 
 def _last(it: Iterator[torch.Tensor]) -> torch.Tensor:
@@ -208,17 +265,42 @@ def _split(q: torch.Tensor, unaries: Sequence) -> list[torch.Tensor]:
     return out
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse (process-wide, once): allocations up
+    to 32 MiB from the heap and the heap not trimmed below 256 MiB of free space.
+
+    Every filtering step allocates its M x C or N x C result (PyTorch has no ``out=`` for the
+    gather-sum used); with glibc's defaults these come from fresh pages each iteration and
+    page faults cost a third of a 500x375 image's CPU time. Returns whether it was applied
+    (False off glibc)."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED is None:
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            _MALLOC_TUNED = bool(libc.mallopt(-3, 32 << 20) and libc.mallopt(-1, 256 << 20))  # MMAP_, TRIM_THRESHOLD
+        except (OSError, AttributeError):
+            _MALLOC_TUNED = False
+    return _MALLOC_TUNED
+
+
+_MALLOC_TUNED: bool | None = None
+
+
 class TorchDenseCRF:
     """``densecrf`` backend on PyTorch (CPU or CUDA); the interface of ``backends.PyDenseCRF2``.
 
     ``device`` None picks CUDA when present; ``positional="exact"`` replaces the positional
-    kernel's lattice by an exact separable Gaussian.
+    kernel's lattice by an exact separable Gaussian. On CPU, ``tune_malloc`` applies
+    ``keep_freed_memory()`` (process-wide; about 1.3x faster per image with glibc).
     """
 
-    def __init__(self, device: str | torch.device | None = None, positional: str = "lattice"):
+    def __init__(self, device: str | torch.device | None = None, positional: str = "lattice",
+                 tune_malloc: bool = True):
         if positional not in POSITIONAL:
             raise ValueError(f"positional must be one of {POSITIONAL}, got {positional!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if tune_malloc and self.device.type == "cpu":
+            keep_freed_memory()
         self.positional = positional
         self._positional_cache: dict = {}
 

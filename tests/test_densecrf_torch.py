@@ -15,7 +15,7 @@ from deeplab.data.synthetic import render
 from deeplab.scoremaps import upsample_scores
 from densecrf import CRFParams, unary_from_scores
 from densecrf.backends import BACKENDS, PyDenseCRF2
-from densecrf.lattice import PermutohedralLattice, dense_gaussian_filter, lattice_filter
+from densecrf.lattice import LatticeSum, PermutohedralLattice, dense_gaussian_filter, lattice_filter
 from densecrf.torch_backend import DenseCRF, TorchDenseCRF, build_kernels, mean_field
 
 
@@ -116,6 +116,35 @@ def test_lattice_too_wide_keys_use_the_row_path(monkeypatch):
     rows = PermutohedralLattice(f, torch.arange(200) % 2)
     assert rows.num_vertices == packed.num_vertices
     torch.testing.assert_close(rows.filter(x), packed.filter(x))
+
+
+def test_lattice_sum_is_the_scaled_sum_of_filters():
+    # Two lattices of different dimension (2 and 3 blur steps) in one splat-blur-slice.
+    g = torch.Generator().manual_seed(5)
+    pos = PermutohedralLattice(grid_features(9, 11, 1.5))
+    bi = PermutohedralLattice(torch.cat([grid_features(9, 11, 4.0), torch.rand(99, 3, generator=g) * 3], 1))
+    scales = [torch.rand(99, 1, generator=g), torch.rand(99, 1, generator=g)]
+    x = torch.rand(99, 8, generator=g)
+    want = scales[0] * pos.filter(x) + scales[1] * bi.filter(x)
+    torch.testing.assert_close(LatticeSum([pos, bi], scales, torch.float32).filter(x), want, atol=1e-5, rtol=1e-5)
+    # the per-point scale folded into the slice equals scaling the output
+    torch.testing.assert_close(bi.filter(x, scale=scales[1]), scales[1] * bi.filter(x), atol=1e-6, rtol=1e-6)
+
+
+def test_inference_path_equals_autograd_path():
+    # Scalar weights without autograd take the fused, label-padded path; tensor weights the
+    # differentiable one: the same marginals (21 labels are padded to 24 on the first).
+    kernels = build_kernels([torch.from_numpy(synthetic_case(12, 20)[0])], CRFParams())
+    unary = torch.from_numpy(synthetic_case(12, 20)[1]).reshape(21, -1).t()
+    with torch.no_grad():
+        fast = list(mean_field(unary, kernels, (3.0, 4.0), 3))
+        fast_logits = list(mean_field(unary, kernels, (3.0, 4.0), 3, logits=True))
+    slow = list(mean_field(unary, kernels, (torch.tensor(3.0), torch.tensor(4.0)), 3))
+    slow_logits = list(mean_field(unary, kernels, (torch.tensor(3.0), torch.tensor(4.0)), 3, logits=True))
+    assert fast[0].shape == (400, 21) and len(fast) == len(slow) == 4
+    for a, b in zip(fast + fast_logits, slow + slow_logits):
+        torch.testing.assert_close(a, b.detach(), atol=1e-5, rtol=1e-5)
+    assert fast_logits[1] is not fast_logits[2]  # yielded tensors are not overwritten later
 
 
 # ---- parity with pydensecrf2 ------------------------------------------------------------------
