@@ -105,7 +105,7 @@ netinfo: install
 
 train: $(MODEL)
 $(MODEL): $(CONF)/solver.prototxt $(CONF)/train.prototxt | install
-	@$(if $(wildcard $(INIT)),,$(if $(filter synthetic,$(DATASET)),,echo "note: $(INIT) not found: training from the prototxt's fillers (make init-vgg16, or INIT=path)"))
+	@$(if $(wildcard $(INIT))$(filter none,$(INIT))$(filter synthetic,$(DATASET)),,echo "error: $(INIT) not found, so $(MODEL) would train from the prototxt's fillers: make init-vgg16, pass INIT=path (a rebuild after a prototxt edit needs the first run's INIT too), or INIT=none" >&2; exit 2)
 	$(PY) tools/train.py --solver $(CONF)/solver.prototxt $(if $(wildcard $(INIT)),--weights $(INIT),) \
 	    $(VARS) $(GPU_ARG) --log-file $(EXPER)/log/train.log $(TRAIN_ARGS)
 

@@ -162,3 +162,21 @@ def test_make_eval_with_other_weights_redoes_the_stages(tiny, tmp_path):
     new = json.loads((res / "eval_dcnn.json").read_text())
     assert json.loads(stamp.read_text())["inputs"]["weights"] == file_digest(w1)
     assert new["confusion"] != old["confusion"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_train_refuses_to_fall_back_to_fillers_outside_the_synthetic_set(tmp_path):
+    """A real dataset's missing INIT stops make (a rebuild after a prototxt edit would otherwise
+    retrain from the fillers); INIT=none asks for the fillers."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "solver.prototxt").write_text("max_iter: 1\n")
+    (conf / "train.prototxt").write_text("")
+    base = ["make", "-s", "--no-print-directory", "train", "EXP=camvid/none", f"CONF={conf}",
+            f"EXPER={tmp_path / 'exper'}", f"PY={REPO / '.venv' / 'bin' / 'python'}"]
+    r = subprocess.run(base + [f"INIT={tmp_path / 'missing.caffemodel'}"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0 and "would train from the prototxt's fillers" in r.stderr
+    assert not (tmp_path / "exper").exists()
+    dry = subprocess.run(base + ["INIT=none", "-n"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0 and "tools/train.py" in dry.stdout and "--weights" not in dry.stdout
