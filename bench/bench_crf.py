@@ -10,6 +10,9 @@ Images are the VOC sample in ../shared (2011_003066, 500 x 375) and shifted, fli
 colour-jittered copies of it; scores are stride-8, net-like (the label blurred plus noise).
 
     .venv/bin/python bench/bench_crf.py [--images 6] [--repeat 2] [--batch 8]
+
+The torch backend's ratios against pydensecrf2 (parity, phases, one thread, CUDA throughput) are
+bench/bench_crf_torch.py's.
 """
 from __future__ import annotations
 

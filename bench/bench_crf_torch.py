@@ -296,9 +296,9 @@ def main() -> None:
     ap.add_argument("--crf", metavar="JSON", help="CRF setting for --features (CRFParams fields; default LargeFOV's)")
     ap.add_argument("--real-images", type=int, default=0, help="first K ids of --list only (default 0: all)")
     ap.add_argument("--throughput", metavar="DEVICE", help="only the batched throughput on DEVICE (cuda, cpu)")
-    ap.add_argument("--batches", default="1,8,32", help="batch sizes for --throughput (default 1,8,32)")
+    ap.add_argument("--batches", default="1,8,32", help="batch sizes of the CUDA throughput (default 1,8,32)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                    help="autocast dtype for --throughput (default float32)")
+                    help="autocast dtype of the CUDA throughput (default float32)")
     args = ap.parse_args()
     if args.throughput:
         throughput(args.throughput, [int(b) for b in args.batches.split(",")], args.speed_images, args.repeat,
@@ -323,6 +323,10 @@ def main() -> None:
     lattice_error()
     if not args.skip_speed:
         speed(args.speed_images, args.repeat)
+        if torch.cuda.is_available():
+            throughput("cuda", [int(b) for b in args.batches.split(",")], args.speed_images, args.repeat, args.dtype)
+        else:
+            print("throughput on CUDA: not measured (no CUDA device on this machine; run --throughput cuda on one)")
 
 
 if __name__ == "__main__":
