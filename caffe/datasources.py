@@ -127,11 +127,11 @@ class _Source(Dataset):
         self.where, self.name, self.tops = layer_where(lp), lp.name, list(lp.top)
         self.train, self.seed = phase.upper() == "TRAIN", int(seed)
 
-    def read_lines(self, source: str) -> list:
+    def read_lines(self, source: str, last_space: bool = False) -> list:
         """The list file's sample lines (caffe.lists.read_list), errors naming this layer."""
         from .lists import read_list
         try:
-            return read_list(source)
+            return read_list(source, last_space)
         except CaffeError as e:
             raise CaffeError(f"{self.where}: {e}") from None
 
@@ -204,7 +204,7 @@ class ImageDataSource(_Source):
             raise CaffeError(f"{self.where}: image_data_param.source (the list file) is not set")
         self.transform = CaffeTransform(lp.transform_param, self.train, self.where)
         self.new_size, self.color = (int(p.new_height), int(p.new_width)), bool(p.is_color)
-        lines = self.read_lines(p.source)
+        lines = self.read_lines(p.source, last_space=True)
         self.entries = []
         for line in lines:
             if line.label is not None and not re.fullmatch(r"[+-]?\d+", line.label):

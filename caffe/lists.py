@@ -4,8 +4,11 @@ The DeepLab fork's ImageSegData reads ``/JPEGImages/x.jpg /SegmentationClassAug/
 (whitespace-separated, paths relative to ``root_folder``); the pipeline's tools read the same
 files, or files of bare ids. This is the one reader for all of them: blank lines and ``#``
 comments are skipped, Windows line ends (CRLF) and a UTF-8 byte-order mark read as plain
-text, and a line of more than two columns is an error (Caffe splits on whitespace, so a file
-name with spaces cannot be told from two columns). A list without a sample is an error.
+text, and a line of more than two columns is an error (the fork splits on whitespace, so a file
+name with spaces cannot be told from two columns). BVLC's ImageData reads a line its own way:
+the file name is everything before the last space, the label what follows it
+(``read_list(..., last_space=True)``), so names with spaces work there. A list without a
+sample is an error.
 """
 from __future__ import annotations
 
@@ -31,8 +34,9 @@ class ListLine:
         return f"{self.source}:{self.lineno}"
 
 
-def read_list(source: str | os.PathLike) -> list[ListLine]:
-    """The sample lines of a list file (see the module doc); errors name the file and line."""
+def read_list(source: str | os.PathLike, last_space: bool = False) -> list[ListLine]:
+    """The sample lines of a list file (see the module doc); errors name the file and line.
+    ``last_space``: split each line at its last space only (BVLC ImageData's rule)."""
     source = os.fspath(source)
     try:
         with open(source, encoding="utf-8-sig") as f:
@@ -50,6 +54,11 @@ def read_list(source: str | os.PathLike) -> list[ListLine]:
     for lineno, line in enumerate(lines, 1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
+            continue
+        if last_space:   # image_data_layer.cpp: line.find_last_of(' ')
+            line = line.strip()
+            image, _, label = line.rpartition(" ") if " " in line else (line, "", None)
+            out.append(ListLine(source, lineno, image, label, line))
             continue
         if len(parts) > 2:
             raise CaffeError(f"{source}:{lineno}: expected 'image [label]', got {len(parts)} columns in "

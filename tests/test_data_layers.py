@@ -187,6 +187,16 @@ def test_image_data_reads_the_list_in_order_resized_and_grey(tmp_path):
     assert feed_batches(small, 1)[0]["data"].ravel().tolist() == [grey] * 10
 
 
+def test_image_data_names_may_hold_spaces_as_in_bvlc(tmp_path):
+    """image_data_layer.cpp splits each line at its last space: the name is what precedes it."""
+    image_list(tmp_path, n=1)
+    (tmp_path / "im0.png").rename(tmp_path / "my image 0.png")
+    (tmp_path / "spaces.txt").write_text("my image 0.png 7\n")
+    net = data_net(f'type: "ImageData" top: "d" top: "l" image_data_param {{ source: "{tmp_path / "spaces.txt"}" '
+                   f'root_folder: "{tmp_path}/" batch_size: 1 }}')
+    assert feed_batches(net, 1)[0]["l"].tolist() == [7]
+
+
 def test_image_data_shuffle_skip_and_errors(tmp_path):
     lst = image_list(tmp_path, n=5)
     layer = ('type: "ImageData" top: "d" top: "l" image_data_param {{ source: "{}" root_folder: "{}/" batch_size: 5 '
