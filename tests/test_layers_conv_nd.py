@@ -163,9 +163,9 @@ def test_im2col_matches_caffes_im2col_nd(shape, geometry, stride, pad, dil, grou
 def test_generic_path_agrees_with_torch_on_a_four_d_net_of_one_wide_axis():
     # a 4-D convolution whose last axis has size 1 and kernel 1 is a 3-D one (torch's conv3d)
     torch.manual_seed(2)
-    four = conv_layer("Convolution", f"num_output: 3 kernel_size: 3 kernel_size: 2 kernel_size: 2 kernel_size: 1 "
+    four = conv_layer("Convolution", "num_output: 3 kernel_size: 3 kernel_size: 2 kernel_size: 2 kernel_size: 1 "
                       f"pad: 1 pad: 0 pad: 1 pad: 0 stride: 2 stride: 1 stride: 1 stride: 1 {FILL}", (2, 2, 5, 4, 3, 1))
-    three = conv_layer("Convolution", f"num_output: 3 kernel_size: 3 kernel_size: 2 kernel_size: 2 "
+    three = conv_layer("Convolution", "num_output: 3 kernel_size: 3 kernel_size: 2 kernel_size: 2 "
                        "pad: 1 pad: 0 pad: 1 stride: 2 stride: 1 stride: 1", (2, 2, 5, 4, 3))
     three.blobs[0].data[:] = four.blobs[0].data[..., 0]
     three.blobs[1].data[:] = four.blobs[1].data
