@@ -1,6 +1,6 @@
 """Survey a folder of public Caffe net definitions: which of them this engine builds.
 
-    .venv/bin/python bench/survey_nets.py /tmp/survey --out /tmp/survey.json [--size 500]
+    .venv/bin/python bench/survey_nets.py /tmp/survey --out /tmp/survey.json [--size 500 | --size 360x480]
 
 Every ``*.prototxt`` under the folder is read (files that are solvers are counted and
 skipped); for the TRAIN and TEST phases the script lists the layer types the engine lacks
@@ -113,7 +113,7 @@ def _v1_type_name(kind: str) -> str:
         return kind
 
 
-def feed_inputs(param, size: int) -> list[str]:
+def feed_inputs(param, size: tuple[int, int]) -> list[str]:
     """Replace the file-reading data layers of ``param`` (in place) by Input layers, as the
     module doc says; returns one line per replacement."""
     from caffe.proto import caffe_pb2 as pb
@@ -122,8 +122,8 @@ def feed_inputs(param, size: int) -> list[str]:
         if lp.type == "ImageSegData":
             tp, ip = lp.transform_param, lp.image_data_param
             if not tp.crop_size and not (ip.new_height and ip.new_width):
-                ip.new_height = ip.new_width = size
-                notes.append(f"{lp.name}: ImageSegData new size {size}x{size}")
+                ip.new_height, ip.new_width = size
+                notes.append(f"{lp.name}: ImageSegData new size {size[0]}x{size[1]}")
             continue
         user_data = lp.type == "Python" and not len(lp.bottom)
         if lp.type not in FILE_DATA and not user_data:
@@ -147,11 +147,11 @@ def feed_inputs(param, size: int) -> list[str]:
     return notes
 
 
-def _data_shapes(lp, size: int, user_data: bool):
+def _data_shapes(lp, size: tuple[int, int], user_data: bool):
     """Top shapes an Input stand-in for data layer ``lp`` gets, and a word on where from."""
     tp = lp.transform_param
     n = 1
-    h = w = size
+    h, w = size
     c = 3
     if user_data:
         what = f"Python {lp.python_param.module}.{lp.python_param.layer}"
@@ -184,7 +184,7 @@ def _data_shapes(lp, size: int, user_data: bool):
     return shapes, what
 
 
-def survey_file(path: str, size: int) -> dict:
+def survey_file(path: str, size: tuple[int, int]) -> dict:
     """The survey record of one prototxt (see the module doc)."""
     from caffe.prototxt import parse_net
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -390,11 +390,20 @@ def summary(records: list[dict]) -> dict:
             "errors": errors, "missing_types": blocked.most_common()}
 
 
+def _size(text: str) -> tuple[int, int]:
+    """``500`` -> (500, 500); ``360x480`` -> (360, 480)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected H or HxW in pixels, got {text!r}")
+    return int(parts[0]), int(parts[-1])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", help="folder searched for *.prototxt files")
     ap.add_argument("--out", required=True, help="JSON file written with one record per file")
-    ap.add_argument("--size", type=int, default=500, help="H = W of data layers whose size is not in the file")
+    ap.add_argument("--size", type=_size, default=(500, 500),
+                    help="H x W (or one number for both) of data layers whose size is not in the file (default 500)")
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(1)
