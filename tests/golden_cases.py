@@ -35,7 +35,8 @@ class LayerCase:
     passes: int = 1                   # forward passes (data layers: the order of batches)
     learned: tuple = ()               # bottoms fed by a Parameter layer, not Input: they get diffs
                                       # without force_backward (which Caffe refuses for index bottoms)
-    refused: bool = False             # BVLC Caffe refuses the net (a failed CHECK): so must we
+    refused: str = ""                 # BVLC Caffe refuses the net (a failed CHECK): so must we, with
+                                      # a CaffeError matching this pattern
 
 
 def make_input(spec, rng):
@@ -167,6 +168,7 @@ def run_layer_case(caffe, case: LayerCase, workdir: str, given=None) -> dict:
 HDF5_OUTPUT = "hdf5_output.h5"
 DATA_DIR = "data"
 DATA = dict(backward=False, force_backward=False, files=DATA_DIR, passes=2)
+SECOND_TOP = r"\(SoftmaxWithLoss\): a second \(probability\) top is refused"
 
 
 def _cases() -> list:
@@ -240,7 +242,7 @@ def _cases() -> list:
           {"x": ("normal", (2, 3, 4, 5))}),
         C("spp_max", 'type: "SPP" spp_param { pyramid_height: 3 pool: MAX }', {"x": ("distinct", (2, 2, 8, 9))}),
         C("spp_pad_not_below_kernel", 'type: "SPP" spp_param { pyramid_height: 3 pool: MAX }',
-          {"x": ("distinct", (2, 2, 7, 5))}, refused=True),
+          {"x": ("distinct", (2, 2, 7, 5))}, refused="pad must be smaller than the kernel"),
         C("spp_ave", 'type: "SPP" spp_param { pyramid_height: 2 pool: AVE }', {"x": ("normal", (1, 3, 6, 6))}),
         C("crop", 'type: "Crop" crop_param { axis: 2 offset: 1 offset: 2 }',
           {"x": ("normal", (2, 2, 6, 7)), "ref": ("normal", (1, 1, 3, 4))}),
@@ -320,9 +322,9 @@ def _cases() -> list:
         # BVLC refuses a second (prob) top: without loss weights LossLayer adds one for two tops,
         # with two its inner Softmax layer gets both for its one top
         C("softmax_loss_prob_top", 'type: "SoftmaxWithLoss"',
-          {"x": x4, "y": ("ints", (2, 1, 5, 4), 0, 3)}, tops=2, loss=True, refused=True),
+          {"x": x4, "y": ("ints", (2, 1, 5, 4), 0, 3)}, tops=2, loss=True, refused=SECOND_TOP),
         C("softmax_loss_two_loss_weights", 'type: "SoftmaxWithLoss" loss_weight: 2 loss_weight: 0',
-          {"x": x4, "y": ("ints", (2, 1, 5, 4), 0, 3)}, tops=2, loss=True, loss_weight=2, refused=True),
+          {"x": x4, "y": ("ints", (2, 1, 5, 4), 0, 3)}, tops=2, loss=True, loss_weight=2, refused=SECOND_TOP),
         C("softmax_loss_weight", 'type: "SoftmaxWithLoss" loss_weight: 2.5', {"x": x4, "y": ("ints", (2, 1, 5, 4), 0, 3)},
           loss=True),
         C("softmax_loss_none_axis", 'type: "SoftmaxWithLoss" softmax_param { axis: 2 } '
@@ -342,7 +344,7 @@ def _cases() -> list:
           learned=("p",), force_backward=False),
         C("infogain_force_backward", 'type: "InfogainLoss"',
           {"p": ("probs", (4, 3)), "y": ("ints", (4,), 0, 3), "h": ("uniform", (1, 1, 3, 3), 0, 1)}, loss=True,
-          refused=True),
+          refused=r"cannot backpropagate to bottom 2 \(the infogain matrix\)"),
         C("infogain_loss_axis", 'type: "InfogainLoss" infogain_loss_param { axis: 1 } loss_param { ignore_label: 0 }',
           {"p": ("probs", (2, 3, 2, 2)), "y": ("ints", (2, 1, 2, 2), 0, 3), "h": ("uniform", (3, 3), 0, 1)},
           loss=True, learned=("p",), force_backward=False),

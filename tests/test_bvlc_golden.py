@@ -66,7 +66,7 @@ def test_layer_matches_bvlc_caffe(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_what_bvlc_caffe_refuses_is_refused(name, tmp_path):
     """BVLC Caffe aborted on these nets (a failed CHECK, listed by the generator in refused.txt)."""
-    with pytest.raises(caffe.CaffeError):
+    with pytest.raises(caffe.CaffeError, match=REFUSED[name].refused):
         run_layer_case(caffe, REFUSED[name], str(tmp_path))
 
 
