@@ -38,7 +38,7 @@ from torch import nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.reference import VGG_CONVS, LargeFOV  # noqa: E402
+from bench.reference import VGG_CONVS, LargeFOV, copy_weights, randomize  # noqa: E402
 from deeplab.extract import ListItem, Outputs, extract  # noqa: E402
 from deeplab.scorenet import ScoreNet  # noqa: E402
 
@@ -75,26 +75,9 @@ class DeepLab(nn.Module):
         x = F.relu(self.fc7(x), inplace=True)
         return self.fc8_voc12(x)
 
-    @torch.no_grad()
     def load_from_net(self, net) -> None:
         """Copy weights and biases from a caffe.net.Net with the same layer names."""
-        for name in [n for names in self.blocks for n in names] + ["fc6", "fc7", "fc8_voc12"]:
-            conv, blobs = getattr(self, name), net.layer(name).blobs
-            conv.weight.copy_(blobs[0])
-            conv.bias.copy_(blobs[1])
-
-
-@torch.no_grad()
-def randomize(score_net: ScoreNet, seed: int = 0) -> None:
-    """He-normal weights and small biases, so activations stay in range through VGG."""
-    gen = torch.Generator().manual_seed(seed)
-    for layer in score_net.net.layers:
-        if len(layer.blobs):
-            w = layer.blobs[0]
-            fan_in = w[0].numel()
-            w.copy_(torch.randn(w.shape, generator=gen) * math.sqrt(2.0 / fan_in))
-            if len(layer.blobs) > 1:
-                layer.blobs[1].copy_(torch.randn(layer.blobs[1].shape, generator=gen) * 0.01)
+        copy_weights(self, net, [n for names in self.blocks for n in names] + ["fc6", "fc7", "fc8_voc12"])
 
 
 def sync(device: torch.device) -> None:
@@ -120,7 +103,7 @@ def compare_forward(label: str, variant: str, size: int, module: nn.Module, devi
                     reps: int, amp: str | None) -> None:
     net = ScoreNet(os.path.join(ROOT, "prototxt", "voc12", variant, "test.prototxt"), mapping=MAPPING,
                    blob="fc8_voc12", device=device, amp=amp)
-    randomize(net)
+    randomize(net.net)
     module.load_from_net(net.net)
     module.eval()
     module.to(device).to(memory_format=torch.channels_last)
@@ -150,7 +133,7 @@ def pipeline(device: torch.device, n_images: int, batch: int, amp: str | None) -
     """Whole extraction (read JPEG, forward, write .npy) of LargeFOV over 500x375 images."""
     net = ScoreNet(os.path.join(ROOT, "prototxt", "voc12", "DeepLab-LargeFOV", "test.prototxt"), mapping=MAPPING,
                    device=device, amp=amp)
-    randomize(net)
+    randomize(net.net)
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
         items = []

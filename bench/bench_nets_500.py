@@ -22,7 +22,6 @@ import datetime
 import os
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +30,8 @@ from torch import nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.bench_engine import engine_net  # noqa: E402
-from bench.reference import VGG_CONVS, LargeFOV  # noqa: E402
+from bench.bench_engine import engine_net, timed  # noqa: E402
+from bench.reference import VGG_CONVS, LargeFOV, copy_weights, randomize  # noqa: E402
 from caffe.net import Net  # noqa: E402
 
 FCN8S = os.path.join(ROOT, "tests", "fixtures", "real_nets", "fcn8s_voc.prototxt")
@@ -83,29 +82,6 @@ class FCN8s(nn.Module):
 
 
 @torch.no_grad()
-def randomize(net: Net, seed: int) -> None:
-    """Random weights (He-scaled normal, small biases) in every learnable blob of ``net``."""
-    g = torch.Generator().manual_seed(seed)
-    for layer in net.layers:
-        for i, b in enumerate(layer.blobs):
-            fan_in = b[0].numel() if b.dim() > 1 else 1
-            std = (2.0 / fan_in) ** 0.5 if b.dim() > 1 else 0.01
-            b.copy_(torch.randn(b.shape, generator=g) * std)
-
-
-@torch.no_grad()
-def copy_weights(module: nn.Module, net: Net, names: list[str]) -> None:
-    """The engine's blobs (weight, optional bias) into ``module``'s layers of the same names."""
-    for name in names:
-        mod, blobs = getattr(module, name), net.layer(name).blobs
-        if tuple(blobs[0].shape) != tuple(mod.weight.shape):
-            raise SystemExit(f"error: layer {name!r}: net weight {tuple(blobs[0].shape)}, module "
-                             f"{tuple(mod.weight.shape)}")
-        mod.weight.copy_(blobs[0])
-        if mod.bias is not None:
-            mod.bias.copy_(blobs[1])
-
-
 def fcn_pair(path, size, device):
     """(engine forward, hand-written forward) of FCN-8s at ``size``."""
     net = Net(path, "TEST", input_shapes={"data": (1, 3, size, size)})
@@ -124,16 +100,6 @@ def largefov_pair(device):
     ref.load_from_net(net)
     net, ref = net.to(device), ref.to(device).eval()
     return (lambda x: net({"data": x}, outputs=["fc8_interp"])["fc8_interp"]), (lambda x: ref.upsample(ref(x)))
-
-
-def timed(fn, x, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
 
 
 def main(argv=None) -> int:

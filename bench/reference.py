@@ -71,14 +71,32 @@ class LargeFOV(nn.Module):
         """Names of every convolution, matching the prototxt's layer names."""
         return [n for names in self.blocks for n in names] + ["fc6", "fc7", "fc8_voc12"]
 
-    @torch.no_grad()
     def load_from_net(self, net) -> None:
         """Copy weights and biases from a caffe.net.Net with the same layer names."""
-        for name in self.conv_names():
-            conv = getattr(self, name)
-            blobs = net.layer(name).blobs
-            if tuple(blobs[0].shape) != tuple(conv.weight.shape):
-                raise ValueError(f"layer {name!r}: net has weight {tuple(blobs[0].shape)}, "
-                                 f"this module {tuple(conv.weight.shape)}")
-            conv.weight.copy_(blobs[0])
-            conv.bias.copy_(blobs[1])
+        copy_weights(self, net, self.conv_names())
+
+
+@torch.no_grad()
+def copy_weights(module: nn.Module, net, names: list[str]) -> None:
+    """The engine's blobs (weight, optional bias) into ``module``'s layers of the same names."""
+    for name in names:
+        mod, blobs = getattr(module, name), net.layer(name).blobs
+        if tuple(blobs[0].shape) != tuple(mod.weight.shape):
+            raise ValueError(f"layer {name!r}: net has weight {tuple(blobs[0].shape)}, "
+                             f"this module {tuple(mod.weight.shape)}")
+        mod.weight.copy_(blobs[0])
+        if mod.bias is not None:
+            mod.bias.copy_(blobs[1])
+
+
+@torch.no_grad()
+def randomize(net, seed: int = 0) -> None:
+    """He-normal weights and small biases in every layer of a caffe.net.Net, so activations
+    stay in range through VGG."""
+    gen = torch.Generator().manual_seed(seed)
+    for layer in net.layers:
+        if len(layer.blobs):
+            w = layer.blobs[0]
+            w.copy_(torch.randn(w.shape, generator=gen) * (2.0 / w[0].numel()) ** 0.5)
+            if len(layer.blobs) > 1:
+                layer.blobs[1].copy_(torch.randn(layer.blobs[1].shape, generator=gen) * 0.01)
