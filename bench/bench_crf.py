@@ -31,7 +31,7 @@ import densecrf
 from deeplab.labels import read_label
 from deeplab.scoremaps import save_scores, upsample_scores
 from densecrf import CRFParams
-from densecrf.batch import BatchJob, run_batch
+from deeplab.crf.batch import BatchJob, run_batch
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "voc12" / "sample"
 H, W, C = 375, 500, 21

@@ -46,7 +46,7 @@ from deeplab.lists import read_ids
 from deeplab.scoremaps import upsample_scores
 from densecrf import CRFParams, unary_from_scores
 from densecrf.backends import PyDenseCRF2
-from densecrf.io import load_pair
+from deeplab.crf.io import load_pair
 from densecrf.lattice import LatticeSum, PermutohedralLattice, dense_gaussian_filter
 from densecrf.torch_backend import TorchDenseCRF, _grid, bilateral_kernel, mean_field, positional_kernel
 

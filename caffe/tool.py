@@ -214,12 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         log.close()
 
 
-def run_main(main_fn, argv: list[str] | None = None) -> None:
-    """Run a command's ``main``; a user error (CaffeError) prints ``error: ...`` on one line and
-    exits 2, Ctrl-C exits 130. Every command of the project (deeplab's too) ends here."""
+def run_main(main_fn, argv: list[str] | None = None, user_errors: tuple = (CaffeError,)) -> None:
+    """Run a command's ``main``; a user error (``user_errors``: CaffeError here, the pipeline adds
+    the CRF library's) prints ``error: ...`` on one line and exits 2, Ctrl-C exits 130. Every
+    command of the project (deeplab's too) ends here."""
     try:
         code = main_fn(argv)
-    except CaffeError as e:
+    except user_errors as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

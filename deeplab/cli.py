@@ -5,9 +5,15 @@ from __future__ import annotations
 import math
 import os
 
-from caffe.tool import run_main  # noqa: F401  (the one error-to-exit-status rule)
+from caffe import tool
 
-from . import DeepLabError
+from . import USER_ERRORS, DeepLabError
+
+
+def run_main(main_fn, argv: list[str] | None = None) -> None:
+    """The one error-to-exit-status rule (``caffe.tool.run_main``) for the pipeline's commands:
+    engine, pipeline and CRF errors print one line and exit 2."""
+    tool.run_main(main_fn, argv, user_errors=USER_ERRORS)
 
 
 def parse_set(items: list[str] | None) -> dict[str, str]:

@@ -19,7 +19,7 @@ import numpy as np
 from caffe.files import remove_stale_temps
 from caffe.images import read_image
 
-from . import DeepLabError
+from . import USER_ERRORS, DeepLabError
 from .lists import ListItem, read_items  # noqa: F401  (the list reader extraction uses)
 from .parallel import Pool
 from .scoremaps import save_mat_scores, save_scores, upsample_scores
@@ -30,7 +30,7 @@ def load_image(item: ListItem, list_name: str = "list") -> np.ndarray:
     """Read an image as H x W x 3 uint8 BGR (caffe.images.read_image); errors name the list line."""
     try:
         return read_image(item.path)
-    except DeepLabError as e:
+    except USER_ERRORS as e:
         raise DeepLabError(f"{list_name}:{item.lineno} (id {item.id}): {e}") from None
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 from caffe.files import atomic_path
 from caffe.images import read_label  # noqa: F401  (label PNGs are read where images are)
 
-from . import DeepLabError
+from . import USER_ERRORS, DeepLabError
 
 CLASSES_DIR = os.path.join(os.path.dirname(__file__), "data", "classes")
 
@@ -132,7 +132,7 @@ def _main(argv: list[str]) -> int:
         return 2
     try:
         classes = load_classes(argv[0])
-    except DeepLabError as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(" ".join(str(fields[f](classes)) for f in argv[1:] or ["num_classes", "ignore"]))

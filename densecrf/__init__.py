@@ -1,23 +1,28 @@
-"""The fully connected CRF stage (paper, Section 4.2), independent of the network code.
+"""The fully connected CRF (paper, Section 4.2) as a library: parameters, mean-field inference
+and its backends (pydensecrf2 on the CPU, a torch permutohedral lattice on CPU or GPU).
+
+A leaf: it imports numpy, and torch / pydensecrf2 where a backend needs them, never ``caffe``
+or ``deeplab`` (tests/densecrf/test_layering.py checks it). The batch stage over dumped score
+maps, the parameter search and the ``densecrf`` command are the pipeline's (``deeplab.crf``,
+``deeplab.commands.densecrf``); ``python -m densecrf`` enters that command.
 
     import densecrf
     labels = densecrf.refine(image_rgb, scores, densecrf.CRFParams())
 
 ``image_rgb`` is H x W x 3 uint8 in RGB order (the release's PPM files were RGB; the lattice is
 not symmetric in feature order); ``scores`` are the network's class scores at full image
-resolution, C x H x W (``deeplab.scoremaps.load_scores`` gives them from dumped files). The
+resolution, C x H x W (``deeplab.extract.scoremaps.load_scores`` gives them from dumped files). The
 unary is -log softmax(scores). No torch needed.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from caffe import CaffeError as DeepLabError  # the same class as deeplab.DeepLabError
 
 from .backends import BACKENDS, DEFAULT_BACKEND, get_backend
-from .params import NORMALIZATIONS, CRFParams
+from .params import NORMALIZATIONS, CRFParams, CrfError
 
-__all__ = ["BACKENDS", "CRFParams", "check_image_scores", "NORMALIZATIONS", "mean_field_steps", "refine", "unary_from_scores"]
+__all__ = ["BACKENDS", "CRFParams", "CrfError", "check_image_scores", "NORMALIZATIONS", "mean_field_steps", "refine", "unary_from_scores"]
 
 
 def unary_from_scores(scores: np.ndarray) -> np.ndarray:
@@ -36,18 +41,18 @@ def check_image_scores(image: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     image = np.asarray(image)
     scores = np.asarray(scores)
     if image.ndim != 3 or image.shape[2] != 3:
-        raise DeepLabError(f"image must be H x W x 3 (RGB), got shape {image.shape}")
+        raise CrfError(f"image must be H x W x 3 (RGB), got shape {image.shape}")
     if image.dtype != np.uint8:
-        raise DeepLabError(f"image must be uint8, got {image.dtype}")
+        raise CrfError(f"image must be uint8, got {image.dtype}")
     if scores.ndim != 3:
-        raise DeepLabError(f"scores must be C x H x W, got shape {scores.shape}")
+        raise CrfError(f"scores must be C x H x W, got shape {scores.shape}")
     if scores.shape[1:] != image.shape[:2]:
-        raise DeepLabError(f"scores are {scores.shape[1]}x{scores.shape[2]} but the image is "
+        raise CrfError(f"scores are {scores.shape[1]}x{scores.shape[2]} but the image is "
                            f"{image.shape[0]}x{image.shape[1]}")
     if scores.shape[0] < 1 or scores.shape[0] > 256:
-        raise DeepLabError(f"scores have {scores.shape[0]} classes; expected 1..256")
+        raise CrfError(f"scores have {scores.shape[0]} classes; expected 1..256")
     if not np.isfinite(scores).all():
-        raise DeepLabError(f"scores hold {int((~np.isfinite(scores)).sum())} NaN/Inf value(s)")
+        raise CrfError(f"scores hold {int((~np.isfinite(scores)).sum())} NaN/Inf value(s)")
     return image, scores
 
 

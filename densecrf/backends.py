@@ -16,9 +16,8 @@ from typing import Iterator
 
 import numpy as np
 
-from caffe import CaffeError as DeepLabError  # the same class as deeplab.DeepLabError
 
-from .params import CRFParams
+from .params import CRFParams, CrfError
 
 
 class PyDenseCRF2:
@@ -81,4 +80,4 @@ def get_backend(name: str):
     try:
         return BACKENDS[name]
     except KeyError:
-        raise DeepLabError(f"unknown CRF backend {name!r} (have: {', '.join(sorted(BACKENDS))})") from None
+        raise CrfError(f"unknown CRF backend {name!r} (have: {', '.join(sorted(BACKENDS))})") from None

@@ -4,7 +4,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from caffe import CaffeError as DeepLabError  # the same class as deeplab.DeepLabError
+
+class CrfError(ValueError):
+    """Bad input to the CRF library (parameters, image or scores), with a message for the user."""
+
 
 # Message normalisation of the Gaussian kernels (pydensecrf's names). The release's densecrf
 # code divides each pixel's message by sum_j k(f_i, f_j) afterwards: "after".
@@ -30,15 +33,15 @@ class CRFParams:
 
     def __post_init__(self):
         if not isinstance(self.iters, int) or isinstance(self.iters, bool) or self.iters < 0:
-            raise DeepLabError(f"iters must be a non-negative integer, got {self.iters!r}")
+            raise CrfError(f"iters must be a non-negative integer, got {self.iters!r}")
         for name in ("bi_w", "pos_w"):
             if not float(getattr(self, name)) >= 0:
-                raise DeepLabError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+                raise CrfError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("bi_xy_std", "bi_rgb_std", "pos_xy_std"):
             if not float(getattr(self, name)) > 0:
-                raise DeepLabError(f"{name} must be > 0, got {getattr(self, name)!r}")
+                raise CrfError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.normalization not in NORMALIZATIONS:
-            raise DeepLabError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
+            raise CrfError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
 
     @classmethod
     def from_paper(cls, w1: float, sigma_alpha: float, sigma_beta: float, w2: float = 3.0,

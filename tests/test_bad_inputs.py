@@ -24,7 +24,7 @@ from caffe.images import read_image, read_label
 from deeplab.cli import run_main
 from deeplab.commands import crf_search, eval as eval_tool, extract, make_synthetic, netinfo, parse_log, report
 from deeplab.labels import write_label
-from densecrf.__main__ import main as crf_main
+from deeplab.commands.densecrf import main as crf_main
 
 MAINS = {"extract": extract.main, "densecrf": crf_main, "crf_search": crf_search.main, "eval": eval_tool.main,
          "report": report.main, "parse_log": parse_log.main, "netinfo": netinfo.main,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab.caffelog import parse_log, to_csv, write_plot
 from deeplab.cli import run_main
 
@@ -78,9 +78,9 @@ def test_csv_text():
 def test_without_timestamps_and_errors(tmp_path):
     log = parse_log(["Iteration 5, loss = 2", "Iteration 5, lr = 0.1"])
     assert log.rows == [{"iteration": 5, "loss": 2.0, "lr": 0.1}]
-    with pytest.raises(DeepLabError, match="no Caffe training lines"):
+    with pytest.raises(USER_ERRORS, match="no Caffe training lines"):
         parse_log(["hello", "world"])
-    with pytest.raises(DeepLabError, match="cannot read training log"):
+    with pytest.raises(USER_ERRORS, match="cannot read training log"):
         parse_log(tmp_path / "missing.log")
 
 

@@ -17,7 +17,7 @@ import torch
 from conftest import REPO
 from caffe.net import Net
 from caffe.prototxt import parse_net, parse_solver
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab.netinfo import net_info
 
 CAMVID = REPO / "prototxt" / "camvid"
@@ -109,7 +109,7 @@ def test_full_size_nets_build():
     # the test net over a 480 x 360 image: canvas 481 x 361 (the zoomed scores must match the image)
     info = net_info(param(CRFRNN, "test"), "TEST", input_shape=(1, 3, 361, 481))
     assert info.blob("fc8_camvid").shape == (1, 11, 46, 61) and info.blob("pred").shape == (1, 11, 361, 481)
-    with pytest.raises(DeepLabError, match="inference1"):
+    with pytest.raises(USER_ERRORS, match="inference1"):
         net_info(param(CRFRNN, "test"), "TEST", input_shape=(1, 3, 360, 480))
     for which, phase in (("train", "TRAIN"), ("test", "TEST")):
         assert net_info(param(FT, which), phase).blob("fc8_camvid").shape[1] == 11

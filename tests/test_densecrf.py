@@ -14,12 +14,12 @@ from PIL import Image
 
 import densecrf
 from conftest import REPO, shared_path
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab.labels import read_label, voc_palette
 from deeplab.scoremaps import save_mat_scores, save_scores, upsample_scores
 from densecrf import CRFParams
 from deeplab.provenance import RECORD
-from densecrf.__main__ import main
+from deeplab.commands.densecrf import main
 
 
 def smooth_scores(label: np.ndarray, classes: int, seed: int = 0, zoom: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +117,7 @@ def test_params_paper_names_and_validation():
     assert (d.iters, d.bi_w, d.bi_xy_std, d.bi_rgb_std, d.pos_w, d.pos_xy_std, d.normalization) == \
         (10, 4, 49, 5, 3, 3, "after")
     for bad in ({"bi_xy_std": 0}, {"iters": -1}, {"normalization": "before"}, {"pos_w": -1}):
-        with pytest.raises(DeepLabError):
+        with pytest.raises(USER_ERRORS):
             CRFParams(**bad)
 
 
@@ -137,9 +137,9 @@ def test_backend_registry_and_input_checks():
     finally:
         del densecrf.BACKENDS["fake"]
     assert calls == [((4, 5, 3), (3, 4, 5), 10)] and (out == 2).all()
-    with pytest.raises(DeepLabError, match="unknown CRF backend"):
+    with pytest.raises(USER_ERRORS, match="unknown CRF backend"):
         densecrf.refine(np.zeros((4, 5, 3), np.uint8), np.zeros((3, 4, 5), np.float32), backend="nope")
-    with pytest.raises(DeepLabError, match="scores are 4x6 but the image is 4x5"):
+    with pytest.raises(USER_ERRORS, match="scores are 4x6 but the image is 4x5"):
         densecrf.refine(np.zeros((4, 5, 3), np.uint8), np.zeros((3, 4, 6), np.float32))
 
 

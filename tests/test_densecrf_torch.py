@@ -193,7 +193,7 @@ def test_refine_and_cli_choice_reach_the_torch_backend():
     assert labels.shape == image.shape[:2] and labels.dtype == np.uint8
     assert (labels == densecrf.refine(image, scores)).mean() >= 0.995
     assert "torch" in BACKENDS
-    from densecrf.__main__ import build_parser
+    from deeplab.commands.densecrf import build_parser
     args = build_parser().parse_args(["--images", "i", "--scores", "s", "--list", "l", "--out", "o", "--backend", "torch"])
     assert args.backend == "torch"
 

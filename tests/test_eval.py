@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab.cli import run_main
 from deeplab.eval.evaluate import evaluate, load_result, read_ids, write_result
 from deeplab.eval.tables import format_table
@@ -106,7 +106,7 @@ def test_bad_input_names_the_id(tmp_path, case, needle):
         gts["b"][0, 0] = 7
     else:
         preds["b"][0, 0] = 4
-    with pytest.raises(DeepLabError, match=re.escape(needle)):
+    with pytest.raises(USER_ERRORS, match=re.escape(needle)):
         evaluate(*_pair(tmp_path, gts, preds), ["a", "b"], 4)
 
 
@@ -114,10 +114,10 @@ def test_read_ids_both_list_styles(tmp_path):
     p = tmp_path / "l.txt"
     p.write_text("2007_000033\n\n/JPEGImages/2007_000042.jpg /SegmentationClassAug/2007_000042.png\n")
     assert read_ids(p) == ["2007_000033", "2007_000042"]
-    with pytest.raises(DeepLabError, match="list file .*nope.txt not found"):
+    with pytest.raises(USER_ERRORS, match="list file .*nope.txt not found"):
         read_ids(tmp_path / "nope.txt")
     p.write_text("a\nb\na\n")
-    with pytest.raises(DeepLabError, match=r"l.txt:3: id 'a' repeats line 1"):
+    with pytest.raises(USER_ERRORS, match=r"l.txt:3: id 'a' repeats line 1"):
         read_ids(p)
 
 

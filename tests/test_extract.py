@@ -16,7 +16,7 @@ import scipy.io
 import torch
 
 from conftest import FIXTURES, REPO
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab.cli import run_main
 from deeplab.extract import label_palette
 from deeplab.lists import read_items
@@ -185,7 +185,7 @@ def test_labels_out_class_count_checked_only_with_a_class_list(data, tmp_path, c
     assert e.value.code == 2
     assert "3 channels but class list 'voc12' has 21 classes" in capsys.readouterr().err
     assert label_palette("fc8", 256) is None
-    with pytest.raises(DeepLabError, match="257 channels; label PNGs hold at most 256 classes"):
+    with pytest.raises(USER_ERRORS, match="257 channels; label PNGs hold at most 256 classes"):
         label_palette("fc8", 257)
 
 
@@ -248,16 +248,16 @@ def test_id_list_and_lookup(data, tmp_path):
     assert [(i.lineno, i.id, i.path) for i in items] == [
         (1, "small", str(root / "JPEGImages" / "small.png")), (2, "tall", str(root / "JPEGImages" / "tall.png"))]
     ids.write_text("small\nsmall\n")
-    with pytest.raises(DeepLabError, match=r"ids.txt:2: id 'small' repeats line 1"):
+    with pytest.raises(USER_ERRORS, match=r"ids.txt:2: id 'small' repeats line 1"):
         read_items(ids, root)
 
 
 def test_blob_choice(data, tmp_path):
     net = ScoreNet(PROTOTXT, mapping=mapping(), blob="fc6", want_mat=True)
     assert (net.blob, net.zoom, net.num_classes, net.mat_blob) == ("fc6", 8, 6, None)
-    with pytest.raises(DeepLabError, match="--blob 'nope' is not a blob of the test net"):
+    with pytest.raises(USER_ERRORS, match="--blob 'nope' is not a blob of the test net"):
         ScoreNet(PROTOTXT, mapping=mapping(), blob="nope")
-    with pytest.raises(DeepLabError, match=r"placeholder \$\{EXP\} has no value"):
+    with pytest.raises(USER_ERRORS, match=r"placeholder \$\{EXP\} has no value"):
         ScoreNet(PROTOTXT, mapping={k: v for k, v in mapping().items() if k != "EXP"})
 
 
@@ -355,7 +355,7 @@ def test_514_geometry(net514):
 
 
 def test_514_npy_equals_the_nets_cropped_upsampling(data, net514, tmp_path):
-    import densecrf.io
+    import deeplab.crf.io
 
     out, labels = tmp_path / "npy", tmp_path / "labels"
     classes = tmp_path / "three.txt"
@@ -383,7 +383,7 @@ def test_514_npy_equals_the_nets_cropped_upsampling(data, net514, tmp_path):
         label = read_label(labels / f"{ident}.png")
         np.testing.assert_array_equal(label, full.argmax(0))
         # the CRF stage reads it unchanged
-        image, scores = densecrf.io.load_pair(str(data[0] / "JPEGImages"), str(out), ident)
+        image, scores = deeplab.crf.io.load_pair(str(data[0] / "JPEGImages"), str(out), ident)
         assert image.shape == (h, w, 3) and (scores.height, scores.width) == (h, w)
         np.testing.assert_array_equal(scores.scores, full)
 
@@ -409,7 +409,7 @@ def test_padding_before_mat_write_is_refused(data, net514, tmp_path):
     root = data[0]
     argv = ["--model", str(model), "--weights", str(net514[1]), "--list", str(root / "list.txt"), "--root", str(root),
             "--out", str(tmp_path / "out"), "--quiet", "--set", "FEATURE_DIR=unused"]
-    with pytest.raises(DeepLabError, match=r"row r lies on pixel 8r \+ 1 .* --blob 'fc8_crop'"):
+    with pytest.raises(USER_ERRORS, match=r"row r lies on pixel 8r \+ 1 .* --blob 'fc8_crop'"):
         tool.main(argv)
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 

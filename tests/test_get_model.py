@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab import zoo
 from deeplab.cli import run_main
 
@@ -70,11 +70,11 @@ def test_mirror_unknown_checksum_and_unknown_name(tmp_path, source, capsys):
     path = zoo.fetch("w", zoo.load_manifest(man), str(tmp_path / "dl"), quiet=True)
     assert open(path, "rb").read() == blob.read_bytes()
     assert f"sha256 of {path} is {sha}" in capsys.readouterr().out
-    with pytest.raises(DeepLabError, match="unknown model 'x'; known: w"):
+    with pytest.raises(USER_ERRORS, match="unknown model 'x'; known: w"):
         zoo.fetch("x", zoo.load_manifest(man), str(tmp_path / "dl"))
     bad = tmp_path / "bad.json"
     bad.write_text('{"models": {"y": {"file": "y.bin"}}}')
-    with pytest.raises(DeepLabError, match="entry 'y' needs 'url' and 'file'"):
+    with pytest.raises(USER_ERRORS, match="entry 'y' needs 'url' and 'file'"):
         zoo.load_manifest(str(bad))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from deeplab import DeepLabError
+from caffe import CaffeError
 from caffe.imageseg import ImageSegSource, Stream, Transform, read_list
 from deeplab.labels import write_label
 from caffe.proto import caffe_pb2 as pb
@@ -95,14 +95,14 @@ def layer(root, extra="", transform="crop_size: 8", batch=2):
 
 
 def test_list_errors_name_the_line(tmp_path):
-    with pytest.raises(DeepLabError, match="list file .*nope.txt not found"):
+    with pytest.raises(CaffeError, match="list file .*nope.txt not found"):
         read_list(str(tmp_path / "nope.txt"))
     write_set(tmp_path, 3)
     (tmp_path / "img" / "1.png").unlink()
-    with pytest.raises(DeepLabError, match=r"list.txt:2: .*img/1.png does not exist"):
+    with pytest.raises(CaffeError, match=r"list.txt:2: .*img/1.png does not exist"):
         read_list(str(tmp_path / "list.txt"), str(tmp_path))
     (tmp_path / "list.txt").write_text("/img/0.png\n")
-    with pytest.raises(DeepLabError, match=r"list.txt:1: expected an image and a label"):
+    with pytest.raises(CaffeError, match=r"list.txt:1: expected an image and a label"):
         read_list(str(tmp_path / "list.txt"), str(tmp_path))
 
 
@@ -110,11 +110,11 @@ def test_size_mismatch_and_unreadable_image_name_the_line(tmp_path):
     write_set(tmp_path, 3, mismatch=2)
     (tmp_path / "img" / "1.png").write_bytes(b"not a png")
     src = ImageSegSource(layer(tmp_path, transform="crop_size: 8"), "TRAIN", seed=0)
-    errors = {str(src[p]) for p in range(3) if isinstance(src[p], DeepLabError)}
+    errors = {str(src[p]) for p in range(3) if isinstance(src[p], CaffeError)}
     assert any("list.txt:2: " in e and "img/1.png is not a readable image" in e for e in errors)
     assert any("list.txt:3: label" in e and "is 9x12 but image" in e for e in errors)
     stream = Stream(src)
-    with pytest.raises(DeepLabError, match="list.txt:"):
+    with pytest.raises(CaffeError, match="list.txt:"):
         for b in range(2):
             stream(b)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from deeplab import DeepLabError
+from caffe import CaffeError
 from caffe.model_io import (LayerBlobs, SolverState, load_caffemodel, load_solverstate,
                         save_caffemodel, save_solverstate)
 from caffe.proto import caffe_pb2 as pb
@@ -153,35 +153,35 @@ def test_unpacked_and_double_data(tmp_path):
 
 
 def test_errors_name_the_file(tmp_path):
-    with pytest.raises(DeepLabError, match=r"missing\.caffemodel: no such file"):
+    with pytest.raises(CaffeError, match=r"missing\.caffemodel: no such file"):
         load_caffemodel(tmp_path / "missing.caffemodel")
     data = (GOLDEN / "layers" / "net.caffemodel").read_bytes()
     cut = tmp_path / "cut.caffemodel"
     cut.write_bytes(data[: len(data) * 2 // 3])
-    with pytest.raises(DeepLabError, match=rf"^{cut}: truncated or corrupt caffemodel"):
+    with pytest.raises(CaffeError, match=rf"^{cut}: truncated or corrupt caffemodel"):
         load_caffemodel(cut)
     junk = tmp_path / "junk.caffemodel"
     junk.write_bytes(b'name: "not binary"\nlayer { }\n')
-    with pytest.raises(DeepLabError, match=rf"^{junk}: "):
+    with pytest.raises(CaffeError, match=rf"^{junk}: "):
         load_caffemodel(junk)
     empty = tmp_path / "empty.caffemodel"
     empty.write_bytes(b"")
-    with pytest.raises(DeepLabError, match="holds no layers"):
+    with pytest.raises(CaffeError, match="holds no layers"):
         load_caffemodel(empty)
     wrong = tmp_path / "wrong.caffemodel"  # a blob whose legacy shape disagrees with its data
     blob = pb.BlobProto(num=2, channels=1, height=1, width=1, data=[1.0]).SerializeToString()
     wrong.write_bytes(pb.NetParameter(layer=[pb.LayerParameter(name="x", blobs=[pb.BlobProto.FromString(blob)])])
                       .SerializeToString())
-    with pytest.raises(DeepLabError, match=r"shape \(2, 1, 1, 1\) holds 1 values"):
+    with pytest.raises(CaffeError, match=r"shape \(2, 1, 1, 1\) holds 1 values"):
         load_caffemodel(wrong)
     state = (GOLDEN / "solver_step" / "snap_iter_7.solverstate").read_bytes()
     bad = tmp_path / "bad.solverstate"
     bad.write_bytes(state[:-10])
-    with pytest.raises(DeepLabError, match=rf"^{bad}: truncated or corrupt solverstate"):
+    with pytest.raises(CaffeError, match=rf"^{bad}: truncated or corrupt solverstate"):
         load_solverstate(bad)
     h5 = tmp_path / "s.solverstate.h5"
     h5.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
-    with pytest.raises(DeepLabError, match="HDF5"):
+    with pytest.raises(CaffeError, match="HDF5"):
         load_solverstate(h5)
 
 
@@ -224,8 +224,8 @@ def test_hdf5_weights_round_trip_into_a_net(tmp_path):
     report = net.copy_from(str(path))
     assert "conv" in report["copied"] and not report["skipped"]
     assert np.array_equal(net.layer("conv").blobs[1].detach().numpy(), b)
-    with pytest.raises(DeepLabError, match="repeat"):
+    with pytest.raises(CaffeError, match="repeat"):
         save_hdf5(tmp_path / "dup.h5", [("a", [], None), ("a", [], None)])
     (tmp_path / "bad.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 10)
-    with pytest.raises(DeepLabError, match="bad.h5"):
+    with pytest.raises(CaffeError, match="bad.h5"):
         load_hdf5(tmp_path / "bad.h5")

@@ -19,7 +19,7 @@ import tinyset
 from conftest import REPO
 from deeplab.commands import crf_search as search_tool
 from deeplab.commands import extract as extract_tool
-from densecrf.__main__ import main as crf_main
+from deeplab.commands.densecrf import main as crf_main
 
 
 @pytest.fixture(scope="module")

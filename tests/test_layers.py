@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from google.protobuf import text_format
 
-from deeplab import DeepLabError
+from caffe import CaffeError
 from caffe.layer import REGISTRY, make_layer
 from caffe.layer.pooling import pool_out
 from caffe.layer.interp import interp_out
@@ -171,14 +171,14 @@ def test_dropout_scales_in_training_only():
 
 
 def test_layer_errors_name_the_layer():
-    with pytest.raises(DeepLabError, match=r"layer 'p' \(Pooling\).*pad must be smaller"):
+    with pytest.raises(CaffeError, match=r"layer 'p' \(Pooling\).*pad must be smaller"):
         layer('name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 2 pad: 2 }', (1, 1, 5, 5))
-    with pytest.raises(DeepLabError, match=r"layer 'c'.*smaller than the dilated kernel"):
+    with pytest.raises(CaffeError, match=r"layer 'c'.*smaller than the dilated kernel"):
         layer('name: "c" type: "Convolution" bottom: "x" top: "y" '
               'convolution_param { num_output: 1 kernel_size: 3 dilation: 12 }', (1, 1, 5, 5))
-    with pytest.raises(DeepLabError, match=r"unknown layer type 'Bogus'"):
+    with pytest.raises(CaffeError, match=r"unknown layer type 'Bogus'"):
         layer('name: "b" type: "Bogus" bottom: "x" top: "y"', (1,))
-    with pytest.raises(DeepLabError, match=r"layer 'e'.*shape"):
+    with pytest.raises(CaffeError, match=r"layer 'e'.*shape"):
         layer('name: "e" type: "Eltwise" bottom: "a" bottom: "b" top: "y"', (1, 2), (1, 3))
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import REPO, shared_path
-from deeplab import DeepLabError
+from caffe import CaffeError
 from caffe.model_io import load_caffemodel
 from caffe.net import Net
 
@@ -94,7 +94,7 @@ def test_v1_golden_caffemodel_matches_caffe_forward():
 def test_copy_from_shape_mismatch_names_layer_and_shapes_or_skips(tmp_path):
     Net(V2_NET, "TEST").save(tmp_path / "w.caffemodel")
     wider = V2_NET.replace("num_output: 3", "num_output: 5")
-    with pytest.raises(DeepLabError, match=r"layer 'fc6': blob 0 has shape \(3, 4, 3, 3\) in the weights but \(5, 4, 3, 3\)"):
+    with pytest.raises(CaffeError, match=r"layer 'fc6': blob 0 has shape \(3, 4, 3, 3\) in the weights but \(5, 4, 3, 3\)"):
         Net(wider, "TEST").copy_from(str(tmp_path / "w.caffemodel"))
     report = Net(wider, "TEST").copy_from(str(tmp_path / "w.caffemodel"), ignore_shape_mismatch=True)
     assert report["skipped"] == ["fc6"] and report["copied"] == ["conv1"]
@@ -120,18 +120,18 @@ layer { name: "sum" type: "Eltwise" bottom: "fc8" bottom: "h0" bottom: "h1" top:
 def test_placeholders_fill_and_unfilled_is_named():
     text = V2_NET.replace("num_output: 3 kernel_size: 3", "num_output: ${NUM_LABELS} kernel_size: 3")
     assert Net(text, "TEST", mapping={"NUM_LABELS": "7"}).blob_shapes["up"][1] == 7
-    with pytest.raises(DeepLabError, match=r"NUM_LABELS"):
+    with pytest.raises(CaffeError, match=r"NUM_LABELS"):
         Net(text, "TEST")
 
 
 def test_user_errors_are_one_clear_line():
-    with pytest.raises(DeepLabError, match=r"bottom 'nope' is not produced"):
+    with pytest.raises(CaffeError, match=r"bottom 'nope' is not produced"):
         Net(V2_NET.replace('bottom: "pool1" top: "fc6"', 'bottom: "nope" top: "fc6"'), "TEST")
-    with pytest.raises(DeepLabError, match=r"<string>:9: layer 'fc6': unknown layer type 'Convolutoin'"):
+    with pytest.raises(CaffeError, match=r"<string>:9: layer 'fc6': unknown layer type 'Convolutoin'"):
         Net(V2_NET.replace('"fc6" type: "Convolution"', '"fc6" type: "Convolutoin"'), "TEST")
-    with pytest.raises(DeepLabError, match=r":4:"):      # malformed text: line number of the error
+    with pytest.raises(CaffeError, match=r":4:"):      # malformed text: line number of the error
         Net(V2_NET.replace('top: "conv1"\n', 'top: "conv1" }}\n', 1), "TEST")
-    with pytest.raises(DeepLabError, match=r"not inputs of net"):
+    with pytest.raises(CaffeError, match=r"not inputs of net"):
         Net(V2_NET, "TEST")({"dta": torch.zeros(1)})
 
 

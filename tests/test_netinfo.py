@@ -11,7 +11,7 @@ from fractions import Fraction
 import pytest
 
 from conftest import REPO
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab.netinfo import net_info, parse_input_shape
 from caffe.prototxt import parse_net
 
@@ -171,7 +171,7 @@ def test_parse_input_shape():
     assert parse_input_shape("1,3,321,321") == (1, 3, 321, 321)
     assert parse_input_shape("2x3x65x65") == (2, 3, 65, 65)
     for bad in ("1,3,321", "1,3,0,5", "a,b,c,d"):
-        with pytest.raises(DeepLabError, match="--input expects N,C,H,W"):
+        with pytest.raises(USER_ERRORS, match="--input expects N,C,H,W"):
             parse_input_shape(bad)
 
 

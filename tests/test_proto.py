@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import text_format
 
 from conftest import FIXTURES, REPO
-from deeplab import DeepLabError
+from caffe import CaffeError
 from caffe.proto import caffe_pb2 as pb
 from caffe.prototxt import fill_placeholders, format_net, parse_net, parse_solver, placeholders, split_comment
 
@@ -141,16 +141,16 @@ def test_placeholders_lists_names_with_the_fields_they_fill():
 
 
 def test_unfilled_placeholder_names_file_line_and_name(tmp_path):
-    with pytest.raises(DeepLabError) as e:
+    with pytest.raises(CaffeError) as e:
         fill_placeholders('a: 1\nb: "${DATA_ROOT}"\n', {}, "train.prototxt")
     assert str(e.value) == ("train.prototxt:2: placeholder ${DATA_ROOT} has no value; "
                             "pass --set DATA_ROOT=...")
     path = _write(tmp_path, FORK_V1)
-    with pytest.raises(DeepLabError, match=r"net\.prototxt:1: placeholder \$\{NET_ID\}"):
+    with pytest.raises(CaffeError, match=r"net\.prototxt:1: placeholder \$\{NET_ID\}"):
         parse_net(path)
     partial = {k: v for k, v in MAPPING.items() if k != "FEATURE_DIR"}
     line = next(i for i, t in enumerate(FORK_V1.splitlines(), 1) if "${FEATURE_DIR}" in t)
-    with pytest.raises(DeepLabError, match=rf":{line}: placeholder \$\{{FEATURE_DIR\}}.*--set FEATURE_DIR="):
+    with pytest.raises(CaffeError, match=rf":{line}: placeholder \$\{{FEATURE_DIR\}}.*--set FEATURE_DIR="):
         parse_net(path, partial)
 
 
@@ -158,19 +158,19 @@ def test_unfilled_placeholder_names_file_line_and_name(tmp_path):
 
 def test_malformed_text_error_carries_file_and_line(tmp_path):
     path = _write(tmp_path, 'name: "x"\nlayer {\n  name: "a"\n  type: "ReLU"\n  bottom: \n}\n')
-    with pytest.raises(DeepLabError) as e:
+    with pytest.raises(CaffeError) as e:
         parse_net(path)
     assert str(e.value).startswith(f"{path}:6:")
     path = _write(tmp_path, 'layer {\n  name: "a"\n', "open.prototxt")
-    with pytest.raises(DeepLabError, match=r"open\.prototxt:\d+:\d+: .*Expected"):
+    with pytest.raises(CaffeError, match=r"open\.prototxt:\d+:\d+: .*Expected"):
         parse_net(path)
-    with pytest.raises(DeepLabError, match=r"^<string>:1:"):
+    with pytest.raises(CaffeError, match=r"^<string>:1:"):
         parse_net("layer { name: 'a' convolution_param { num_output: x } }")
 
 
 def test_unknown_field_error_names_it(tmp_path):
     path = _write(tmp_path, 'layer {\n  name: "c"\n  convolution_param {\n    kernal_size: 3\n  }\n}\n')
-    with pytest.raises(DeepLabError) as e:
+    with pytest.raises(CaffeError) as e:
         parse_net(path)
     msg = str(e.value)
     assert msg.startswith(f"{path}:4:5: ") and '"kernal_size"' in msg
@@ -179,19 +179,19 @@ def test_unknown_field_error_names_it(tmp_path):
 
 def test_unknown_v1_type_is_an_error_with_line(tmp_path):
     path = _write(tmp_path, 'layers {\n  name: "x"\n  type: CONVOLUTOIN\n}\n')
-    with pytest.raises(DeepLabError, match=rf"^{path}:3:\d+: .*CONVOLUTOIN"):
+    with pytest.raises(CaffeError, match=rf"^{path}:3:\d+: .*CONVOLUTOIN"):
         parse_net(path)
 
 
 def test_missing_file():
-    with pytest.raises(DeepLabError, match=r"nope\.prototxt: no such file"):
+    with pytest.raises(CaffeError, match=r"nope\.prototxt: no such file"):
         parse_net("/nonexistent/nope.prototxt")
 
 
 def test_v0_and_mixed_syntax_are_refused():
-    with pytest.raises(DeepLabError, match="V0 syntax"):
+    with pytest.raises(CaffeError, match="V0 syntax"):
         parse_net('layers { layer { name: "c" type: "conv" } }')
-    with pytest.raises(DeepLabError, match="both `layer` and the deprecated `layers`"):
+    with pytest.raises(CaffeError, match="both `layer` and the deprecated `layers`"):
         parse_net('layer { name: "a" type: "ReLU" }\nlayers { name: "b" type: RELU }')
 
 
@@ -231,7 +231,7 @@ def test_input_shape_and_input_dim_upgrade():
     assert [l.name for l in net.layer] == ["input", "r"]
     assert list(net.layer[0].input_param.shape[0].dim) == [1, 3, 5, 7]
     assert list(net.layer[0].top) == ["data"]
-    with pytest.raises(DeepLabError, match="need 8 input_dim values"):
+    with pytest.raises(CaffeError, match="need 8 input_dim values"):
         parse_net('input: "a"\ninput: "b"\ninput_dim: 1 input_dim: 3 input_dim: 5 input_dim: 5\n')
 
 
@@ -276,11 +276,11 @@ def test_solver_type_upgrade_and_placeholders(tmp_path):
     assert s.type == "Nesterov" and not s.HasField("solver_type")
     assert s.net == "voc12/train.prototxt"
     assert parse_solver('solver_type: ADAM\nbase_lr: 1').type == "Adam"
-    with pytest.raises(DeepLabError, match="both solver_type"):
+    with pytest.raises(CaffeError, match="both solver_type"):
         parse_solver('solver_type: SGD\ntype: "Adam"\n')
-    with pytest.raises(DeepLabError, match=r"solver\.prototxt:1: placeholder \$\{EXP\}"):
+    with pytest.raises(CaffeError, match=r"solver\.prototxt:1: placeholder \$\{EXP\}"):
         parse_solver(path)
-    with pytest.raises(DeepLabError, match=r'^<string>:2:\d+: .*"lr"'):
+    with pytest.raises(CaffeError, match=r'^<string>:2:\d+: .*"lr"'):
         parse_solver('base_lr: 0.1\nlr: 3\n')
 
 
@@ -324,5 +324,5 @@ def test_generated_module_matches_the_proto(tmp_path):
 
 
 def test_missing_required_field_names_layer():
-    with pytest.raises(DeepLabError, match="missing required field mat_write_param.prefix in layer 'fc8_mat'"):
+    with pytest.raises(CaffeError, match="missing required field mat_write_param.prefix in layer 'fc8_mat'"):
         parse_net('layers { name: "fc8_mat" type: MAT_WRITE mat_write_param { source: "ids.txt" } }')

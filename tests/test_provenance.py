@@ -20,7 +20,7 @@ from conftest import REPO
 from deeplab.commands import crf_search as search_tool
 from deeplab.commands import extract as extract_tool
 from deeplab.provenance import RECORD, file_digest, open_output, read_record, source_identity
-from densecrf.__main__ import main as crf_main
+from deeplab.commands.densecrf import main as crf_main
 
 
 @pytest.fixture(scope="module")

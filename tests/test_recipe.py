@@ -12,7 +12,7 @@ import pytest
 
 import tinyset
 from conftest import REPO
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab.pack import pack_dataset, pack_folder, pack_weights, unpack_archives, unpack_dataset, unpack_weights
 
 
@@ -49,7 +49,7 @@ def test_dataset_pack_refuses_mixed_labelling(tmp_path):
     root = tmp_path / "data"
     ids = tinyset.make(root)
     (root / "mixed.txt").write_text(f"/images/{ids[0]}.png /labels/{ids[0]}.png\n/images/{ids[1]}.png\n")
-    with pytest.raises(DeepLabError, match="mixed.txt: some lines have a label"):
+    with pytest.raises(USER_ERRORS, match="mixed.txt: some lines have a label"):
         pack_dataset(str(root), str(root), ["mixed"], str(tmp_path / "p.npz"), progress=False)
     assert not (tmp_path / "p.npz").exists()
 
@@ -69,7 +69,7 @@ def test_weights_pack_is_float16_of_the_chosen_layers(tmp_path):
         assert ours.type == theirs.type
         for a, b in zip(ours.blobs, theirs.blobs):
             assert a.dtype == np.float32 and np.array_equal(a, b.astype(np.float16).astype(np.float32))
-    with pytest.raises(DeepLabError, match="no layer with learnable blobs matches 'nothing'"):
+    with pytest.raises(USER_ERRORS, match="no layer with learnable blobs matches 'nothing'"):
         pack_weights(str(w), str(tmp_path / "c.npz"), layers="nothing")
 
 
@@ -85,7 +85,7 @@ def test_folder_archives_stay_under_the_limit_and_unpack(tmp_path):
     dest = tmp_path / "dest"
     assert unpack_archives(archives, str(dest)) == len(files)
     assert {str(p.relative_to(dest)): p.read_bytes() for p in dest.rglob("*") if p.is_file()} == files
-    with pytest.raises(DeepLabError, match="more than an archive may hold"):
+    with pytest.raises(USER_ERRORS, match="more than an archive may hold"):
         pack_folder(str(src), str(tmp_path / "small"), max_bytes=10_000)
 
 
@@ -93,7 +93,7 @@ def test_unpack_refuses_paths_leaving_the_folder(tmp_path):
     (tmp_path / "x").write_text("x")
     with tarfile.open(tmp_path / "bad.tar", "w") as tar:
         tar.add(tmp_path / "x", arcname="../x")
-    with pytest.raises(DeepLabError, match="not a plain relative file"):
+    with pytest.raises(USER_ERRORS, match="not a plain relative file"):
         unpack_archives([str(tmp_path / "bad.tar")], str(tmp_path / "dest"))
 
 
@@ -147,7 +147,7 @@ def test_recipe_dry_run_and_receive(tmp_path):
     assert all(np.array_equal(b, b.astype(np.float16).astype(np.float32))
                for layer in load_caffemodel(model) for b in layer.blobs)
     assert (exper / "log" / "train.log").is_file() and (exper / "recipe.json").is_file()
-    with pytest.raises(DeepLabError, match="no recipe.json"):
+    with pytest.raises(USER_ERRORS, match="no recipe.json"):
         recipe.receive(str(tmp_path), str(exper))
 
 
@@ -155,7 +155,7 @@ def test_recipe_run_refuses_an_incomplete_pack(tmp_path):
     from deeplab import recipe
     conf = tiny_conf(tmp_path)
     (tmp_path / "pack").mkdir()
-    with pytest.raises(DeepLabError, match="no dataset.npz"):
+    with pytest.raises(USER_ERRORS, match="no dataset.npz"):
         recipe.run(str(tmp_path / "pack"), str(conf), str(tmp_path / "out"), str(tmp_path / "w"), gpu=None,
                    amp=None, channels_last=False, workers=1, minutes=None, sets=["val"], classes="camvid")
     assert not (tmp_path / "out").exists()

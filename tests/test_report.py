@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab.eval.evaluate import evaluate, write_result
 from deeplab.labels import write_label
 from deeplab.report import build_report, choose_examples
@@ -131,7 +131,7 @@ def test_missing_parts_are_noted_not_fatal(tmp_path):
     assert "Not ranked" in text and "No --images" in text
     assert [alt for _, alt in p.images] == ["examples"]
     assert "No score maps" in text
-    with pytest.raises(DeepLabError, match="not found"):
+    with pytest.raises(USER_ERRORS, match="not found"):
         build_report(str(tmp_path / "nope"))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab.scoremaps import (load_scores, read_mat_scores, rows_needed, save_mat_scores, save_scores,
                                upsample_scores, zoomed_size)
 
@@ -44,7 +44,7 @@ def test_upsample_tent_and_channels():
 
 
 def test_upsample_refuses_image_larger_than_coverage():
-    with pytest.raises(DeepLabError, match="covers 9x9"):
+    with pytest.raises(USER_ERRORS, match="covers 9x9"):
         upsample_scores(np.zeros((1, 2, 2), np.float32), 8, 10, 9)
 
 
@@ -83,10 +83,10 @@ def test_rows_needed_is_the_fewest_that_cover():
 def test_upsample_offset_must_leave_the_image_covered():
     s = np.zeros((1, 2, 2), np.float32)  # covers 9 x 9 pixels
     assert upsample_scores(s, 8, 2, 2, offset=7).shape == (1, 2, 2)
-    with pytest.raises(DeepLabError, match=r"covers 9x9 pixels less the first 7 rows and columns, not the "
+    with pytest.raises(USER_ERRORS, match=r"covers 9x9 pixels less the first 7 rows and columns, not the "
                                            r"image's 3x2 \(it needs 3x2 rows and columns\)"):
         upsample_scores(s, 8, 3, 2, offset=7)
-    with pytest.raises(DeepLabError, match="offset must be >= 0"):
+    with pytest.raises(USER_ERRORS, match="offset must be >= 0"):
         upsample_scores(s, 8, 2, 2, offset=-1)
 
 
@@ -104,7 +104,7 @@ def test_npy_with_offset_round_trip(tmp_path):
     # sample r sits on pixel 8r - 7
     np.testing.assert_allclose(sm.scores[:, 1::8, 1::8], raw[:, 1:9, 1:11], atol=1e-6)
     assert not np.allclose(sm.scores, upsample_scores(raw, 8, h, w))
-    with pytest.raises(DeepLabError, match=r"p.npy: scores 9x12 at zoom 8, offset 7 do not cover the image's "
+    with pytest.raises(USER_ERRORS, match=r"p.npy: scores 9x12 at zoom 8, offset 7 do not cover the image's "
                                            r"60x75 \(it needs 10x12\)"):
         save_scores(tmp_path / "p.npy", raw[:, :9], h, w, offset=7)
     save_scores(tmp_path / "q.npy", raw[:, :9], h, w)  # 9 rows do cover 60 pixels without the offset
@@ -119,7 +119,7 @@ def test_sidecar_offset_default_and_errors(tmp_path):
                          ({"offset": 7}, r"covers 65x81 pixels less the first 7 rows")):
         np.save(tmp_path / "bad.npy", raw)
         (tmp_path / "bad.json").write_text(json.dumps({"height": 60, "width": 80, "zoom": 8, "classes": 2, **bad}))
-        with pytest.raises(DeepLabError, match=f"bad.(json|npy).*{message}"):
+        with pytest.raises(USER_ERRORS, match=f"bad.(json|npy).*{message}"):
             load_scores(tmp_path / "bad.npy")
 
 
@@ -144,16 +144,16 @@ def test_npy_round_trip_with_sidecar(tmp_path):
 def test_npy_errors_name_the_file(tmp_path):
     path = tmp_path / "a.npy"
     save_scores(path, np.zeros((2, 9, 11), np.float32), 60, 80, dtype="float32")
-    with pytest.raises(DeepLabError, match="60x80 image, but the image is 61x80"):
+    with pytest.raises(USER_ERRORS, match="60x80 image, but the image is 61x80"):
         load_scores(path, image_hw=(61, 80))
-    with pytest.raises(DeepLabError, match="do not cover"):
+    with pytest.raises(USER_ERRORS, match="do not cover"):
         save_scores(tmp_path / "b.npy", np.zeros((2, 7, 11), np.float32), 60, 80)
     (tmp_path / "c.npy").write_bytes(b"not numpy")
     (tmp_path / "c.json").write_text(json.dumps({"height": 60, "width": 80, "zoom": 8, "classes": 2}))
-    with pytest.raises(DeepLabError, match="c.npy"):
+    with pytest.raises(USER_ERRORS, match="c.npy"):
         load_scores(tmp_path / "c.npy")
     np.save(tmp_path / "d.npy", np.zeros((2, 9, 11), np.float32))
-    with pytest.raises(DeepLabError, match="d.json not found"):
+    with pytest.raises(USER_ERRORS, match="d.json not found"):
         load_scores(tmp_path / "d.npy")
 
 
@@ -176,10 +176,10 @@ def test_mat_crop_to_image(tmp_path):
     scipy.io.savemat(path, {"data": padded.transpose(2, 1, 0)})
     sm = load_scores(path, image_hw=(10, 13))
     np.testing.assert_array_equal(sm.scores, padded[:, :10, :13])
-    with pytest.raises(DeepLabError, match="image size is needed"):
+    with pytest.raises(USER_ERRORS, match="image size is needed"):
         load_scores(path)
-    with pytest.raises(DeepLabError, match="smaller than the 17x13 image"):
+    with pytest.raises(USER_ERRORS, match="smaller than the 17x13 image"):
         load_scores(path, image_hw=(17, 13))
     scipy.io.savemat(tmp_path / "z.mat", {"scores": padded})
-    with pytest.raises(DeepLabError, match="no variable 'data'"):
+    with pytest.raises(USER_ERRORS, match="no variable 'data'"):
         load_scores(tmp_path / "z.mat", image_hw=(10, 13))

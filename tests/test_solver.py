@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import FIXTURES
-from deeplab import DeepLabError
+from caffe import CaffeError
 from caffe.model_io import load_caffemodel, load_solverstate
 from caffe.net import LearnableParam, Net
 from caffe.proto import caffe_pb2 as pb
@@ -123,7 +123,7 @@ def test_restore_rejects_wrong_history(tmp_path):
                 'dim: 4 dim: 4 } } } layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
                 'convolution_param { num_output: 2 kernel_size: 1 } }', phase="TRAIN")
     s = Solver(solver.param, other, lambda b: {}, progress=False)
-    with pytest.raises(DeepLabError, match="history blobs"):
+    with pytest.raises(CaffeError, match="history blobs"):
         s.restore(str(tmp_path / "s_iter_0.solverstate"))
 
 
@@ -225,9 +225,9 @@ def test_multistep_steps_one_per_iteration_like_caffe():
 
 
 def test_bad_solver_values_are_errors():
-    with pytest.raises(DeepLabError, match="unknown lr_policy 'cosine'"):
+    with pytest.raises(CaffeError, match="unknown lr_policy 'cosine'"):
         Solver(pb.SolverParameter(lr_policy="cosine"), None, None)
-    with pytest.raises(DeepLabError, match="needs stepsize"):
+    with pytest.raises(CaffeError, match="needs stepsize"):
         learning_rate(pb.SolverParameter(lr_policy="step", base_lr=1), 0)
 
 

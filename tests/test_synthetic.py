@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from deeplab.data import synthetic
 from deeplab.data.datasets import read_ids
 from deeplab.labels import load_classes, read_label
@@ -95,7 +95,7 @@ def test_generate_writes_voc_style_files_and_skips_a_rerun(tmp_path):
     for sub in ("JPEGImages", "SegmentationClass", "list"):
         for fn in os.listdir(out / sub):
             assert (out / sub / fn).read_bytes() == (other / sub / fn).read_bytes(), fn
-    with pytest.raises(DeepLabError, match="count >= 2"):
+    with pytest.raises(USER_ERRORS, match="count >= 2"):
         synthetic.generate(str(tmp_path / "bad"), count=1)
 
 

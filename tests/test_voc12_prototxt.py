@@ -13,7 +13,7 @@ import scipy.io
 import torch
 
 from conftest import REPO
-from deeplab import DeepLabError
+from deeplab import USER_ERRORS
 from caffe.net import Net
 from deeplab.netinfo import net_info
 from caffe.prototxt import parse_net, parse_solver
@@ -205,7 +205,7 @@ def test_num_labels_placeholder_sets_every_classifier():
 def test_unfilled_placeholder_is_named():
     m = mapping()
     del m["LIST_DIR"]
-    with pytest.raises(DeepLabError, match=r"test\.prototxt:\d+: placeholder \$\{LIST_DIR\} has no value"):
+    with pytest.raises(USER_ERRORS, match=r"test\.prototxt:\d+: placeholder \$\{LIST_DIR\} has no value"):
         parse_net(VOC / "DeepLab" / "test.prototxt", m)
 
 

@@ -11,9 +11,9 @@ from deeplab.cli import run_main
 from deeplab.labels import load_classes
 from deeplab.lists import read_ids
 from densecrf.backends import BACKENDS, DEFAULT_BACKEND
-from densecrf.io import scores_record_time
+from deeplab.crf.io import scores_record_time
 from densecrf.params import NORMALIZATIONS, CRFParams
-from densecrf.search import COARSE, SearchData, choose_subset, format_outcome, parse_grid, search
+from deeplab.crf.search import COARSE, SearchData, choose_subset, format_outcome, parse_grid, search
 
 EPILOG = """\
 The paper fixes w2=3, sigma_gamma=3 and searches w1 in 5..10, sigma_alpha in 50:10:100 and

@@ -15,7 +15,7 @@ import urllib.request
 
 from tqdm import tqdm
 
-from .. import DeepLabError
+from .. import USER_ERRORS, DeepLabError
 
 CHUNK = 1 << 20
 
@@ -104,7 +104,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: 
             return file_digest(dest)
         try:
             return verify(dest, sha256, md5)
-        except DeepLabError:
+        except USER_ERRORS:
             os.replace(dest, dest + ".bad")
             if not quiet:
                 print(f"{dest} fails its checksum; moved to {dest}.bad and downloading again")
@@ -138,7 +138,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: 
                            f"run again to resume from {part}")
     try:
         digest = verify(part, sha256, md5)
-    except DeepLabError:
+    except USER_ERRORS:
         os.unlink(part)
         raise
     os.replace(part, dest)

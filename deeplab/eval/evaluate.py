@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from caffe.files import write_bytes_atomic
 
-from .. import DeepLabError
+from .. import USER_ERRORS, DeepLabError
 from ..labels import read_label
 from ..lists import read_ids  # noqa: F401  (re-exported for tools and tests)
 from ..parallel import run_tasks
@@ -33,7 +33,7 @@ def _read(folder: str, image_id: str, what: str, num_classes: int | None = None,
         raise DeepLabError(f"id {image_id}: {what} {path} not found")
     try:
         return read_label(path, num_classes, ignore)
-    except DeepLabError as e:
+    except USER_ERRORS as e:
         raise DeepLabError(f"id {image_id}: {e}") from None
 
 

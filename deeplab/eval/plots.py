@@ -51,27 +51,47 @@ def plot_trimap(results: list[dict], out_path: str | os.PathLike, labels: list[s
     write_bytes_atomic(out_path, trimap_png(results, labels))
 
 
-def crf_heatmap_png(rows: list[dict], x: str = "bi_xy_std", y: str = "bi_rgb_std",
-                    value: str = "mean_iou") -> bytes:
-    """Heatmap of the best ``value`` over the other parameters for each (x, y) of a CRF search."""
-    xs = sorted({float(r[x]) for r in rows})
-    ys = sorted({float(r[y]) for r in rows})
+def _best_grid(rows: list[dict], x: str, y: str, value: str, xs: list[float], ys: list[float]) -> np.ndarray:
+    """The best ``value`` of ``rows`` at each (y, x) of the grid (NaN where none)."""
     grid = np.full((len(ys), len(xs)), np.nan)
     for r in rows:
         i, j = ys.index(float(r[y])), xs.index(float(r[x]))
         v = float(r[value])
         grid[i, j] = v if np.isnan(grid[i, j]) else max(grid[i, j], v)
-    scale = 100 if np.nanmax(grid) <= 1.0 else 1
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(xs), 1.0 + 0.5 * len(ys)))
-    im = ax.imshow(grid * scale, origin="lower", cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
-    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    for i in range(len(ys)):
-        for j in range(len(xs)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j] * scale:.1f}", ha="center", va="center", fontsize=7, color="w")
-    fig.colorbar(im, ax=ax, label=f"{value} (%)" if scale == 100 else value)
-    ax.set_title("CRF search: best mean IoU over the other parameters")
+    return grid
+
+
+def crf_heatmap_png(rows: list[dict], x: str = "bi_xy_std", y: str = "bi_rgb_std",
+                    value: str = "mean_iou", panel: str | None = None, title: str | None = None) -> bytes:
+    """Heatmap of the best ``value`` over the other parameters for each (x, y) of a CRF search;
+    with ``panel`` (e.g. ``"bi_w"``), one heatmap per value of that parameter."""
+    xs = sorted({float(r[x]) for r in rows})
+    ys = sorted({float(r[y]) for r in rows})
+    panels = sorted({float(r[panel]) for r in rows}) if panel else [None]
+    grids = [_best_grid([r for r in rows if panel is None or float(r[panel]) == w], x, y, value, xs, ys)
+             for w in panels]
+    finite = np.concatenate([g.ravel() for g in grids])
+    finite = finite[np.isfinite(finite)]
+    scale = 100 if finite.size and finite.max() <= 1.0 else 1
+    vmin, vmax = (finite.min() * scale, finite.max() * scale) if finite.size else (0, 1)
+    cols = min(3, len(panels))
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axs = plt.subplots(nrows, cols, squeeze=False, layout="constrained",
+                            figsize=(cols * (1.6 + 0.7 * len(xs)), nrows * (1.2 + 0.5 * len(ys)) + 0.6))
+    im = None
+    for ax, w, grid in zip(axs.ravel(), panels, grids):
+        im = ax.imshow(grid * scale, origin="lower", cmap="viridis", aspect="auto", vmin=vmin, vmax=vmax)
+        ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+        ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        if panel:
+            ax.set_title(f"{panel} = {w:g}")
+        for (i, j), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v * scale:.1f}", ha="center", va="center", fontsize=7, color="w")
+    for ax in axs.ravel()[len(panels):]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axs.ravel().tolist(), label=f"{value} (%)" if scale == 100 else value)
+    fig.suptitle(title or "CRF search: best mean IoU over the other parameters")
     return figure_png(fig)

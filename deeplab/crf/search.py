@@ -18,17 +18,18 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from caffe.files import atomic_path, remove_stale_temps, write_bytes_atomic
-from deeplab import DeepLabError
+from caffe.files import remove_stale_temps, write_bytes_atomic
+from deeplab import USER_ERRORS, DeepLabError
 from deeplab.cli import parse_range
 from deeplab.eval import ConfusionMatrix
+from deeplab.eval.plots import crf_heatmap_png
 from deeplab.parallel import run_tasks
 from deeplab.labels import read_label
 from deeplab.provenance import open_output, source_identity, text_digest
 
-from . import refine
+from densecrf import refine
 from .io import check_fresh, find_image, find_scores, load_pair
-from .params import CRFParams
+from densecrf.params import CRFParams
 
 PARAM_COLUMNS = ("iters", "bi_w", "bi_xy_std", "bi_rgb_std", "pos_w", "pos_xy_std", "normalization")
 COLUMNS = ("stage",) + PARAM_COLUMNS + ("mean_iou", "pixel_acc", "images")
@@ -109,7 +110,7 @@ def _load(data: SearchData, image_id: str):
     try:
         image, sm = load_pair(data.images_dir, data.scores_dir, image_id, data.scores_since)
         gt = read_label(os.path.join(data.labels_dir, image_id + ".png"), data.num_classes, data.ignore_label)
-    except DeepLabError as e:
+    except USER_ERRORS as e:
         raise DeepLabError(f"id {image_id}: {e}") from None
     if gt.shape != image.shape[:2]:
         raise DeepLabError(f"id {image_id}: ground truth is {gt.shape[0]}x{gt.shape[1]}, "
@@ -147,9 +148,9 @@ def evaluate_group(data: SearchData, group: list[CRFParams]) -> list[ConfusionMa
     as one job: each image's lattices are built once and serve every setting of the group."""
     import torch
 
-    from .backends import get_backend
-    from .torch_backend import build_kernels, mean_field
-    from . import check_image_scores, unary_from_scores
+    from densecrf.backends import get_backend
+    from densecrf.torch_backend import build_kernels, mean_field
+    from densecrf import check_image_scores, unary_from_scores
     device = get_backend("torch").device
     cms = [ConfusionMatrix(data.num_classes, data.ignore_label) for _ in group]
     cache: dict = {}
@@ -205,7 +206,7 @@ class Results:
                         p = CRFParams.from_dict({c: (row[c] if c == "normalization" else float(row[c]))
                                                  for c in PARAM_COLUMNS})
                         row["mean_iou"], row["pixel_acc"] = float(row["mean_iou"]), float(row["pixel_acc"])
-                    except (KeyError, TypeError, ValueError, DeepLabError):
+                    except (KeyError, TypeError, ValueError, *USER_ERRORS):
                         raise DeepLabError(f"{path}:{lineno}: not a search result row (delete it or use --force)") from None
                     self.rows[key(p)] = dict(row, params=p)
 
@@ -261,48 +262,14 @@ def run_settings(data: SearchData, settings: list[CRFParams], results: Results, 
         bar.close()
 
 
-def plot_heatmap(results: Results, coarse: dict[str, list[float]], best: CRFParams, path: str) -> None:
-    """Mean IoU over sigma_alpha x sigma_beta, one panel per w1 of the coarse grid, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ws, xs, ys = coarse["bi_w"], coarse["bi_rgb_std"], coarse["bi_xy_std"]
-    grids = []
-    for w in ws:
-        g = np.full((len(ys), len(xs)), np.nan)
-        for i, sa in enumerate(ys):
-            for j, sb in enumerate(xs):
-                p = best.replace(bi_w=w, bi_xy_std=sa, bi_rgb_std=sb)
-                if results.has(p):
-                    g[i, j] = 100 * results.get(p)["mean_iou"]
-        grids.append(g)
-    vals = np.concatenate([g.ravel() for g in grids])
-    vmin, vmax = (np.nanmin(vals), np.nanmax(vals)) if np.isfinite(vals).any() else (0, 1)
-    cols = min(3, len(ws))
-    rows = (len(ws) + cols - 1) // cols
-    fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols + 1, 3.6 * rows + 0.6),
-                            squeeze=False, layout="constrained")
-    im = None
-    for ax, w, g in zip(axs.ravel(), ws, grids):
-        im = ax.imshow(g, origin="lower", aspect="auto", vmin=vmin, vmax=vmax, cmap="viridis")
-        ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
-        ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
-        ax.set_xlabel("σβ (bi-rgb-std)")
-        ax.set_ylabel("σα (bi-xy-std)")
-        ax.set_title(f"w1 = {w:g}")
-        for (i, j), v in np.ndenumerate(g):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w")
-    for ax in axs.ravel()[len(ws):]:
-        ax.axis("off")
-    fig.colorbar(im, ax=axs.ravel().tolist(), label="mean IoU (%)")
-    fig.suptitle(f"CRF search, coarse grid (w2={best.pos_w:g}, σγ={best.pos_xy_std:g}); best: w1={best.bi_w:g}, "
-                 f"σα={best.bi_xy_std:g}, σβ={best.bi_rgb_std:g}")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+def plot_heatmap(results: Results, best: CRFParams, path: str) -> None:
+    """Mean IoU over sigma_alpha x sigma_beta of the coarse grid, one panel per w1, as a PNG."""
+    rows = [r for r in results.rows.values() if r["stage"] == "coarse" and not math.isnan(r["mean_iou"])]
+    if not rows:
+        return
+    title = (f"CRF search, coarse grid (w2={best.pos_w:g}, σγ={best.pos_xy_std:g}); best: w1={best.bi_w:g}, "
+             f"σα={best.bi_xy_std:g}, σβ={best.bi_rgb_std:g}")
+    write_bytes_atomic(path, crf_heatmap_png(rows, panel="bi_w", title=title))
 
 
 def open_run(out_dir: str, ids: list[str], force: bool = False, inputs: dict | None = None) -> Results:
@@ -373,7 +340,7 @@ def search(data: SearchData, base: CRFParams, coarse: dict[str, list[float]], ou
               "default_mean_iou": default["mean_iou"]}
     best_json = os.path.join(out_dir, "best.json")
     write_bytes_atomic(best_json, (json.dumps(record, indent=2) + "\n").encode())
-    plot_heatmap(results, coarse, best, os.path.join(out_dir, "heatmap.png"))
+    plot_heatmap(results, best, os.path.join(out_dir, "heatmap.png"))
     same_fixed = [r["params"] for r in results.rows.values()
                   if r["params"].replace(bi_w=base.bi_w, bi_xy_std=base.bi_xy_std, bi_rgb_std=base.bi_rgb_std) == base]
     return Outcome(best, row, no_crf, default, results.ranked(same_fixed), len(ids), best_json)

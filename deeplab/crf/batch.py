@@ -15,9 +15,9 @@ from deeplab.labels import write_label
 from deeplab.parallel import run_tasks
 from deeplab.provenance import Provenance
 
-from . import refine
+from densecrf import refine
 from .io import load_pair
-from .params import CRFParams
+from densecrf.params import CRFParams
 
 
 @dataclass(frozen=True)
