@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from bench_crf import make_inputs
-from caffe.images import read_label
+from caffe.util.images import read_label
 from deeplab.data.synthetic import CLASSES, render
 from deeplab.eval.confusion import ConfusionMatrix
 from deeplab.lists import read_ids

@@ -1,7 +1,7 @@
 """Training throughput of DeepLab-LargeFOV: the engine's solver vs a hand-written PyTorch loop.
 
 Engine: prototxt/voc12/DeepLab-LargeFOV/train.prototxt built by caffe.net.Net and trained
-by caffe.solver.Solver (Caffe's SGD with lr_mult/decay_mult, momentum, weight decay, label
+by caffe.solvers.solver.Solver (Caffe's SGD with lr_mult/decay_mult, momentum, weight decay, label
 shrink by Interp, SoftmaxWithLoss, SegAccuracy). Reference: bench/reference.py's LargeFOV with
 the same weights, torch.optim.SGD with per-layer lr / decay groups, labels subsampled by 8,
 F.cross_entropy. Both run the same batches (random images and labels, or with --pipeline the
@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 from bench.reference import LargeFOV  # noqa: E402
 from caffe.net import Net  # noqa: E402
 from caffe.prototxt import parse_net, parse_solver  # noqa: E402
-from caffe.solver import Solver  # noqa: E402
+from caffe.solvers.solver import Solver  # noqa: E402
 
 VARIANT = os.path.join(ROOT, "prototxt", "voc12", "DeepLab-LargeFOV")
 
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         net, solver_param = engine(args, device, tmp)
         model, opt = reference(net, device, args.channels_last)
         if args.pipeline:
-            from caffe.imageseg import NetFeed
+            from caffe.data.stream import NetFeed
             feed = NetFeed(net, seed=0, workers=args.workers, pin_memory=device.type == "cuda")
         else:
             x = torch.randn(args.batch, 3, args.crop, args.crop) * 60

@@ -1,11 +1,15 @@
 """A Caffe engine on PyTorch, importable as pycaffe is: ``import caffe``.
 
-The package mirrors BVLC Caffe's tree: ``proto`` (the schema, ``caffe.proto.caffe_pb2``),
-``prototxt`` (text parsing and V1 upgrade), ``model_io`` (caffemodel / solverstate files),
-``layer`` (one module per layer family and the registry keyed by Caffe type name), ``net``,
-``solver`` and ``sgd``, ``imageseg`` (the DeepLab fork's ImageSegData source), and the
-pycaffe API on top of them. It knows nothing of datasets, experiments or the CRF stage.
+pycaffe's public modules are where BVLC's python/caffe has them: ``caffe.pycaffe`` (Net,
+solvers, modes), ``caffe.io``, ``caffe.net_spec``, ``caffe.coord_map``, ``caffe.draw``,
+``caffe.classifier``, ``caffe.detector``, ``caffe.proto.caffe_pb2``; ``caffe._caffe`` is what
+BVLC's compiled _caffe module adds under them. The rest mirrors BVLC's src/caffe: the core
+(``net`` and ``backward_plan``, ``blob``, ``prototxt`` (schema text, V1 upgrade), ``model_io``
+(caffemodel / solverstate)), ``layer/`` (the registry by type, one module per layer family),
+``data/`` (the data layers' sources, one registry by type), ``solvers/``, ``util/`` (files,
+images, lists, HDF5, LMDB / LevelDB) and ``tool/`` (the ``caffe`` command: train, test, time).
 
+Imports: never ``deeplab``; ``densecrf`` (the CRF library, a leaf) only in the CRF layers.
 Importing ``caffe`` is light: torch is imported only when an engine part is first used, so
 ``caffe.proto`` and the file helpers work in processes without torch.
 """
@@ -27,9 +31,9 @@ _LAZY: dict[str, str] = {
     "set_random_seed": ".pycaffe", "layer_type_list": ".pycaffe", "has_nccl": ".pycaffe",
     "Blob": ".blob",
     "Layer": ".layer.python",
-    "SGDSolver": ".pysolver", "NesterovSolver": ".pysolver", "AdaGradSolver": ".pysolver",
-    "RMSPropSolver": ".pysolver", "AdaDeltaSolver": ".pysolver", "AdamSolver": ".pysolver",
-    "get_solver": ".pysolver",
+    "SGDSolver": "._caffe.solver", "NesterovSolver": "._caffe.solver", "AdaGradSolver": "._caffe.solver",
+    "RMSPropSolver": "._caffe.solver", "AdaDeltaSolver": "._caffe.solver", "AdamSolver": "._caffe.solver",
+    "get_solver": "._caffe.solver",
     "NetSpec": ".net_spec", "layers": ".net_spec", "params": ".net_spec", "to_proto": ".net_spec",
     "Classifier": ".classifier", "Detector": ".detector",
     "io": ".io", "draw": ".draw", "coord_map": ".coord_map", "net_spec": ".net_spec",

@@ -73,6 +73,6 @@ def draw_net(caffe_net, rankdir: str = "LR", ext: str = "png", phase=None, displ
 
 def draw_net_to_file(caffe_net, filename: str, rankdir: str = "LR", phase=None, display_lrm: bool = False) -> None:
     """Write the drawing to ``filename``; its extension picks the format (atomically)."""
-    from .files import write_bytes_atomic
+    from .util.files import write_bytes_atomic
     ext = os.path.splitext(filename)[1][1:] or "dot"
     write_bytes_atomic(filename, draw_net(caffe_net, rankdir, ext, phase, display_lrm))

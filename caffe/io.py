@@ -1,7 +1,7 @@
 """pycaffe's ``caffe.io``: blob / datum protos <-> arrays, image loading and resizing, and the
 Transformer that turns H x W x K images into a net's K x H x W inputs.
 
-Images are read with caffe.images.read_image (the project's one image reader) and resized
+Images are read with caffe.util.images.read_image (the project's one image reader) and resized
 with OpenCV; pycaffe used skimage, so resized values may differ in the last bits.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def datum_to_array(datum) -> np.ndarray:
 # ------------------------------------------------------------------ images
 def load_image(filename, color: bool = True) -> np.ndarray:
     """An image as float32 in [0, 1]: H x W x 3 RGB, or H x W x 1 intensity when ``color`` is False."""
-    from .images import read_image
+    from .util.images import read_image
     return read_image(filename, color=color, rgb=True).astype(np.float32) / 255.0
 
 

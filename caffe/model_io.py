@@ -20,7 +20,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from . import CaffeError
-from .files import atomic_path
+from .util.files import atomic_path
 from .prototxt import V1_TYPE_NAMES
 from .proto import caffe_pb2 as pb
 

@@ -401,7 +401,7 @@ class Net(nn.Module):
         ``ignore_shape_mismatch`` is set, in which case that layer keeps its fillers.
         Returns {"copied": [...], "skipped": [...], "ignored": [...]}."""
         if isinstance(weights, (str, os.PathLike)):
-            from .hdf5_io import is_hdf5, load_hdf5
+            from .util.hdf5 import is_hdf5, load_hdf5
             from .model_io import load_caffemodel
             # Caffe's CopyTrainedLayersFrom: an HDF5 file by its signature, else a binary caffemodel
             weights = load_hdf5(weights) if is_hdf5(weights) else load_caffemodel(weights)

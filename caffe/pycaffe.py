@@ -18,7 +18,7 @@ import torch
 
 from . import CaffeError, TEST, TRAIN
 from .blob import Blob, BlobVec, pull, push
-from .pycaffe_graph import Graph
+from ._caffe.graph import Graph
 
 _MODE = {"gpu": False, "device_id": 0}
 
@@ -327,12 +327,12 @@ class Net:
 
     def share_with(self, other: "Net") -> None:
         """Use ``other``'s learnable blobs for layers of the same name (ShareTrainedLayersWith)."""
-        from .solver import share_weights
+        from .solvers.solver import share_weights
         share_weights(other._net, self._net)
 
     def save_hdf5(self, filename: str) -> None:
         """Net::ToHDF5: every layer's blobs (shared ones only by their owner) and their diffs."""
-        from .hdf5_io import save_hdf5
+        from .util.hdf5 import save_hdf5
         self._sync_in()
         owned = {id(layer.blobs[i]) for layer, i in self._net._owned}
         layers = []
@@ -353,17 +353,17 @@ class Net:
     # -------------------------------------------------------------- batches
     def forward_all(self, blobs=None, **kwargs) -> dict:
         """forward() over inputs of any length, in batches of the net's batch size."""
-        from .pycaffe_batch import forward_all
+        from ._caffe.batch import forward_all
         return forward_all(self, blobs, **kwargs)
 
     def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
         """forward() and backward() over inputs of any length, in batches."""
-        from .pycaffe_batch import forward_backward_all
+        from ._caffe.batch import forward_backward_all
         return forward_backward_all(self, blobs, diffs, **kwargs)
 
     def set_input_arrays(self, data, labels) -> None:
         """Give the net's MemoryData layer its arrays (N x C x H x W data, N labels)."""
-        from .pycaffe_batch import set_input_arrays
+        from ._caffe.batch import set_input_arrays
         set_input_arrays(self, data, labels)
 
     # -------------------------------------------------------------- callbacks

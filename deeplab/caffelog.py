@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 
 from . import DeepLabError
-from caffe.files import write_bytes_atomic
+from caffe.util.files import write_bytes_atomic
 
 _GLOG = re.compile(r"^[IWEF](\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+)\s+\S+\s+[^\]]*\]\s?(.*)$")
 _CREATED = re.compile(r"Log file created at: (\d{4})/")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from caffe.files import remove_stale_temps
-from caffe.images import read_image
+from caffe.util.files import remove_stale_temps
+from caffe.util.images import read_image
 
 from . import USER_ERRORS, DeepLabError
 from .lists import ListItem, read_items  # noqa: F401  (the list reader extraction uses)
@@ -27,7 +27,7 @@ from .scorenet import ScoreNet
 
 
 def load_image(item: ListItem, list_name: str = "list") -> np.ndarray:
-    """Read an image as H x W x 3 uint8 BGR (caffe.images.read_image); errors name the list line."""
+    """Read an image as H x W x 3 uint8 BGR (caffe.util.images.read_image); errors name the list line."""
     try:
         return read_image(item.path)
     except USER_ERRORS as e:

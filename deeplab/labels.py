@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from caffe.files import atomic_path
-from caffe.images import read_label  # noqa: F401  (label PNGs are read where images are)
+from caffe.util.files import atomic_path
+from caffe.util.images import read_label  # noqa: F401  (label PNGs are read where images are)
 
 from . import USER_ERRORS, DeepLabError
 

@@ -2,7 +2,7 @@
 
 A line is an id (``2007_000033``) or release-style ``/JPEGImages/2007_000033.jpg
 /SegmentationClassAug/2007_000033.png`` (paths relative to a data root). The lines are read by
-the engine's one list reader (``caffe.lists``: blank lines, ``#`` comments, CRLF, at most two
+the engine's one list reader (``caffe.util.lists``: blank lines, ``#`` comments, CRLF, at most two
 columns); here they become ids: a first column that is a path (a ``/`` or an image extension)
 gives its file stem, anything else is the id itself. Ids must be unique (outputs are named
 after them).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from caffe.lists import ListLine, read_list
+from caffe.util.lists import ListLine, read_list
 
 from . import DeepLabError
 

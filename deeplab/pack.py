@@ -21,9 +21,9 @@ import tarfile
 import cv2
 import numpy as np
 
-from caffe.files import atomic_path
-from caffe.images import read_image
-from caffe.lists import read_list
+from caffe.util.files import atomic_path
+from caffe.util.images import read_image
+from caffe.util.lists import read_list
 from caffe.model_io import LayerBlobs, load_caffemodel, save_caffemodel
 
 from . import DeepLabError

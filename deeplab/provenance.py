@@ -23,7 +23,7 @@ import json
 import os
 import sys
 
-from caffe.files import check_output_dir, remove_stale_temps, write_bytes_atomic
+from caffe.util.files import check_output_dir, remove_stale_temps, write_bytes_atomic
 
 from . import DeepLabError
 

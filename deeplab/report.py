@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from caffe.images import read_image
+from caffe.util.images import read_image
 
 from . import USER_ERRORS, DeepLabError
 from .labels import ClassSet, load_classes, read_label

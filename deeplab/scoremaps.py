@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import USER_ERRORS, DeepLabError
-from caffe.files import atomic_path, write_bytes_atomic
+from caffe.util.files import atomic_path, write_bytes_atomic
 
 
 @dataclass

@@ -12,7 +12,7 @@ import os
 import zipfile
 from typing import Iterator
 
-from caffe.files import atomic_path
+from caffe.util.files import atomic_path
 from caffe.model_io import load_caffemodel, save_caffemodel
 
 from . import DeepLabError, vgg16

@@ -20,7 +20,7 @@ from PIL import Image
 
 import tinyset
 from caffe import CaffeError
-from caffe.images import read_image, read_label
+from caffe.util.images import read_image, read_label
 from deeplab.cli import run_main
 from deeplab.commands import crf_search, eval as eval_tool, extract, make_synthetic, netinfo, parse_log, report
 from deeplab.labels import write_label
@@ -423,13 +423,13 @@ def test_disk_full_densecrf_stops_and_keeps_previous_png(tiny, capsys, monkeypat
 
 
 def test_disk_full_search_csv_and_eval_json(tiny, capsys, monkeypatch):
-    import caffe.files
+    import caffe.util.files
 
     kind, argv = search(tiny)
     assert run(kind, argv, capsys)[0] == 0
     kind, eargv = ev(tiny, "--json", str(tiny / "out" / "e.json"))
     assert run(kind, eargv, capsys)[0] == 0
     before = tinyset.outputs(tiny / "out")
-    monkeypatch.setattr(caffe.files, "open", _full_open, raising=False)
+    monkeypatch.setattr(caffe.util.files, "open", _full_open, raising=False)
     _check_full(*run(kind, eargv, capsys), before, tiny / "out")
     _check_full(*run("crf_search", tinyset.search_argv(tiny, tiny / "out")[:-1] + ["--bi-xy-std", "20,40,60", "--quiet"], capsys), before, tiny / "out")

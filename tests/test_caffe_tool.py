@@ -241,7 +241,7 @@ def test_layer_by_layer_backward_gives_the_nets_gradients():
     """The timed backward (layer by layer, diffs summed where a blob feeds two layers) leaves
     the same param diffs as autograd over the whole net."""
     from caffe.net import Net
-    from caffe.timing import _Pass
+    from caffe.tool.timing import _Pass
     torch.manual_seed(0)
     net = Net(STAGED, "TRAIN", stages=["extra"])
     inputs = {"data": torch.randn(2, 3, 8, 8), "label": torch.randint(0, 3, (2, 1, 8, 8)).float()}
@@ -258,7 +258,7 @@ def test_layer_by_layer_backward_gives_the_nets_gradients():
 @pytest.mark.parametrize("effect", ["stop", "snapshot", "none"])
 def test_signal_effects_ask_the_solver_for_what_the_flags_say(effect):
     """--sigint_effect / --sighup_effect: what a SIGINT or SIGHUP asks the running solver for."""
-    from caffe.solver import Solver
+    from caffe.solvers.solver import Solver
     solver = Solver.__new__(Solver)  # only the signal handling, no net
     solver.sigint_effect = solver.sighup_effect = effect
     for sig in (signal.SIGINT, signal.SIGHUP):

@@ -1,5 +1,5 @@
-"""BVLC's data layers (caffe/datasources.py, caffe/datum_db.py, caffe/window_data.py,
-caffe/layer/data.py, caffe/layer/hdf5_output.py): Data (LMDB, LevelDB, Datum decoding),
+"""BVLC's data layers (caffe/data/sources.py, caffe/util/db.py, caffe/data/window_data.py,
+caffe/layer/data.py, caffe/layer/output.py): Data (LMDB, LevelDB, Datum decoding),
 ImageData, HDF5Data, HDF5Output, MemoryData with pycaffe's set_input_arrays, WindowData,
 and Caffe's DataTransformer, on tiny generated inputs with hand-computed expectations."""
 import cv2
@@ -11,8 +11,9 @@ from google.protobuf import text_format
 
 import caffe
 from caffe import CaffeError
-from caffe.datasources import CaffeTransform
-from caffe.imageseg import NetFeed, Stream, layer_source
+from caffe.data.base import CaffeTransform
+from caffe.data import layer_source
+from caffe.data.stream import NetFeed, Stream
 from caffe.layer import REGISTRY
 from caffe.net import Net
 from caffe.proto import caffe_pb2

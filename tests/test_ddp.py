@@ -48,11 +48,11 @@ def test_two_gloo_processes_equal_one_with_the_combined_batch(tmp_path):
 
 
 def test_self_spawned_processes_train_as_torchrun_started_ones(tmp_path):
-    """caffe.training's one-process-per-GPU launcher, run here with CPU processes (gloo): the
+    """caffe.tool.training's one-process-per-GPU launcher, run here with CPU processes (gloo): the
     same weights as one process with the combined batch; a CaffeError in the processes comes
     back to the caller as one CaffeError."""
     from caffe import CaffeError
-    from caffe.training import TrainOptions, _spawn
+    from caffe.tool.training import TrainOptions, _spawn
     from conftest import FIXTURES
     data = make_dataset(tmp_path / "data", n_train=6, n_val=2, sizes=((20, 24), (18, 16)))
     assert train.main(argv(data, tmp_path / "one", 2, batch=4, dropout=0)) == 0

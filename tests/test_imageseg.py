@@ -1,4 +1,4 @@
-"""ImageSegData loading (caffe/imageseg.py): list parsing and errors, the fork's
+"""ImageSegData loading (caffe/data/image_seg.py): list parsing and errors, the fork's
 pad / crop / mirror keeping image and label aligned, per-epoch shuffling, sharding."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 from google.protobuf import text_format
 
 from caffe import CaffeError
-from caffe.imageseg import ImageSegSource, Stream, Transform, read_list
+from caffe.data.image_seg import ImageSegSource, Transform, read_list
+from caffe.data.stream import Stream
 from deeplab.labels import write_label
 from caffe.proto import caffe_pb2 as pb
 

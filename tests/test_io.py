@@ -203,7 +203,7 @@ def test_hdf5_weights_round_trip_into_a_net(tmp_path):
     copies from it by layer name as from a caffemodel (Caffe's CopyTrainedLayersFrom picks the
     format by the file's signature)."""
     import h5py
-    from caffe.hdf5_io import is_hdf5, load_hdf5, save_hdf5
+    from caffe.util.hdf5 import is_hdf5, load_hdf5, save_hdf5
     from caffe.net import Net
 
     text = """

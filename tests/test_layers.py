@@ -8,7 +8,7 @@ from google.protobuf import text_format
 from caffe import CaffeError
 from caffe.layer import REGISTRY, make_layer
 from caffe.layer.pooling import pool_out
-from caffe.layer.interp import interp_out
+from caffe.layer.resample import interp_out
 from caffe.proto import caffe_pb2
 
 
@@ -242,14 +242,14 @@ REGISTRY_EXAMPLES = {
                  [_x(2, 3, 2, 2), F.max_pool2d(_x(2, 3, 4, 4), 2, return_indices=True)[1].float()]),
 }
 REGISTRY_SKIP = {
-    "Data": "a data layer: its tops are read by caffe.datasources (tests/test_data_layers.py)",
-    "HDF5Data": "a data layer: its tops are read by caffe.datasources (tests/test_data_layers.py)",
+    "Data": "a data layer: its tops are read by caffe.data.sources (tests/test_data_layers.py)",
+    "HDF5Data": "a data layer: its tops are read by caffe.data.sources (tests/test_data_layers.py)",
     "HDF5Output": "writes a file (tests/test_data_layers.py)",
-    "ImageData": "a data layer: its tops are read by caffe.datasources (tests/test_data_layers.py)",
+    "ImageData": "a data layer: its tops are read by caffe.data.sources (tests/test_data_layers.py)",
     "MemoryData": "a data layer: pycaffe's set_input_arrays fills it (tests/test_data_layers.py)",
-    "WindowData": "a data layer: its tops are read by caffe.window_data (tests/test_data_layers.py)",
-    "DenseImageData": "a data layer: its tops are read by caffe.dense_image_data (tests/test_layers_segnet.py)",
-    "ImageSegData": "a data layer: its tops are fed by caffe.imageseg, not computed",
+    "WindowData": "a data layer: its tops are read by caffe.data.window_data (tests/test_data_layers.py)",
+    "DenseImageData": "a data layer: its tops are read by caffe.data.dense_image_data (tests/test_layers_segnet.py)",
+    "ImageSegData": "a data layer: its tops are fed by caffe.data.image_seg, not computed",
     "Input": "a data layer: its tops are fed by the caller",
     "MatWrite": "writes files (tested in test_extract)",
     "Python": "needs a user module on sys.path (tested with the Python layer)",

@@ -208,7 +208,7 @@ def _mat_write(tmp_path, source_text, extra=""):
 
 
 def test_mat_write_reads_ids_with_the_one_list_reader(tmp_path):
-    # comments, blank lines, CRLF and a label column are read as caffe.lists reads them
+    # comments, blank lines, CRLF and a label column are read as caffe.util.lists reads them
     lay, _ = _mat_write(tmp_path, "# val ids\r\n2007_000033.jpg lab.png\r\n\r\n2007_000042.jpg\r\n", "strip: 4")
     assert lay.ids == ["2007_000033", "2007_000042"]
     for v in (1.0, 2.0):

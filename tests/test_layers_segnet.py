@@ -1,4 +1,4 @@
-"""The SegNet / ENet / PSPNet forks' layers (caffe/layer/segnet.py, caffe/dense_image_data.py)
+"""The SegNet / ENet / PSPNet forks' layers (caffe/layer/normalization.py, resample.py, data.py; caffe/data/dense_image_data.py)
 against hand-computed numbers, and a SegNet-style net that builds and trains."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from google.protobuf import text_format
 
 import caffe
 from caffe import CaffeError
-from caffe.imageseg import NetFeed, layer_source
+from caffe.data import layer_source
+from caffe.data.stream import NetFeed
 from caffe.layer import make_layer
 from caffe.net import Net
 from caffe.prototxt import parse_net

@@ -286,7 +286,7 @@ def test_backward_into_a_bottom_caffe_refuses_is_an_error_at_backward_time(tmp_p
     pycaffe's backward says so in one line; a solver refuses before its first iteration."""
     import caffe
     from caffe.proto import caffe_pb2
-    from caffe.solver import Solver
+    from caffe.solvers.solver import Solver
     net = Net(EMBED_NET, "TRAIN")
     assert net.backward_refusals == {1: "layer 'e' (Embed): cannot backpropagate to bottom 0 (the indices); "
                                         "BVLC Caffe aborts in Backward here (use propagate_down: false, or no "

@@ -18,7 +18,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from caffe.imageseg import NetFeed
+from caffe.data.stream import NetFeed
 from caffe.model_io import load_caffemodel, load_solverstate, save_caffemodel
 from caffe.net import Net
 from deeplab.data.synthetic import CLASSES, render

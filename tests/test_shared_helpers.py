@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from caffe import CaffeError
-from caffe.images import read_image
-from caffe.imageseg import NONE, read_list as imageseg_list
-from caffe.lists import read_list
+from caffe.util.images import read_image
+from caffe.data.image_seg import NONE, read_list as imageseg_list
+from caffe.util.lists import read_list
 from conftest import REPO
 from deeplab.cli import parse_range, shard
 from deeplab.lists import read_ids, read_items

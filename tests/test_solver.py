@@ -1,5 +1,5 @@
 """Caffe's SGD: golden trajectories of BVLC Caffe, hand-computed updates and learning rates,
-iter_size, clipping, snapshots and resume (caffe/solver.py)."""
+iter_size, clipping, snapshots and resume (caffe/solvers/solver.py)."""
 from __future__ import annotations
 
 import math
@@ -15,8 +15,8 @@ from caffe.model_io import load_caffemodel, load_solverstate
 from caffe.net import LearnableParam, Net
 from caffe.proto import caffe_pb2 as pb
 from caffe.prototxt import parse_solver
-from caffe.sgd import SGD, learning_rate, lr_at
-from caffe.solver import Solver
+from caffe.solvers.update import SGD, learning_rate, lr_at
+from caffe.solvers.solver import Solver
 
 GOLDEN = FIXTURES / "golden"
 SOLVERS = ["solver_step", "solver_poly", "solver_multistep"]
@@ -163,7 +163,7 @@ def test_one_sgd_step_by_hand():
 
 
 def test_each_solver_type_is_its_own_optimizer_subclass():
-    from caffe.sgd import OPTIMIZERS, TYPES, solver_optimizer
+    from caffe.solvers.update import OPTIMIZERS, TYPES, solver_optimizer
     assert set(OPTIMIZERS) == set(TYPES)
     params = make_params(([1.0, 2.0], [0.5, -0.5], 1, 1))
     for name in TYPES:
@@ -271,7 +271,7 @@ def test_share_weights_follows_caffes_first_test_layer_of_a_name():
     with a repeated name the later train layer wins that test layer, and the test net's second
     layer of the name keeps its own blobs."""
     from caffe.net import Net
-    from caffe.solver import share_weights
+    from caffe.solvers.solver import share_weights
 
     text = """
     layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 2 dim: 2 } } }
@@ -294,7 +294,7 @@ def first_golden_batch(name):
 def test_time_budget_fits_max_iter_to_the_pace(monkeypatch):
     """deeplab-train --time-budget: from iteration 20 on, max_iter becomes what the pace allows
     (here 1 s per iteration and 35 s: 35 iterations), logged, and solve stops there."""
-    import caffe.solver as solver_module
+    import caffe.solvers.solver as solver_module
     lines = []
     param = parse_solver(GOLDEN / "solver_poly" / "solver.prototxt")
     param.max_iter, param.display, param.snapshot_after_train = 100, 0, False
@@ -309,7 +309,7 @@ def test_time_budget_fits_max_iter_to_the_pace(monkeypatch):
 
 
 def test_time_budget_never_raises_max_iter_above_the_solvers(monkeypatch):
-    import caffe.solver as solver_module
+    import caffe.solvers.solver as solver_module
     solver, _ = golden_solver("solver_poly", batch=first_golden_batch("solver_poly"))
     monkeypatch.setattr(solver_module.time, "monotonic", lambda: float(solver.iter))
     planned, solver.param.snapshot_after_train = solver.param.max_iter, False

@@ -1,10 +1,12 @@
-"""Accuracy (top_k, ignore_label, axis, per-class second top) and ArgMax. Neither has a
-gradient (Caffe's Backward for both is NOT_IMPLEMENTED / never called)."""
+"""Accuracy (top_k, ignore_label, axis, per-class second top), ArgMax and the fork's
+SegAccuracy. None has a gradient (Caffe's Backward for each is NOT_IMPLEMENTED / never called).
+"""
 from __future__ import annotations
 
 import torch
 
 from . import Layer, register
+from .loss import repeated_or_optional
 from .shape_ops import canonical_axis, count
 
 
@@ -121,3 +123,37 @@ class ArgMax(Layer):
         if self.out_max_val:
             top[1] = 2
         return (out.reshape(top),)
+
+
+@register("SegAccuracy")
+class SegAccuracy(Layer):
+    """The fork's segmentation accuracy on the batch: top = [pixel accuracy, mean class
+    accuracy, mean IoU] (shape 1x1x1x3), over pixels whose label is not an ignore_label.
+    Means are over classes present in the label (accuracy) or in label or prediction (IoU)."""
+
+    exact_num_bottom_blobs = 2
+
+    def setup(self, bottom_shapes):
+        self.ignore = repeated_or_optional(self.param.seg_accuracy_param, "ignore_label")
+        return [(1, 1, 1, 3)]
+
+    @torch.no_grad()
+    def forward(self, scores, label):
+        c = scores.shape[1]
+        pred = scores.argmax(dim=1).reshape(-1)
+        lab = label.reshape(-1).long()
+        keep = torch.ones_like(lab, dtype=torch.bool)
+        for v in self.ignore:
+            keep &= lab != v
+        keep &= (lab >= 0) & (lab < c)
+        pred, lab = pred[keep], lab[keep]
+        conf = torch.bincount(lab * c + pred, minlength=c * c).reshape(c, c).double()
+        tp = conf.diag()
+        gt, pr = conf.sum(1), conf.sum(0)
+        total = conf.sum()
+        acc = tp.sum() / total if total > 0 else total
+        recall = tp[gt > 0] / gt[gt > 0]
+        union = gt + pr - tp
+        iou = tp[union > 0] / union[union > 0]
+        vals = [acc, recall.mean() if recall.numel() else acc * 0, iou.mean() if iou.numel() else acc * 0]
+        return (torch.stack(vals).to(scores.dtype).reshape(1, 1, 1, 3),)

@@ -1,10 +1,10 @@
-"""Layers whose tops are fed from outside the graph: Input, the fork's ImageSegData and
-BVLC's Data, ImageData, HDF5Data, WindowData and MemoryData.
-
-Loading data is the data pipeline's job (caffe/imageseg.py, caffe/datasources.py); in the graph
-the layer only declares its tops' shapes, which the Net exposes as inputs.
+"""Layers whose tops come from outside the graph or from nothing: Input, the fork's ImageSegData,
+BVLC's Data, ImageData, HDF5Data, WindowData and MemoryData, SegNet's DenseImageData (their
+sources: caffe.data), and DummyData (filled blobs) and Parameter (a learnable blob as a top).
 """
 from __future__ import annotations
+
+import torch
 
 from . import Layer, register
 
@@ -59,7 +59,7 @@ class ImageSegData(Layer):
 
 
 class _SourceLayer(Layer):
-    """A BVLC data layer whose batches a source of caffe.datasources reads; at build, as
+    """A BVLC data layer whose batches a source of caffe.data.sources reads; at build, as
     Caffe's DataLayerSetUp, the source is opened and its first item sizes the tops."""
 
     is_data = True
@@ -67,13 +67,13 @@ class _SourceLayer(Layer):
     exact_num_top_blobs = 2
 
     def setup(self, bottom_shapes):
-        from ..datasources import make_source
-        return make_source(self, self.phase).top_shapes()
+        from ..data import layer_source
+        return layer_source(self, self.phase).top_shapes()
 
 
 @register("Data")
 class Data(_SourceLayer):
-    """Datum records of an LMDB / LevelDB (caffe.datum_db): data N x C x H x W (the first
+    """Datum records of an LMDB / LevelDB (caffe.util.db): data N x C x H x W (the first
     record's size after transform_param), and label N when a second top is named."""
 
     exact_num_top_blobs = -1
@@ -97,13 +97,13 @@ class HDF5Data(_SourceLayer):
 
 @register("WindowData")
 class WindowData(_SourceLayer):
-    """R-CNN windows warped to crop_size (caffe.window_data): data N x 3 x crop x crop, label N."""
+    """R-CNN windows warped to crop_size (caffe.data.window_data): data N x 3 x crop x crop, label N."""
 
 
 @register("MemoryData")
 class MemoryData(Layer):
     """Arrays handed over by pycaffe's ``Net.set_input_arrays``, batch_size items per forward
-    (caffe.pycaffe_batch): data N x channels x height x width, label N."""
+    (caffe._caffe.batch): data N x channels x height x width, label N."""
 
     is_data = True
     exact_num_bottom_blobs = 0
@@ -116,3 +116,89 @@ class MemoryData(Layer):
             raise self.error("batch_size, channels, height, and width must be specified and positive "
                              f"in memory_data_param (got {'x'.join(map(str, shape))})")
         return [shape, shape[:1]]
+
+
+@register("DenseImageData")
+class DenseImageData(_SourceLayer):
+    """SegNet's image + label-image source (caffe.data.dense_image_data): data N x C x H x W,
+    label N x 1 x H x W (H x W: crop_height x crop_width, else new_height x new_width, else
+    the first image's; the label's divided by label_divide_factor)."""
+
+    label_tops = (1,)
+
+
+@register("DummyData")
+class DummyData(Layer):
+    """Tops of the given shapes, filled by ``data_filler`` (none: constant 0; one: for all
+    tops; else one per top). Shapes come from ``shape`` (once, or once per top) or the legacy
+    num/channels/height/width (each once, or once per top), never both. As in Caffe, tops
+    with a constant filler are filled once; the others are refilled on every forward."""
+
+    exact_num_bottom_blobs = 0
+    exact_num_top_blobs, min_top_blobs = -1, 1
+
+    def setup(self, bottom_shapes):
+        from ..proto import caffe_pb2
+        p = self.param.dummy_data_param
+        n = self.top_count
+        if n < 1:
+            raise self.error("needs at least one top")
+        if len(p.data_filler) not in (0, 1, n):
+            raise self.error(f"number of data fillers must be 0, 1 or equal to the number of tops: "
+                             f"{n}; you specified {len(p.data_filler)} data fillers")
+        legacy = {f: [int(v) for v in getattr(p, f)] for f in ("num", "channels", "height", "width")}
+        if any(legacy.values()):
+            if len(p.shape):
+                raise self.error("both shape and legacy fields (num, channels, height, width) were specified")
+            for f, values in legacy.items():
+                if len(values) not in (1, n):
+                    raise self.error(f"must specify {f!r} once, or once per top blob ({n}); specified {len(values)}")
+            shapes = [tuple(v[0] if len(v) == 1 else v[i] for v in legacy.values()) for i in range(n)]
+        else:
+            if len(p.shape) not in (1, n):
+                raise self.error(f"must specify 'shape' once, or once per top blob ({n}); specified {len(p.shape)}")
+            shapes = [tuple(int(d) for d in p.shape[0 if len(p.shape) == 1 else i].dim) for i in range(n)]
+        if any(d < 0 for s in shapes for d in s):
+            raise self.error(f"dims must be non-negative, got {shapes}")
+        if len(p.data_filler):
+            self.fillers = [p.data_filler[0 if len(p.data_filler) == 1 else i] for i in range(n)]
+        else:
+            self.fillers = [caffe_pb2.FillerParameter(type="constant", value=0)] * n
+        self.refill = [(f.type or "constant") != "constant" for f in self.fillers]
+        self.register_buffer("_device", torch.zeros(()), persistent=False)
+        for i, (shape, filler) in enumerate(zip(shapes, self.fillers)):
+            if not self.refill[i]:
+                self.register_buffer(f"_top{i}", self._fill(shape, filler), persistent=False)
+        return shapes
+
+    def _fill(self, shape, filler, like: torch.Tensor | None = None) -> torch.Tensor:
+        from .fillers import fill
+        data = torch.empty(shape) if like is None else torch.empty(shape, dtype=like.dtype, device=like.device)
+        fill(data, filler, self)
+        return data
+
+    def forward(self):
+        tops = []
+        for i, (shape, filler) in enumerate(zip(self.top_shapes, self.fillers)):
+            if self.refill[i]:
+                tops.append(self._fill(shape, filler, self._device))
+            else:
+                # A copy, so that an in-place layer downstream cannot change the next batch.
+                tops.append(getattr(self, f"_top{i}").clone())
+        return tuple(tops)
+
+
+@register("Parameter")
+class Parameter(Layer):
+    """Its one learnable blob (``parameter_param.shape``, zero-initialised as in Caffe) is its top."""
+
+    exact_num_bottom_blobs = 0
+
+    def setup(self, bottom_shapes):
+        shape = tuple(int(d) for d in self.param.parameter_param.shape.dim)
+        from ..proto import caffe_pb2
+        self.add_blob(shape, caffe_pb2.FillerParameter(type="constant", value=0))
+        return [shape]
+
+    def forward(self):
+        return (self.blobs[0],)   # shares the blob's data, as Caffe's ShareData

@@ -1,4 +1,8 @@
-"""Normalisation layers: BatchNorm (Caffe's three statistic blobs), MVN and LRN."""
+"""Normalisation layers: BatchNorm (Caffe's three statistic blobs), the SegNet / ENet / PSPNet
+forks' BN (both versions share one message: caffe.proto's BNParameter; sources, facts only:
+alexgkendall/caffe-segnet bn_layer.cpp, identical in caffe-segnet-cudnn5 and caffe-enet;
+hszhao/PSPNet bn_layer.cpp), MVN and LRN.
+"""
 from __future__ import annotations
 
 import torch
@@ -144,3 +148,123 @@ class LRN(Layer):
         # stride 1, pad (n-1)/2: every window lies inside image + pad, so Caffe's AVE divisor is n*n.
         mean = F.avg_pool2d(x * x, self.size, 1, pad, count_include_pad=True)
         return (x * (1.0 + self.alpha * mean).pow(-self.beta),)
+
+
+_SEGNET_FIELDS = ("scale_filler", "shift_filler", "bn_mode")
+_PSPNET_FIELDS = ("slope_filler", "bias_filler", "momentum", "eps", "frozen", "engine")
+LEARN, INFERENCE = 0, 1   # BNParameter.BNMode
+SEGNET_EPS = 1e-9         # caffe-segnet bn_layer.cpp LayerSetUp: var_eps_ = 1e-9
+
+
+class _NormalizeFn(torch.autograd.Function):
+    """y = scale * (x - mean) * inv_std + shift per channel (axis 1), mean and inv_std given
+    (no gradient into them). Backward as both forks' Backward_cpu write it, with x_norm and
+    inv_std saved by the forward: dscale = sum(dy x_norm), dshift = sum(dy),
+    dx = inv_std (s dy - mean(s dy) - x_norm mean(s dy x_norm)), means over N, H, W. With
+    batch statistics this is the exact gradient; with stored ones (PSPNet's BN in TEST,
+    not frozen) it is what the fork computes all the same."""
+
+    @staticmethod
+    def forward(ctx, x, scale, shift, mean, inv_std):
+        x_norm = (x - mean) * inv_std
+        ctx.save_for_backward(x_norm, scale, inv_std)
+        return x_norm * scale + shift
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_norm, scale, inv_std = ctx.saved_tensors
+        dims = [0] + list(range(2, dy.dim()))
+        dscale = (dy * x_norm).sum(dims, keepdim=True)
+        dshift = dy.sum(dims, keepdim=True)
+        g = dy * scale
+        dx = inv_std * (g - g.mean(dims, keepdim=True) - x_norm * (g * x_norm).mean(dims, keepdim=True))
+        return dx, dscale.reshape(scale.shape), dshift.reshape(scale.shape), None, None
+
+
+@register("BN")
+class BN(Layer):
+    """The forks' batch normalisation with its own scale and shift, per channel (axis 1).
+
+    SegNet's (caffe-segnet bn_layer.cpp), chosen unless a PSPNet-only field is set: blobs
+    scale, shift (1 x C x 1 x 1; fillers scale_filler, shift_filler, default constant 0).
+    ``bn_mode: LEARN`` (the default, in every phase) normalises with the batch's mean and
+    variance E(x^2) - E(x)^2 plus 1e-9 and stores nothing; tops 1 and 2 (optional) are the
+    batch mean and variance (1 x C x 1 x 1, no gradient). ``bn_mode: INFERENCE`` computes
+    y = scale * x + shift (SegNet's compute_bn_statistics.py folds the statistics into
+    scale and shift), one top.
+
+    PSPNet's (hszhao/PSPNet bn_layer.cpp): blobs slope, bias, running mean, running
+    variance (1 x C x 1 x 1; the variance starts at 1 when ``frozen``, else 0). TRAIN, not
+    frozen: batch mean and biased variance, and stat = (1 - momentum) batch + momentum stat;
+    TEST or ``frozen``: the stored statistics. y = slope (x - mean) / sqrt(var + eps) + bias.
+    The statistics get lr_mult 0 and decay_mult 0, and so do slope and bias when frozen."""
+
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = -1
+    min_top_blobs, max_top_blobs = 1, 3
+
+    def setup(self, bottom_shapes):
+        p = self.param.bn_param
+        psp = [f for f in _PSPNET_FIELDS if p.HasField(f)]
+        seg = [f for f in _SEGNET_FIELDS if p.HasField(f)]
+        if psp and seg:
+            raise self.error(f"bn_param mixes SegNet's BN fields ({', '.join(seg)}) with PSPNet's "
+                             f"({', '.join(psp)}); the two forks' BN layers differ, use one's fields")
+        self.pspnet = bool(psp)
+        shape = bottom_shapes[0]
+        if len(shape) < 2 or shape[1] is None:
+            raise self.error(f"needs a bottom with a known channel axis (axis 1), got shape {shape}")
+        c = int(shape[1])
+        if self.pspnet:
+            if self.top_count != 1:
+                raise self.error(f"PSPNet's BN takes exactly 1 top blob, got {self.top_count}")
+            self.frozen, self.momentum, self.eps = bool(p.frozen), float(p.momentum), float(p.eps)
+            from ..proto import caffe_pb2
+            self.add_blob((1, c, 1, 1), p.slope_filler)
+            self.add_blob((1, c, 1, 1), p.bias_filler)
+            self.add_blob((1, c, 1, 1), caffe_pb2.FillerParameter(type="constant", value=0))
+            self.add_blob((1, c, 1, 1), caffe_pb2.FillerParameter(type="constant", value=1 if self.frozen else 0))
+            param = type(self.param)()
+            param.CopyFrom(self.param)
+            while len(param.param) < 4:
+                param.param.add()
+            for i in (0, 1, 2, 3) if self.frozen else (2, 3):
+                param.param[i].lr_mult = 0.0
+                param.param[i].decay_mult = 0.0
+            self.param = param
+            return [tuple(shape)]
+        self.mode = int(p.bn_mode)
+        if self.mode != LEARN and self.top_count != 1:
+            raise self.error(f"takes 1 top blob with bn_mode INFERENCE (up to 3 with LEARN), got {self.top_count}")
+        self.add_blob((1, c, 1, 1), p.scale_filler)
+        self.add_blob((1, c, 1, 1), p.shift_filler)
+        return [tuple(shape)] + [(1, c, 1, 1)] * (self.top_count - 1)
+
+    def forward(self, x):
+        nd = x.dim()
+        view = (1, -1) + (1,) * (nd - 2)
+        dims = [0] + list(range(2, nd))
+        scale, shift = self.blobs[0].reshape(view), self.blobs[1].reshape(view)
+        if self.pspnet:
+            if self.frozen or self.phase == "TEST":
+                mean = self.blobs[2].detach().reshape(view)
+                inv_std = (self.blobs[3].detach().reshape(view) + self.eps).rsqrt()
+                if self.frozen:   # the fork's frozen backward: dx = dy slope / std, nothing else
+                    return ((x - mean) * inv_std * scale + shift,)
+            else:
+                xd = x.detach()
+                mean = xd.mean(dims, keepdim=True)
+                var = (xd - mean).pow(2).mean(dims, keepdim=True)
+                with torch.no_grad():
+                    m = self.momentum
+                    self.blobs[2].mul_(m).add_((1 - m) * mean.reshape(self.blobs[2].shape))
+                    self.blobs[3].mul_(m).add_((1 - m) * var.reshape(self.blobs[3].shape))
+                inv_std = (var + self.eps).rsqrt()
+            return (_NormalizeFn.apply(x, scale, shift, mean, inv_std),)
+        if self.mode == INFERENCE:
+            return (x * scale + shift,)
+        xd = x.detach()
+        mean = xd.mean(dims, keepdim=True)
+        var = xd.pow(2).mean(dims, keepdim=True) - mean.pow(2)   # E(X^2) - (EX)^2, as the fork
+        y = _NormalizeFn.apply(x, scale, shift, mean, (var + SEGNET_EPS).rsqrt())
+        return (y, mean.reshape(1, -1, 1, 1), var.reshape(1, -1, 1, 1))[:self.top_count]

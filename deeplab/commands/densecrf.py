@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from caffe.files import check_output_dir
+from caffe.util.files import check_output_dir
 from deeplab import DeepLabError
 from deeplab.cli import run_main, shard
 from deeplab.lists import read_ids

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from caffe.files import check_output_file
+from caffe.util.files import check_output_file
 from deeplab import DeepLabError
 from deeplab.cli import run_main
 from deeplab.eval.evaluate import evaluate, load_result, write_result

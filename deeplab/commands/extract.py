@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from caffe.files import check_output_dir
+from caffe.util.files import check_output_dir
 from deeplab import DeepLabError
 from deeplab.cli import parse_set, parse_shard, run_main, shard
 from deeplab.provenance import file_digest, open_output, text_digest

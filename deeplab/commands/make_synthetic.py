@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from caffe.files import check_output_dir
+from caffe.util.files import check_output_dir
 from deeplab.cli import run_main
 from deeplab.data import synthetic
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from caffe.files import check_output_file
+from caffe.util.files import check_output_file
 from deeplab.caffelog import parse_log, to_csv, write_csv, write_plot
 from deeplab.cli import run_main
 

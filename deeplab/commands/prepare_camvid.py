@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from caffe.files import check_output_dir
+from caffe.util.files import check_output_dir
 from deeplab import DeepLabError
 from deeplab.cli import run_main
 from deeplab.data import datasets as ds

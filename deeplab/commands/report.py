@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 
-from caffe.files import check_output_file, write_bytes_atomic
+from caffe.util.files import check_output_file, write_bytes_atomic
 from deeplab import DeepLabError
 from deeplab.cli import run_main
 from deeplab.report import build_report

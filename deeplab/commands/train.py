@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments and run the solver; 130 when a signal stopped it early."""
     args = build_parser().parse_args(argv)
-    from caffe.training import TrainOptions, train
+    from caffe.tool.training import TrainOptions, train
     options = TrainOptions(
         weights=[w for w in (args.weights or "").split(",") if w], snapshot=args.snapshot,
         mapping=parse_set(args.set), gpus=args.gpu, cpu=args.cpu, seed=args.seed, log_file=args.log_file,

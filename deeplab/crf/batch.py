@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from deeplab import DeepLabError
-from caffe.files import WriteError, atomic_path, remove_stale_temps
+from caffe.util.files import WriteError, atomic_path, remove_stale_temps
 from deeplab.labels import write_label
 from deeplab.parallel import run_tasks
 from deeplab.provenance import Provenance

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from caffe.images import read_image
+from caffe.util.images import read_image
 from deeplab import DeepLabError
 from deeplab.scoremaps import ScoreMap, load_scores
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from caffe.files import remove_stale_temps, write_bytes_atomic
+from caffe.util.files import remove_stale_temps, write_bytes_atomic
 from deeplab import USER_ERRORS, DeepLabError
 from deeplab.cli import parse_range
 from deeplab.eval import ConfusionMatrix

@@ -13,8 +13,8 @@ import numpy as np
 import scipy.io
 from tqdm import tqdm
 
-from caffe.files import atomic_path
-from caffe.images import read_image
+from caffe.util.files import atomic_path
+from caffe.util.images import read_image
 
 from .. import DeepLabError
 from ..labels import load_classes, read_label, write_label

@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import DeepLabError
-from caffe.files import atomic_path
+from caffe.util.files import atomic_path
 from ..labels import load_classes, write_label
 from .datasets import write_list
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from caffe.files import write_bytes_atomic
+from caffe.util.files import write_bytes_atomic
 
 from .. import USER_ERRORS, DeepLabError
 from ..labels import read_label

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from caffe.files import write_bytes_atomic  # noqa: E402
+from caffe.util.files import write_bytes_atomic  # noqa: E402
 
 
 def figure_png(fig, dpi: int = 100) -> bytes:

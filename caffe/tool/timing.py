@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from . import CaffeError
+from .. import CaffeError
 
 
 def _inputs(net, device, workers: int):
@@ -30,7 +30,7 @@ def _inputs(net, device, workers: int):
                     raise CaffeError(f"layer {layer.name!r}: top {t!r} has no fixed shape {shape} to time with")
                 zeros[t] = torch.zeros(shape, device=device)
         return (lambda b: zeros), None
-    from .imageseg import NetFeed
+    from ..data.stream import NetFeed
     feed = NetFeed(net, 0, 0, 1, workers, device.startswith("cuda"))
     return (lambda b: {k: v.to(device, non_blocking=True) for k, v in feed(b).items()}), feed
 
@@ -99,9 +99,9 @@ def time_net(model: str, iterations: int = 50, *, phase: str = "TRAIN", level: i
              log=None) -> dict[str, float]:
     """Benchmark ``model`` and log Caffe's lines through ``log(where, message)``; returns the
     average forward, backward and forward-backward milliseconds per iteration."""
-    from .net import Net
+    from ..net import Net
     from .scoring import select_device
-    from .solver import _g
+    from ..solvers.solver import _g
 
     if iterations < 1:
         raise CaffeError(f"iterations must be at least 1, got {iterations}")

@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 
-from . import CaffeError
+from .. import CaffeError
 from .files import atomic_path
-from .model_io import LayerBlobs
+from ..model_io import LayerBlobs
 
 
 def _h5py():

@@ -1,6 +1,6 @@
 """Score a net for N batches from its data layers: what ``caffe test`` does (tools/caffe.cpp).
 
-Each batch is read by the net's ImageSegData layers (caffe.imageseg), forwarded without
+Each batch is read by the net's ImageSegData layers (caffe.data.image_seg), forwarded without
 gradients, and every element of every output blob is logged (``Batch i, accuracy = ...``);
 then the mean loss and each output's mean over the batches, loss outputs with their weight
 (``loss = 0.5 (* 1 = 0.5 loss)``). Layers with side effects run as in any forward pass, so
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import CaffeError
+from .. import CaffeError
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Scores:
 def select_device(gpus: str | None, log=None) -> str:
     """The device ``caffe test`` / ``caffe time`` use: the first id of ``--gpu``, else the CPU."""
     import torch
-    from .distributed import gpu_ids
+    from ..solvers.parallel import gpu_ids
     ids = gpu_ids(gpus)
     if not ids:
         if log:
@@ -44,9 +44,9 @@ def score(model: str, weights: list[str], iterations: int = 50, *, phase: str = 
     """Forward ``model`` (with ``weights`` copied in by layer name) over ``iterations`` batches
     of its data layers and log what ``caffe test`` logs through ``log(where, message)``."""
     import torch
-    from .imageseg import NetFeed
-    from .net import Net
-    from .solver import _g
+    from ..data.stream import NetFeed
+    from ..net import Net
+    from ..solvers.solver import _g
 
     if not weights:
         raise CaffeError("need model weights to score (--weights=X.caffemodel)")

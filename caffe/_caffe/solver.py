@@ -1,7 +1,7 @@
 """pycaffe's solvers: ``caffe.SGDSolver(path)`` and ``caffe.get_solver(path)``.
 
 The loop, update rule, learning-rate policies, snapshots and log lines are the engine's
-(caffe.solver.Solver, caffe.sgd); what differs is that the nets are pycaffe Nets
+(caffe.solvers.solver.Solver, caffe.solvers.update); what differs is that the nets are pycaffe Nets
 (``solver.net``, ``solver.test_nets``), run layer by layer over their blob memory: data
 comes from the net's own layers (Input blobs the user fills, Python, DummyData, MemoryData,
 ImageSegData), so a script that writes ``solver.net.blobs['data'].data`` or a Python data
@@ -13,11 +13,11 @@ import os
 
 import torch
 
-from . import CaffeError
-from .blob import pull, push
-from .pycaffe import Net, device
-from .sgd import check_solver
-from .solver import CaffeLog, Solver, build_nets, output_lines, snapshot_prefix
+from .. import CaffeError
+from ..blob import pull, push
+from ..pycaffe import Net, device
+from ..solvers.update import check_solver
+from ..solvers.solver import CaffeLog, Solver, build_nets, output_lines, snapshot_prefix
 
 
 class _Loop(Solver):
@@ -72,7 +72,7 @@ class SGDSolver:
     solver_type = "SGD"
 
     def __init__(self, filename: str):
-        from .prototxt import parse_solver
+        from ..prototxt import parse_solver
         if not os.path.isfile(filename):
             raise CaffeError(f"Could not open file {filename}")
         param = parse_solver(filename)
@@ -104,7 +104,7 @@ class SGDSolver:
     @property
     def lr(self) -> float:
         """The learning rate of the current iteration."""
-        from .sgd import learning_rate
+        from ..solvers.update import learning_rate
         return learning_rate(self.param, self.iter, self._loop.current_step)[0]
 
     def _run(self, fn, *args):
@@ -176,7 +176,7 @@ SOLVERS = {cls.solver_type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSo
 
 def get_solver(filename: str):
     """The solver class the file's ``type`` names, built from the file."""
-    from .prototxt import parse_solver
+    from ..prototxt import parse_solver
     if not os.path.isfile(filename):
         raise CaffeError(f"Could not open file {filename}")
     kind = parse_solver(filename).type or "SGD"

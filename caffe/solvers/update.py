@@ -9,14 +9,14 @@ weight_decay x decay_mult x w, or x sign(w) for L1), ComputeUpdateValue (SGD: v 
 rate x lr_mult x diff; the other types are its subclasses below, one per Caffe solver, each
 overriding ComputeUpdateValue) and w -= the update. The history blobs are
 Caffe's, in its order (one per param; AdaDelta and Adam append a second set), so solverstates
-move between Caffe and this engine. The loop around it is caffe.solver.Solver.
+move between Caffe and this engine. The loop around it is caffe.solvers.solver.Solver.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from . import CaffeError
+from .. import CaffeError
 
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")

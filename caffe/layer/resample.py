@@ -1,6 +1,9 @@
-"""Spatial resampling and cropping: the fork's Interp and Padding layers, Caffe's Crop."""
+"""Spatial resampling, unpooling and cropping: the fork's Interp and Padding, SegNet's Upsample
+(max-unpooling with the pooling mask, caffe-segnet upsample_layer.cpp), Caffe's Crop.
+"""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from . import Layer, register
@@ -150,3 +153,87 @@ class Crop(Layer):
             size = ref.shape[self.axis + i]
             index.append(slice(off, off + size))
         return (x[tuple(index)],)
+
+
+class _UnpoolFn(torch.autograd.Function):
+    """Max-unpooling of (N*C, H*W) values to (N*C, size) at ``idx``. Forward: the top starts
+    at 0 and, as the fork's loop over i, a later i overwrites an earlier one at the same
+    index. Backward (the fork's): every i reads the top's gradient at its index."""
+
+    @staticmethod
+    def forward(ctx, x, idx, size):
+        pos = torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
+        winner = torch.full((idx.shape[0], size), -1, dtype=idx.dtype, device=idx.device)
+        winner.scatter_reduce_(1, idx, pos, "amax")
+        ctx.save_for_backward(idx)
+        top = x.gather(1, winner.clamp(min=0))
+        return torch.where(winner >= 0, top, torch.zeros_like(top))
+
+    @staticmethod
+    def backward(ctx, dtop):
+        (idx,) = ctx.saved_tensors
+        return dtop.gather(1, idx), None, None
+
+
+@register("Upsample")
+class Upsample(Layer):
+    """SegNet's max-unpooling: bottom 0 (values) and bottom 1 (a MAX Pooling layer's mask top,
+    the index h * W + w of each maximum in its input plane), same shape; each value goes to
+    its index of a zero top plane. Top size: upsample_h x upsample_w when both are set, else
+    H * scale_h - pad_out_h by W * scale_w - pad_out_w (scale_h = scale_w = scale, default 2,
+    unless scale_h and scale_w are given; pad_out needs scale 2), fixed at the first shape
+    seen, as the fork computes it once. An index outside the top plane is an error."""
+
+    exact_num_bottom_blobs = 2
+
+    def setup(self, bottom_shapes):
+        p = self.param.upsample_param
+        has = p.HasField
+        if not ((has("upsample_h") and has("upsample_w")) or (not has("scale") and has("scale_h") and has("scale_w"))
+                or (not has("scale_h") and not has("scale_w"))):
+            raise self.error("upsample_h & upsample_w are required, else (DEPRECATED) scale OR scale_h & scale_w "
+                             "are required")
+        if has("upsample_h") and has("upsample_w"):
+            self.size = (int(p.upsample_h), int(p.upsample_w))
+            if min(self.size) <= 1:
+                raise self.error(f"upsample_h and upsample_w must be greater than 1, got {self.size}")
+        else:
+            self.scale = (int(p.scale_h), int(p.scale_w)) if has("scale_h") else (int(p.scale), int(p.scale))
+            if min(self.scale) <= 1:
+                raise self.error(f"the scale factors must be greater than 1, got {self.scale}")
+            self.pad_out = (int(bool(p.pad_out_h)), int(bool(p.pad_out_w)))
+            for pad, s, axis in zip(self.pad_out, self.scale, "hw"):
+                if pad and s != 2:
+                    raise self.error(f"output {'height' if axis == 'h' else 'width'} padding compensation "
+                                     f"(pad_out_{axis}) requires scale_{axis} == 2, otherwise the output size "
+                                     "is ill-defined")
+            self.size = None
+        data, mask = bottom_shapes
+        if len(data) != 4 or len(mask) != 4:
+            raise self.error(f"bottoms must have 4 axes (num, channels, height, width), got {data} and {mask}")
+        if any(a is not None and b is not None and a != b for a, b in zip(data, mask)):
+            raise self.error(f"the mask bottom's shape {mask} differs from the data bottom's {data}")
+        n, c, h, w = data
+        return [(n, c) + self._size(h, w)]
+
+    def _size(self, h, w):
+        if self.size is None and h is not None and w is not None:
+            self.size = (h * self.scale[0] - self.pad_out[0], w * self.scale[1] - self.pad_out[1])
+        return self.size if self.size is not None else (None, None)
+
+    def forward(self, x, mask):
+        n, c, h, w = x.shape
+        if tuple(mask.shape) != tuple(x.shape):
+            raise self.error(f"the mask bottom's shape {tuple(mask.shape)} differs from the data's {tuple(x.shape)}")
+        oh, ow = self._size(h, w)
+        idx = mask.detach().reshape(n * c, h * w).to(torch.int64)   # static_cast<int>: truncation
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= oh * ow):
+            bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+            raise self.error(f"upsample top index {bad} out of range 0..{oh * ow - 1} - check scale settings "
+                             "match input pooling layer's downsample setup")
+        top = _UnpoolFn.apply(x.reshape(n * c, h * w), idx, oh * ow)
+        return (top.reshape(n, c, oh, ow),)
+
+    def allow_force_backward(self, bottom: int) -> bool:
+        """The fork's backward writes no gradient into the mask."""
+        return bottom == 0

@@ -4,11 +4,11 @@ One iteration (Solver::Step): clear the diffs; test every ``test_interval``; ``i
 forward/backward passes accumulating diffs; average the diffs over processes (Caffe's
 multi-GPU P2PSync does the same); then SGDSolver::ApplyUpdate (the learning-rate policy,
 ClipGradients, and per param Normalize, Regularize, ComputeUpdateValue, w -= v: these live
-in caffe.sgd). Snapshots are ``<prefix>_iter_N.caffemodel`` + ``.solverstate``. Log lines
+in caffe.solvers.update). Snapshots are ``<prefix>_iter_N.caffemodel`` + ``.solverstate``. Log lines
 are glog-formatted as Caffe prints them, so Caffe log parsers read them.
 
 Randomness is a function of (seed, iteration): dropout is reseeded from (seed, iteration,
-pass, rank) before each pass and data positions follow the iteration (caffe.imageseg),
+pass, rank) before each pass and data positions follow the iteration (caffe.data.image_seg),
 so a run resumed from a snapshot continues exactly as the uninterrupted run.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ import time
 import numpy as np
 import torch
 
-from . import CaffeError
-from .model_io import SolverState, load_solverstate, save_solverstate
-from .sgd import check_solver, learning_rate, solver_optimizer
+from .. import CaffeError
+from ..model_io import SolverState, load_solverstate, save_solverstate
+from .update import check_solver, learning_rate, solver_optimizer
 
 SIGNAL_EFFECTS = ("stop", "snapshot", "none")
 
@@ -88,7 +88,7 @@ class Solver:
 
     ``train_feed(batch_index)`` returns the net's input tensors for one forward pass (pass
     ``k`` of iteration ``it`` has batch index ``it * iter_size + k``); ``test_nets`` /
-    ``test_feeds`` the same for testing. ``dist`` is a caffe.distributed.Dist (rank, world)
+    ``test_feeds`` the same for testing. ``dist`` is a caffe.solvers.parallel.Dist (rank, world)
     or None; ``log`` a CaffeLog or None; ``amp`` None, "bf16" or "fp16". ``sigint_effect``
     and ``sighup_effect`` (attributes: "stop", "snapshot" or "none") say what the signals do
     during ``solve``, as ``caffe train``'s flags of those names.
@@ -278,7 +278,7 @@ class Solver:
         affordable = self.iter + int((self.time_budget - elapsed) * done / elapsed)
         affordable = max(self.iter, min(self._planned_max_iter, affordable))
         if self.world > 1:
-            from .distributed import broadcast_int
+            from .parallel import broadcast_int
             affordable = broadcast_int(affordable, self.device)
         if affordable != p.max_iter and (affordable < p.max_iter or affordable > 1.02 * p.max_iter):
             self._info("solver.py:0", f"Time budget {self.time_budget:.0f} s: {elapsed / done:.3g} s per iteration "
@@ -299,7 +299,7 @@ class Solver:
         """The action a signal asked for; agreed over processes so all ranks act alike."""
         request, self._request = self._request, None
         if self.world > 1:
-            from .distributed import agree_request
+            from .parallel import agree_request
             request = agree_request(request, self.device)
         return request
 
@@ -442,7 +442,7 @@ class Solver:
             v.copy_(torch.from_numpy(np.ascontiguousarray(h).reshape(tuple(v.shape))))
         self.iter, self.current_step = state.iter, state.current_step
         if self.world > 1:
-            from .distributed import broadcast_params
+            from .parallel import broadcast_params
             broadcast_params([p.param for p in self.params] + self.sgd.history)
 
 
@@ -486,7 +486,7 @@ def snapshot_prefix(param, solver_path: str) -> str:
 
 def build_nets(param, mapping):
     """The train net and test nets a solver names (Caffe's InitTrainNet / InitTestNets)."""
-    from .net import Net
+    from ..net import Net
     sources = [(f, getattr(param, f)) for f in ("train_net_param", "train_net", "net_param", "net")
                if param.HasField(f)]
     if len(sources) != 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import CaffeError
+from .. import CaffeError
 
 USAGE = """command line brew
 usage: caffe <command> <args>
@@ -130,7 +130,7 @@ def _workers() -> int:
 
 
 def train(flags, log_file) -> int:
-    """Train or finetune a model (caffe.training.train); 0 when done or stopped by a signal."""
+    """Train or finetune a model (caffe.tool.training.train); 0 when done or stopped by a signal."""
     from .training import TrainOptions, train as run_solver
     if not flags["solver"]:
         raise CaffeError("need a solver definition to train (--solver=solver.prototxt)")
@@ -144,7 +144,7 @@ def train(flags, log_file) -> int:
 
 
 def test(flags, log) -> int:
-    """Score a model (caffe.scoring.score)."""
+    """Score a model (caffe.tool.scoring.score)."""
     from .scoring import score
     if not flags["model"]:
         raise CaffeError("need a model definition to score (--model=test.prototxt)")
@@ -155,7 +155,7 @@ def test(flags, log) -> int:
 
 
 def time(flags, log) -> int:
-    """Benchmark a model's forward and backward, layer by layer (caffe.timing.time_net)."""
+    """Benchmark a model's forward and backward, layer by layer (caffe.tool.timing.time_net)."""
     from .timing import time_net
     if not flags["model"]:
         raise CaffeError("need a model definition to time (--model=net.prototxt)")
@@ -167,7 +167,7 @@ def time(flags, log) -> int:
 def device_query(flags, log) -> int:
     """Show each GPU's properties (all visible ones without --gpu)."""
     import torch
-    from .distributed import device_query as describe, gpu_ids
+    from ..solvers.parallel import device_query as describe, gpu_ids
     log("caffe.cpp:138", f"Querying GPUs {flags['gpu']}")
     ids = gpu_ids(flags["gpu"] or ("all" if torch.cuda.is_available() else ""))
     if not ids:
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(), end="")
         return 0
     if flags.get("version"):
-        from . import __version__
+        from .. import __version__
         print(f"caffe version {__version__}")
         return 0
     if len(rest) != 1:
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS.get(rest[0])
     if command is None:
         raise CaffeError(f"unknown action: {rest[0]} (available caffe actions: {', '.join(COMMANDS)})")
-    from .solver import SIGNAL_EFFECTS
+    from ..solvers.solver import SIGNAL_EFFECTS
     for name in ("sigint_effect", "sighup_effect"):
         if flags[name] not in SIGNAL_EFFECTS:
             raise CaffeError(f'invalid signal effect "{flags[name]}" was specified for --{name} '
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     log_file = glog_path(log_dir) if log_dir else None
     if command is train:
         return train(flags, log_file)
-    from .solver import CaffeLog
+    from ..solvers.solver import CaffeLog
     log = CaffeLog(log_file)
     try:
         return command(flags, log)

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from . import CaffeError
+from .. import CaffeError
 
 LEVELDB, LMDB = 0, 1   # DataParameter.DB
 _PACKAGES = {LMDB: ("lmdb", "LMDB"), LEVELDB: ("plyvel", "LevelDB")}
@@ -125,7 +125,7 @@ class DatumDB:
 
 def decode_datum(raw: bytes, force_color: bool, force_gray: bool, where: str) -> tuple[np.ndarray, int]:
     """A serialized Datum -> (C x H x W array: uint8, or float32 from ``float_data``; label)."""
-    from .proto import caffe_pb2
+    from ..proto import caffe_pb2
     datum = caffe_pb2.Datum()
     try:
         datum.ParseFromString(raw)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from typing import Iterable, Iterator
 
-from . import CaffeError
+from .. import CaffeError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

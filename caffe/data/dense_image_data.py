@@ -1,7 +1,7 @@
 """DenseImageData's source: SegNet's image + label-image lists (caffe-segnet
 dense_image_data_layer.cpp; label_divide_factor from caffe-enet).
 
-``dense_image_data_param.source`` lists ``image label`` lines (caffe.lists; paths relative to
+``dense_image_data_param.source`` lists ``image label`` lines (caffe.util.lists; paths relative to
 ``root_folder``). Per item, as the fork's InternalThreadEntry: the image is read as
 ReadImageToCVMat (BGR, or grey with ``is_color: false``) and resized bilinearly to
 new_height x new_width when both are set; the label is read at new_height /
@@ -17,7 +17,7 @@ Refused where the fork stops or misbehaves: transform_param crop_size or mirror 
 apart), label_divide_factor other than 1 without new_height/new_width or with a crop (the
 label would not match the top), a crop larger than the image, and with batch_size > 1 (or a
 resize or crop) an image whose size differs from the first one's. Two choices differ from
-the fork on purpose: labels are read by caffe.images.read_label (palette or grey PNG as class
+the fork on purpose: labels are read by caffe.util.images.read_label (palette or grey PNG as class
 indices; the fork's greyscale imread turns a palette into luminance and an RGB label into
 grey, read_label refuses RGB), and dense_image_data_param.mean_file, which the fork never
 reads, is ignored as there.
@@ -28,9 +28,9 @@ import os
 
 import numpy as np
 
-from . import CaffeError
-from .datasources import CaffeTransform, _Source, _batch_size, _rng
-from .lists import ListOrder
+from .. import CaffeError
+from .base import CaffeTransform, _Source, _batch_size, _rng
+from ..util.lists import ListOrder
 
 
 class DenseImageDataSource(_Source):
@@ -80,7 +80,7 @@ class DenseImageDataSource(_Source):
 
     def _read(self, index: int):
         import cv2
-        from .images import read_image, read_label
+        from ..util.images import read_image, read_label
         where, image_path, label_path = self.entries[index]
         try:
             img = read_image(image_path, color=self.color)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import CaffeError
+from .. import CaffeError
 
 
 class Graph:
@@ -58,7 +58,7 @@ class Graph:
     # -------------------------------------------------------------- loops
     def forward(self, net, start: int, end: int) -> float:
         """Net::ForwardFromTo: run layers start..end, store their tops; returns the loss."""
-        from .pycaffe_batch import fill_data_layer
+        from .batch import fill_data_layer
         loss = 0.0
         for i in range(start, end + 1):
             for fn in net._callbacks["before_forward"]:

@@ -2,7 +2,7 @@
 in batches (pycaffe's forward_all / forward_backward_all / set_input_arrays).
 
 Data layers on forward: Input tops keep what the user wrote; ImageSegData, Data, ImageData,
-HDF5Data and WindowData read their sources (caffe.imageseg.layer_source, batch after batch);
+HDF5Data and WindowData read their sources (caffe.data.layer_source, batch after batch);
 MemoryData serves the arrays given to ``set_input_arrays`` batch by batch, wrapping around,
 as Caffe's MemoryDataLayer.
 """
@@ -12,7 +12,7 @@ from itertools import zip_longest
 
 import numpy as np
 
-from . import CaffeError
+from .. import CaffeError
 
 
 def fill_data_layer(net, i: int, layer) -> bool:
@@ -26,7 +26,8 @@ def fill_data_layer(net, i: int, layer) -> bool:
         return True
     feed = net._feeds.get(i)
     if feed is None:
-        from .imageseg import Stream, layer_source
+        from ..data import layer_source
+        from ..data.stream import Stream
         phase = "TRAIN" if net._net.phase == 0 else "TEST"
         feed = net._feeds[i] = Stream(layer_source(layer, phase))
     b = net._batch_index.get(i, 0)

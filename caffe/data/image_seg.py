@@ -3,7 +3,7 @@
 A list file holds ``/JPEGImages/x.jpg /SegmentationClassAug/x.png`` lines (one column when
 the layer has no labels) relative to ``root_folder``; paths in the prototxt are relative to
 the working directory, as in Caffe. Images are read with OpenCV as BGR 0-255; labels as
-class indices (caffe.images.read_label). The fork's TransformImgAndSeg: pad image with the
+class indices (caffe.util.images.read_label). The fork's TransformImgAndSeg: pad image with the
 mean and label with ignore_label at the bottom/right up to crop_size, then crop (random in
 TRAIN, centred in TEST), mirror with probability 1/2 when ``mirror``, subtract the mean,
 times ``scale``.
@@ -21,12 +21,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from . import CaffeError
-from .images import read_image, read_label
-from .lists import ListOrder, read_list as read_lines
+from .. import CaffeError
+from ..util.images import read_image, read_label
+from ..util.lists import ListOrder, read_list as read_lines
 
 NONE, IMAGE, PIXEL = 0, 1, 2
 
@@ -41,7 +40,7 @@ class Entry:
 
 
 def read_list(source: str, root_folder: str = "", label_type: int = PIXEL) -> list[Entry]:
-    """Parse a list file (caffe.lists); every listed file must exist (an error names the list line)."""
+    """Parse a list file (caffe.util.lists); every listed file must exist (an error names the list line)."""
     entries = []
     for line in read_lines(source):
         if label_type != NONE and line.label is None:
@@ -161,6 +160,14 @@ class ImageSegSource(Dataset):
         self.seed = int(seed)
         self.item_index = ListOrder(len(self.entries), p.shuffle, self.seed, p.rand_skip, f"layer {lp.name!r}")
 
+    @classmethod
+    def for_net(cls, lp, phase: str, seed: int, net=None):
+        """The source of layer ``lp``; with ``net``, label values are checked against the classes
+        and ignore value of the losses that read them (``label_classes``)."""
+        tops = list(lp.top)
+        classes, ignore = label_classes(net, tops[1]) if net is not None and len(tops) > 1 else (None, None)
+        return cls(lp, phase, seed, classes, ignore)
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -182,115 +189,6 @@ def _label_type(p) -> int:
     return int(p.label_type) if p.HasField("label_type") else PIXEL
 
 
-class _Batches(torch.utils.data.Sampler):
-    """Positions of batches ``start, start + 1, ...`` for process ``rank`` of ``world``."""
-
-    def __init__(self, start: int, batch: int, rank: int, world: int):
-        self.start, self.batch, self.rank, self.world = start, batch, rank, world
-
-    def __iter__(self):
-        b = self.start
-        while True:
-            first = (b * self.world + self.rank) * self.batch
-            yield list(range(first, first + self.batch))
-            b += 1
-
-
-def _collate(items):
-    for it in items:
-        if isinstance(it, CaffeError):
-            return it
-    shapes = {it[0].shape for it in items}
-    if len(shapes) > 1:
-        where = ", ".join(f"{it[-1]} {it[0].shape[1]}x{it[0].shape[2]}" for it in items)
-        return CaffeError(f"images of one batch differ in size and no crop_size is set ({where})")
-    # an item is (one array per top, ..., where): caffe.datasources' sources too
-    return tuple(torch.from_numpy(np.stack([it[k] for it in items])) for k in range(len(items[0]) - 1))
-
-
-class Stream:
-    """Batches of one ImageSegData layer by batch index, loaded ahead by DataLoader workers.
-
-    ``stream(b)`` returns {top: tensor}; asking for batch b+1 after b reuses the running
-    loader, any other index restarts it there.
-    """
-
-    def __init__(self, source: ImageSegSource, rank: int = 0, world: int = 1, workers: int = 0,
-                 pin_memory: bool = False):
-        self.source, self.rank, self.world = source, rank, world
-        self.workers, self.pin = workers, pin_memory
-        self._it, self._next = None, None
-
-    def _start(self, b: int) -> None:
-        loader = DataLoader(self.source, batch_sampler=_Batches(b, self.source.batch_size, self.rank, self.world),
-                            num_workers=self.workers, collate_fn=_collate, pin_memory=self.pin,
-                            prefetch_factor=4 if self.workers else None, persistent_workers=False)
-        self._it, self._next = iter(loader), b
-
-    def __call__(self, b: int) -> dict[str, torch.Tensor]:
-        if self._it is None or b != self._next:
-            self.close()
-            self._start(b)
-        batch = next(self._it)
-        self._next = b + 1
-        if isinstance(batch, CaffeError):
-            self.close()
-            raise batch
-        return dict(zip(self.source.tops, batch))
-
-    def close(self) -> None:
-        """Stop the loader's workers."""
-        if self._it is not None:
-            shutdown = getattr(self._it, "_shutdown_workers", None)
-            if shutdown:
-                shutdown()
-        self._it = None
-
-
-def layer_source(layer, phase: str, seed: int = 0, net=None):
-    """The source (a Dataset by stream position) of a built data layer: ImageSegSource for
-    ImageSegData (label values checked against ``net``'s losses when given), else the one
-    caffe.datasources.make_source makes (Data, ImageData, HDF5Data, WindowData; an error for
-    Input and MemoryData, whose data code hands over)."""
-    if layer.type == "ImageSegData":
-        classes, ignore = (label_classes(net, layer.top_names[1]) if net is not None and len(layer.top_names) > 1
-                           else (None, None))
-        return ImageSegSource(layer.param, phase, seed, classes, ignore)
-    from .datasources import make_source
-    return make_source(layer, phase, seed)
-
-
-class NetFeed:
-    """All data layers of a Net as one feed: ``feed(b)`` -> {top: tensor}."""
-
-    def __init__(self, net, seed: int = 0, rank: int = 0, world: int = 1, workers: int = 0,
-                 pin_memory: bool = False):
-        phase = "TRAIN" if net.phase == 0 else "TEST"
-        self.streams = []
-        for layer in net.layers:
-            if layer.is_data:
-                src = layer_source(layer, phase, seed, net)
-                # a LevelDB opens in one process only: its records are read here, not in workers
-                in_process = getattr(getattr(src, "db", None), "in_process", False)
-                self.streams.append(Stream(src, rank, world, 0 if in_process else workers, pin_memory))
-        if not self.streams:
-            raise CaffeError(f"net {net.name!r} ({phase}) has no data layer (ImageSegData, Data, ImageData, "
-                             "HDF5Data, WindowData or DenseImageData) to read data from")
-
-    def __call__(self, b: int) -> dict[str, torch.Tensor]:
-        out = {}
-        for s in self.streams:
-            out.update(s(b))
-        return out
-
-    def close(self) -> None:
-        """Stop every stream's workers."""
-        for s in self.streams:
-            s.close()
-
-
-# Layers that pass a label through unchanged in value (shape aside) and those that read it as
-# class indices against a score blob (bottom 0, classes on axis 1).
 _LABEL_PASSING = {"Interp", "Crop", "Padding", "Split", "Flatten", "Reshape", "Silence"}
 _LABEL_READERS = {"SoftmaxWithLoss", "SegAccuracy", "Accuracy", "InfogainLoss", "MultinomialLogisticLoss"}
 

@@ -1,18 +1,6 @@
-"""Sources of BVLC Caffe's data layers: Data, ImageData, HDF5Data (WindowData: caffe.window_data;
-SegNet's DenseImageData: caffe.dense_image_data),
-read batch by batch through caffe.imageseg.Stream (DataLoader workers, rank/world shards).
-
-A source is a torch Dataset indexed by stream position, as ImageSegSource: position p of the
-stream is the p-th sample the layer would hand out in one process, and batch b of process r
-(of w) holds positions (b*w + r)*B ... (b*w + r + 1)*B - 1 (caffe.imageseg). An item is
-(one array per top, ..., where) or the CaffeError it raised. Random choices (crop, mirror,
-shuffles) are drawn from (seed, position) or (seed, epoch), so any batch can be re-read.
-
-``CaffeTransform`` is Caffe's DataTransformer (data_transformer.cpp) for every source that
-takes a ``transform_param``: crop (random offset in TRAIN, centred in TEST; the image must
-be at least crop_size), then (pixel - mean) * scale with the mean from ``mean_file`` (a
-BlobProto of the full image size, cropped with the image) or ``mean_value`` (1, or one per
-channel), then a horizontal mirror with probability 1/2 when ``mirror``.
+"""BVLC Caffe's file-reading data sources: Data (LMDB / LevelDB Datum records), ImageData (a
+list of image files) and HDF5Data (a list of HDF5 files), each a torch Dataset indexed by stream
+position (caffe.data) with Caffe's DataTransformer (caffe.data.base.CaffeTransform).
 """
 from __future__ import annotations
 
@@ -20,127 +8,10 @@ import os
 import re
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from . import CaffeError
-from .lists import ListOrder
-
-
-def layer_where(lp) -> str:
-    """``layer 'name' (Type)``, the prefix of a layer's errors."""
-    return f"layer {lp.name!r} ({lp.type})"
-
-
-def read_mean_file(path: str, where: str) -> np.ndarray:
-    """A binaryproto BlobProto mean as Caffe's Blob::FromProto sees it: legacy (num, channels,
-    height, width), trailing axes 1 for a shape of fewer than 4 axes; returns channels x
-    height x width (the first item)."""
-    from .proto import caffe_pb2
-    blob = caffe_pb2.BlobProto()
-    try:
-        with open(path, "rb") as f:
-            blob.ParseFromString(f.read())
-    except FileNotFoundError:
-        raise CaffeError(f"{where}: mean_file {path} not found") from None
-    except Exception as e:
-        raise CaffeError(f"{where}: mean_file {path} is not a BlobProto ({e})") from None
-    if blob.HasField("shape"):
-        dims = [int(d) for d in blob.shape.dim]
-        if len(dims) > 4:
-            raise CaffeError(f"{where}: mean_file {path} has {len(dims)} axes; at most 4 are allowed")
-        dims = dims + [1] * (4 - len(dims))
-    else:
-        dims = [int(blob.num), int(blob.channels), int(blob.height), int(blob.width)]
-    values = np.asarray(blob.double_data if len(blob.double_data) else blob.data, np.float32)
-    if values.size != int(np.prod(dims)):
-        raise CaffeError(f"{where}: mean_file {path} says shape {tuple(dims)} but holds {values.size} values")
-    c, h, w = dims[1:]
-    return values[: c * h * w].reshape(c, h, w)
-
-
-class CaffeTransform:
-    """transform_param applied to one C x H x W array (see the module doc)."""
-
-    def __init__(self, tp, train: bool, where: str):
-        self.where, self.train = where, train
-        self.crop, self.mirror, self.scale = int(tp.crop_size), bool(tp.mirror), np.float32(tp.scale)
-        self.force_color, self.force_gray = bool(tp.force_color), bool(tp.force_gray)
-        self.mean_values = np.asarray(tp.mean_value, np.float32)
-        self.mean = None
-        if tp.HasField("mean_file"):
-            if len(tp.mean_value):
-                raise CaffeError(f"{where}: cannot specify mean_file and mean_value at the same time")
-            self.mean = read_mean_file(tp.mean_file, where)
-
-    def shape(self, c: int, h: int, w: int) -> tuple[int, int, int]:
-        """Caffe's InferBlobShape for a C x H x W input (checks it covers the crop)."""
-        if self.crop and (h < self.crop or w < self.crop):
-            raise CaffeError(f"{self.where}: input {h}x{w} is smaller than crop_size {self.crop}")
-        return (c, self.crop, self.crop) if self.crop else (c, h, w)
-
-    def __call__(self, chw: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The transformed float32 array (C x crop x crop, or C x H x W without a crop)."""
-        c, h, w = chw.shape
-        self.shape(c, h, w)
-        do_mirror = self.mirror and bool(rng.integers(2))
-        y = x = 0
-        oh, ow = h, w
-        if self.crop:
-            oh = ow = self.crop
-            if self.train:
-                y, x = int(rng.integers(h - oh + 1)), int(rng.integers(w - ow + 1))
-            else:
-                y, x = (h - oh) // 2, (w - ow) // 2
-        out = chw[:, y:y + oh, x:x + ow].astype(np.float32)
-        if self.mean is not None:
-            if self.mean.shape != (c, h, w):
-                raise CaffeError(f"{self.where}: mean_file is {'x'.join(map(str, self.mean.shape))} but the "
-                                 f"data is {c}x{h}x{w} (channels x height x width)")
-            out -= self.mean[:, y:y + oh, x:x + ow]
-        elif self.mean_values.size:
-            if self.mean_values.size not in (1, c):
-                raise CaffeError(f"{self.where}: specify either 1 mean_value or as many as channels: {c}")
-            out -= self.mean_values.reshape(-1, 1, 1)
-        if self.scale != 1:
-            out *= self.scale
-        if do_mirror:
-            out = out[:, :, ::-1]
-        return np.ascontiguousarray(out)
-
-
-def _rng(seed: int, *keys: int) -> np.random.Generator:
-    return np.random.default_rng([seed & 0xFFFFFFFF, *keys])
-
-
-def _batch_size(value, where: str, field: str) -> int:
-    if int(value) <= 0:
-        raise CaffeError(f"{where}: {field}.batch_size must be positive, got {int(value)}")
-    return int(value)
-
-
-class _Source(Dataset):
-    """What every source shares: tops, batch size, the (seed, position) random generator and
-    errors returned (not raised) from ``__getitem__`` so a worker's error reaches the caller.
-    Each source defines ``item(pos)`` (one sample's arrays) and ``top_shapes()``."""
-
-    def __init__(self, lp, phase: str, seed: int):
-        self.where, self.name, self.tops = layer_where(lp), lp.name, list(lp.top)
-        self.train, self.seed = phase.upper() == "TRAIN", int(seed)
-
-    def read_lines(self, source: str, last_space: bool = False) -> list:
-        """The list file's sample lines (caffe.lists.read_list), errors naming this layer."""
-        from .lists import read_list
-        try:
-            return read_list(source, last_space)
-        except CaffeError as e:
-            raise CaffeError(f"{self.where}: {e}") from None
-
-    def __getitem__(self, pos: int):
-        try:
-            return self.item(pos)
-        except CaffeError as e:
-            return e
-
+from .. import CaffeError
+from ..util.lists import ListOrder
+from .base import CaffeTransform, _Source, _batch_size, _rng
 
 
 class DataSource(_Source):
@@ -149,7 +20,7 @@ class DataSource(_Source):
     is the loader's business. Tops: data (N x C x H x W), label (N) when a second top is named."""
 
     def __init__(self, lp, phase: str = "TRAIN", seed: int = 0):
-        from .datum_db import DatumDB
+        from ..util.db import DatumDB
         super().__init__(lp, phase, seed)
         p = lp.data_param
         self.batch_size = _batch_size(p.batch_size, self.where, "data_param")
@@ -162,7 +33,7 @@ class DataSource(_Source):
         return len(self.db.keys)
 
     def _decode(self, key: bytes, raw: bytes):
-        from .datum_db import decode_datum
+        from ..util.db import decode_datum
         where = f"{self.where}: {self.db.source} record {key!r}"
         return decode_datum(raw, self.transform.force_color, self.transform.force_gray, where)
 
@@ -187,7 +58,7 @@ def _atoi(text: str) -> int:
 
 
 class ImageDataSource(_Source):
-    """ImageData: ``path label`` lines (caffe.lists; path relative to ``root_folder``), read
+    """ImageData: ``path label`` lines (caffe.util.lists; path relative to ``root_folder``), read
     as ReadImageToCVMat (BGR, or grey with ``is_color: false``; resized to new_height x
     new_width, bilinear, when both are set), transformed, with the label as top 1. The first
     ``rand() % rand_skip`` lines are skipped once at the start; with ``shuffle`` the lines
@@ -221,7 +92,7 @@ class ImageDataSource(_Source):
 
     def _read(self, index: int) -> np.ndarray:
         import cv2
-        from .images import read_image
+        from ..util.images import read_image
         where, path, _ = self.entries[index]
         try:
             img = read_image(path, color=self.color)
@@ -252,7 +123,7 @@ class HDF5Source(_Source):
     it is read. No transform_param (as Caffe: HDF5 data is generic)."""
 
     def __init__(self, lp, phase: str = "TRAIN", seed: int = 0):
-        from .hdf5_io import _h5py
+        from ..util.hdf5 import _h5py
         super().__init__(lp, phase, seed)
         p = lp.hdf5_data_param
         if lp.HasField("transform_param"):
@@ -327,34 +198,10 @@ class HDF5Source(_Source):
         f, row = self.locate(pos)
         name = self.files[f]
         if self._cache is None or self._cache[0] != name:  # Caffe loads a whole file at a time
-            from .hdf5_io import _h5py
+            from ..util.hdf5 import _h5py
             try:
                 with _h5py().File(name, "r") as h5:
                     self._cache = (name, [np.asarray(self._dataset(h5, name, t), np.float32) for t in self.tops])
             except OSError as e:
                 raise CaffeError(f"{self.where}: failed opening HDF5 file {name}: {e}") from None
         return tuple(a[row] for a in self._cache[1]) + (f"{name} row {row}",)
-
-
-def make_source(layer, phase: str, seed: int = 0):
-    """The source of a built data layer other than ImageSegData (caffe.imageseg), by type."""
-    lp = layer.param
-    if layer.type == "Data":
-        return DataSource(lp, phase, seed)
-    if layer.type == "ImageData":
-        return ImageDataSource(lp, phase, seed)
-    if layer.type == "HDF5Data":
-        return HDF5Source(lp, phase, seed)
-    if layer.type == "WindowData":
-        from .window_data import WindowSource
-        return WindowSource(lp, phase, seed)
-    if layer.type == "DenseImageData":
-        from .dense_image_data import DenseImageDataSource
-        return DenseImageDataSource(lp, phase, seed)
-    if layer.type == "MemoryData":
-        raise CaffeError(f"{layer_where(lp)}: MemoryData holds the arrays given to pycaffe's "
-                         "Net.set_input_arrays; training, caffe test and caffe time cannot fill it "
-                         "(Caffe: MemoryDataLayer needs to be initialized by calling Reset)")
-    raise CaffeError(f"{layer_where(lp)}: training, caffe test and caffe time read data only through "
-                     "ImageSegData, Data, ImageData, HDF5Data and WindowData layers; an Input layer needs "
-                     "its data fed by code")

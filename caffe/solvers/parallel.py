@@ -2,10 +2,10 @@
 
 ``gpu_ids`` reads a ``--gpu`` flag as Caffe's get_gpus does; ``device_query`` describes a GPU
 as Caffe::DeviceQuery does. Several processes are started by torchrun or by
-caffe.training's self-spawn.
+caffe.tool.training's self-spawn.
 
 Each process runs the solver on its own ``batch_size`` and its own share of the data; the net
-runs inside DistributedDataParallel (caffe.solver), which averages the diffs over processes
+runs inside DistributedDataParallel (caffe.solvers.solver), which averages the diffs over processes
 while backward runs, in the last of the ``iter_size`` passes (``no_sync`` before it) — what
 Caffe's multi-GPU P2PSync does (sum, then scale by 1/solver_count) — so every process applies
 the same update and the weights stay identical. Only rank 0 logs, tests and snapshots.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from . import CaffeError
+from .. import CaffeError
 
 
 @dataclass

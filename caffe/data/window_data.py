@@ -28,8 +28,8 @@ import math
 
 import numpy as np
 
-from . import CaffeError
-from .datasources import _Source, _batch_size, _rng, read_mean_file
+from .. import CaffeError
+from .base import _Source, _batch_size, _rng, read_mean_file
 
 
 def _round(v) -> int:
@@ -154,7 +154,7 @@ class WindowSource(_Source):
             if img is None:
                 raise CaffeError(f"{self.where}: {path} is not a readable image")
             return img
-        from .images import read_image
+        from ..util.images import read_image
         try:
             return read_image(path, color=True)
         except CaffeError as e:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import CaffeError
+from .. import CaffeError
 
 
 @dataclass(frozen=True)

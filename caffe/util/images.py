@@ -10,7 +10,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from . import CaffeError
+from .. import CaffeError
 
 
 def read_label(path: str | os.PathLike, num_classes: int | None = None, ignore: int | None = None) -> np.ndarray:

@@ -4,7 +4,7 @@
 placeholders), picks the device as Caffe does (``gpus`` flag, else the solver's
 solver_mode/device_id; on a machine without CUDA a GPU solver_mode falls back to the CPU
 with a warning), seeds, builds the train and test nets, copies ``weights`` by layer name,
-feeds ImageSegData layers and runs caffe.solver.Solver. Several GPUs: one process per GPU,
+feeds ImageSegData layers and runs caffe.solvers.solver.Solver. Several GPUs: one process per GPU,
 started here (as torchrun would start them) unless a launcher already did; ``batch_size``
 is per process and diffs are averaged, as Caffe's multi-GPU training does.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from . import CaffeError
+from .. import CaffeError
 
 
 @dataclass
@@ -42,7 +42,7 @@ class TrainOptions:
 
 def check_options(options: TrainOptions) -> None:
     """The checks caffe.cpp makes before reading anything."""
-    from .solver import SIGNAL_EFFECTS
+    from ..solvers.solver import SIGNAL_EFFECTS
     if options.weights and options.snapshot:
         raise CaffeError("give a snapshot to resume training or weights to finetune, not both")
     if options.snapshot and not os.path.isfile(options.snapshot):
@@ -64,7 +64,7 @@ def choose_gpus(options: TrainOptions, param) -> tuple[list[int], str | None]:
     on the CPU (with a warning), so the release's solvers run anywhere.
     """
     import torch
-    from .distributed import gpu_ids
+    from ..solvers.parallel import gpu_ids
     if options.cpu:
         return [], None
     if options.gpus:
@@ -81,12 +81,12 @@ def train(solver_path: str, options: TrainOptions | None = None) -> bool:
     False when a signal stopped it early (after a snapshot)."""
     import numpy as np
     import torch
-    from . import distributed
-    from .imageseg import NetFeed
-    from .prototxt import parse_solver
-    from .sgd import check_solver
-    from .files import check_output_dir, check_output_file, remove_stale_temps
-    from .solver import CaffeLog, Solver, build_nets, snapshot_prefix
+    from ..solvers import parallel as distributed
+    from ..data.stream import NetFeed
+    from ..prototxt import parse_solver
+    from ..solvers.update import check_solver
+    from ..util.files import check_output_dir, check_output_file, remove_stale_temps
+    from ..solvers.solver import CaffeLog, Solver, build_nets, snapshot_prefix
 
     options = options or TrainOptions()
     check_options(options)
