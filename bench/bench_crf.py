@@ -29,7 +29,7 @@ import scipy.special
 
 import densecrf
 from deeplab.labels import read_label
-from deeplab.scoremaps import save_scores, upsample_scores
+from deeplab.extract.scoremaps import save_scores, upsample_scores
 from densecrf import CRFParams
 from deeplab.crf.batch import BatchJob, run_batch
 

@@ -43,7 +43,7 @@ from caffe.util.images import read_label
 from deeplab.data.synthetic import CLASSES, render
 from deeplab.eval.confusion import ConfusionMatrix
 from deeplab.lists import read_ids
-from deeplab.scoremaps import upsample_scores
+from deeplab.extract.scoremaps import upsample_scores
 from densecrf import CRFParams, unary_from_scores
 from densecrf.backends import PyDenseCRF2
 from deeplab.crf.io import load_pair

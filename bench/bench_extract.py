@@ -8,10 +8,10 @@ for a 306x306 input at about 8 frames/s on a 2014 GPU. This measures, with rando
   next to ``DeepLab`` below (a plain nn.Module with the same layers);
 * DeepLab-LargeFOV at 513x513 -> fc8 65x65, next to bench/reference.py's ``LargeFOV``;
 
-each as the extraction's forward (deeplab.scorenet.ScoreNet.forward: numpy canvas in, numpy
+each as the extraction's forward (deeplab.extract.scorenet.ScoreNet.forward: numpy canvas in, numpy
 scores out, inference mode, channels_last) against the module's forward with the same input,
 memory format and copy back, interleaved repetitions, medians. Then the whole pipeline
-(deeplab.extract.extract: JPEG reading, mean subtraction, forward, .npy writing, threads)
+(deeplab.extract.runner.extract: JPEG reading, mean subtraction, forward, .npy writing, threads)
 for LargeFOV over a few 500x375 images, to show what reading/writing costs. On a GPU
 (``torch.cuda.is_available()``) the same runs repeat there, also with --amp bf16.
 
@@ -39,8 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.reference import VGG_CONVS, LargeFOV, copy_weights, randomize  # noqa: E402
-from deeplab.extract import ListItem, Outputs, extract  # noqa: E402
-from deeplab.scorenet import ScoreNet  # noqa: E402
+from deeplab.extract.runner import ListItem, Outputs, extract  # noqa: E402
+from deeplab.extract.scorenet import ScoreNet  # noqa: E402
 
 MAPPING = {"DATA_ROOT": ".", "LIST_DIR": ".", "TEST_SET": "bench", "FEATURE_DIR": ".", "NUM_LABELS": "21",
            "EXP": "voc12"}

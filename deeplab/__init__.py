@@ -1,10 +1,13 @@
-"""The DeepLab v1 pipeline over the ``caffe`` engine, by stage: dataset preparation
-(``deeplab.data``), score-map extraction, evaluation (``deeplab.eval``), report, model zoo and
-VGG-16 initialisation.
+"""The DeepLab v1 pipeline over the ``caffe`` engine and the ``densecrf`` library, by stage:
+``data/`` (dataset preparation), ``extract/`` (score maps), ``crf/`` (the batch CRF stage and
+its parameter search), ``eval/`` (mean IoU, trimap), ``report/`` (HTML report, training logs),
+``weights/`` (VGG-16 initialisation, model zoo), ``recipe/`` (the GPU recipe) and ``commands/``
+(thin argument parsing for every tool); shared helpers at the root (``cli``, ``labels``,
+``lists``, ``parallel``, ``provenance``, ``netinfo``).
 
-Importing the package is light: torch is imported only by the modules that run a net
-(``deeplab.extract``, ``deeplab.scorenet``), so ``deeplab.eval`` works in processes without
-torch (the CRF stage).
+Imports: ``caffe`` and ``densecrf``; nothing imports ``deeplab``. Importing the package is
+light: torch is imported only by the modules that run a net (``deeplab.extract.runner``,
+``deeplab.extract.scorenet``), so ``deeplab.eval`` works in processes without torch.
 """
 from caffe import CaffeError
 from densecrf import CrfError

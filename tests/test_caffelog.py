@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from deeplab import USER_ERRORS
-from deeplab.caffelog import parse_log, to_csv, write_plot
+from deeplab.report.caffelog import parse_log, to_csv, write_plot
 from deeplab.cli import run_main
 
 # Old-style and new-style loss lines, a multi-valued accuracy blob, two test nets, a nan,

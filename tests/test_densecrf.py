@@ -16,7 +16,7 @@ import densecrf
 from conftest import REPO, shared_path
 from deeplab import USER_ERRORS
 from deeplab.labels import read_label, voc_palette
-from deeplab.scoremaps import save_mat_scores, save_scores, upsample_scores
+from deeplab.extract.scoremaps import save_mat_scores, save_scores, upsample_scores
 from densecrf import CRFParams
 from deeplab.provenance import RECORD
 from deeplab.commands.densecrf import main

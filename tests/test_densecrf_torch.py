@@ -12,7 +12,7 @@ import torch
 import densecrf
 from conftest import REPO
 from deeplab.data.synthetic import render
-from deeplab.scoremaps import upsample_scores
+from deeplab.extract.scoremaps import upsample_scores
 from densecrf import CRFParams, unary_from_scores
 from densecrf.backends import BACKENDS, PyDenseCRF2
 from densecrf.lattice import LatticeSum, PermutohedralLattice, dense_gaussian_filter, lattice_filter

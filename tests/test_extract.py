@@ -1,4 +1,4 @@
-"""Score-map extraction (deeplab/extract.py, tools/extract.py) against a direct engine forward.
+"""Score-map extraction (deeplab/extract/runner.py, tools/extract.py) against a direct engine forward.
 
 The tiny test net (tests/fixtures/extract/tiny_test.prototxt) mirrors the release's
 test.prototxt: ImageSegData (crop 33, VOC mean), three stride-2 poolings, fc8, a zoom-8
@@ -18,13 +18,13 @@ import torch
 from conftest import FIXTURES, REPO
 from deeplab import USER_ERRORS
 from deeplab.cli import run_main
-from deeplab.extract import label_palette
+from deeplab.extract.runner import label_palette
 from deeplab.lists import read_items
 from deeplab.labels import read_label
 from caffe.layer.output import blob_to_matlab
 from caffe.net import Net
-from deeplab.scoremaps import load_scores, upsample_scores
-from deeplab.scorenet import ScoreNet
+from deeplab.extract.scoremaps import load_scores, upsample_scores
+from deeplab.extract.scorenet import ScoreNet
 
 PROTOTXT = str(FIXTURES / "extract" / "tiny_test.prototxt")
 MEAN = np.array([104.008, 116.669, 122.675], np.float32)
@@ -420,7 +420,7 @@ def test_release_nets_dump_fc8_with_their_offset(variant, offset):
     """The release's test nets: fc8 at stride 8 is dumped, with the 514 nets' offset of 7."""
     from caffe.net import PHASES, filter_layers
     from caffe.prototxt import parse_net
-    from deeplab.scorenet import default_blob, mat_write_chain
+    from deeplab.extract.scorenet import default_blob, mat_write_chain
 
     mapping = {"DATA_ROOT": "", "LIST_DIR": "", "TEST_SET": "val", "FEATURE_DIR": "f", "NUM_LABELS": "21"}
     layers = filter_layers(parse_net(str(REPO / "prototxt" / "voc12" / variant / "test.prototxt"), mapping),

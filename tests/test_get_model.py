@@ -8,7 +8,7 @@ import re
 import pytest
 
 from deeplab import USER_ERRORS
-from deeplab import zoo
+from deeplab.weights import zoo
 from deeplab.cli import run_main
 
 from deeplab.commands import get_model as tool  # noqa: E402

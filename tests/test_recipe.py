@@ -1,4 +1,4 @@
-"""deeplab.pack and deeplab.recipe: the packs that travel to a lent GPU machine and back, and the
+"""deeplab.recipe.pack and deeplab.recipe.run: the packs that travel to a lent GPU machine and back, and the
 recipe's whole run (train, float16 weights, extraction, archives) as a CPU dry run."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import tinyset
 from conftest import REPO
 from deeplab import USER_ERRORS
-from deeplab.pack import pack_dataset, pack_folder, pack_weights, unpack_archives, unpack_dataset, unpack_weights
+from deeplab.recipe.pack import pack_dataset, pack_folder, pack_weights, unpack_archives, unpack_dataset, unpack_weights
 
 
 def lists(root: pathlib.Path, ids: list[str]) -> pathlib.Path:
@@ -112,7 +112,7 @@ def tiny_conf(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 def test_recipe_dry_run_and_receive(tmp_path):
-    from deeplab import recipe
+    from deeplab.recipe import run as recipe
     from caffe.model_io import load_caffemodel
     root = tmp_path / "data"
     ids = tinyset.make(root, n=5)
@@ -152,7 +152,7 @@ def test_recipe_dry_run_and_receive(tmp_path):
 
 
 def test_recipe_run_refuses_an_incomplete_pack(tmp_path):
-    from deeplab import recipe
+    from deeplab.recipe import run as recipe
     conf = tiny_conf(tmp_path)
     (tmp_path / "pack").mkdir()
     with pytest.raises(USER_ERRORS, match="no dataset.npz"):

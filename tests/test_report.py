@@ -13,7 +13,7 @@ from PIL import Image
 from deeplab import USER_ERRORS
 from deeplab.eval.evaluate import evaluate, write_result
 from deeplab.labels import write_label
-from deeplab.report import build_report, choose_examples
+from deeplab.report.html import build_report, choose_examples
 
 from test_caffelog import LOG
 
@@ -84,7 +84,7 @@ def _experiment(root, with_features=True):
         write_label(exp / "res" / "val" / "dcnn" / f"{i}.png", dcnn)
         write_label(exp / "res" / "val" / "crf" / f"{i}.png", crf)
         if with_features:
-            from deeplab.scoremaps import save_scores
+            from deeplab.extract.scoremaps import save_scores
 
             small = gt[np.minimum(np.arange(6) * 8, h - 1)][:, np.minimum(np.arange(8) * 8, w - 1)].astype(int)
             small[small == 255] = 0

@@ -8,7 +8,7 @@ import pytest
 import scipy.io
 
 from deeplab import USER_ERRORS
-from deeplab.scoremaps import (load_scores, read_mat_scores, rows_needed, save_mat_scores, save_scores,
+from deeplab.extract.scoremaps import (load_scores, read_mat_scores, rows_needed, save_mat_scores, save_scores,
                                upsample_scores, zoomed_size)
 
 

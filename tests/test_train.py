@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, REPO
-from deeplab.caffelog import parse_log
+from deeplab.report.caffelog import parse_log
 from deeplab.cli import run_main
 from caffe.model_io import load_caffemodel, load_solverstate
 from deeplab.commands import train

@@ -26,7 +26,7 @@ def make(root: pathlib.Path, n: int = 4, h: int = 40, w: int = 56, seed: int = 0
     """images/<id>.png (lossless), labels/<id>.png (0..2 and a void band), list.txt,
     classes.txt, scores/<id>.npy + .json (stride 8, 3 classes); returns the ids."""
     from deeplab.labels import write_label
-    from deeplab.scoremaps import save_scores
+    from deeplab.extract.scoremaps import save_scores
 
     rng = np.random.default_rng(seed)
     for sub in ("images", "labels", "scores"):

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 
-from deeplab import vgg16
+from deeplab.weights import vgg16
 from deeplab.cli import run_main
-from deeplab.vgg16_init import check_biases, load_source, write_variants
+from deeplab.weights.vgg16_init import check_biases, load_source, write_variants
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "514 nets: Interp, then Padding -7/-8), whose fc8 row r lies on pixel 8r - 7 (recorded in the sidecar).",
         epilog="Outputs per id (X = the image file's stem, or the id itself in an id list):\n"
                "  npy: OUT/X.npy (C x h x w stride-8 scores) + OUT/X.json {height, width, zoom, classes, offset};\n"
-               "       deeplab.scoremaps.load_scores() upsamples them like the Interp layer, dropping the first\n"
+               "       deeplab.extract.scoremaps.load_scores() upsamples them like the Interp layer, dropping the first\n"
                "       offset rows/cols.\n"
                "  mat: OUT/X_blob_0.mat, exactly what the fork's MAT_WRITE wrote: the zoom-8 upsampled blob\n"
                "       over the whole padded canvas, variable 'data', MATLAB order W x H x C x 1 (float32).\n"
@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Build the score net, extract every listed image, print what was done."""
     args = build_parser().parse_args(argv)
-    from deeplab.extract import Outputs, check_layout, extract, label_palette
+    from deeplab.extract.runner import Outputs, check_layout, extract, label_palette
     from deeplab.lists import read_items
-    from deeplab.scorenet import ScoreNet, device_for
+    from deeplab.extract.scorenet import ScoreNet, device_for
 
     for what, path in (("--model", args.model), ("--weights", args.weights), ("--list", args.list)):
         if not os.path.isfile(path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from deeplab import zoo
+from deeplab.weights import zoo
 from deeplab.cli import run_main
 
 

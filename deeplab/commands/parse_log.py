@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from caffe.util.files import check_output_file
-from deeplab.caffelog import parse_log, to_csv, write_csv, write_plot
+from deeplab.report.caffelog import parse_log, to_csv, write_csv, write_plot
 from deeplab.cli import run_main
 
 

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand and print what it did."""
     args = build_parser().parse_args(argv)
-    from deeplab import recipe
+    from deeplab.recipe import run as recipe
     if args.command == "pack":
         done = recipe.make_pack(args.out, args.root, args.list_dir, args.sets, args.init, args.init_layers,
                                 args.quality, args.wheels)

@@ -25,7 +25,7 @@ import sys
 from caffe.util.files import check_output_file, write_bytes_atomic
 from deeplab import DeepLabError
 from deeplab.cli import run_main
-from deeplab.report import build_report
+from deeplab.report.html import build_report
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import numpy as np
 
 from caffe.util.images import read_image
 from deeplab import DeepLabError
-from deeplab.scoremaps import ScoreMap, load_scores
+from deeplab.extract.scoremaps import ScoreMap, load_scores
 
 IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG", ".ppm", ".bmp")
 

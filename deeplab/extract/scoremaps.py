@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import USER_ERRORS, DeepLabError
+from .. import USER_ERRORS, DeepLabError
 from caffe.util.files import atomic_path, write_bytes_atomic
 
 

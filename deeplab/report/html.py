@@ -26,9 +26,9 @@ import numpy as np
 
 from caffe.util.images import read_image
 
-from . import USER_ERRORS, DeepLabError
-from .labels import ClassSet, load_classes, read_label
-from .lists import read_ids
+from .. import USER_ERRORS, DeepLabError
+from ..labels import ClassSet, load_classes, read_label
+from ..lists import read_ids
 
 CONFIG_KEYS = ("images", "gt", "list", "classes", "set", "title")
 METHOD_NAMES = {"dcnn": "DCNN", "crf": "DCNN+CRF"}
@@ -119,7 +119,7 @@ def _training(expdir: str) -> str:
 
 def _results(setdir: str, classes: ClassSet) -> list[dict]:
     """The set's eval_*.json results named DCNN, DCNN+CRF, ...; index-only class names get the set's."""
-    from .eval.evaluate import load_result
+    from ..eval.evaluate import load_result
 
     out = []
     names = sorted(f for f in os.listdir(setdir) if f.startswith("eval_") and f.endswith(".json"))
@@ -135,8 +135,8 @@ def _results(setdir: str, classes: ClassSet) -> list[dict]:
 
 
 def _results_section(results: list[dict]) -> str:
-    from .eval.plots import trimap_png
-    from .eval.tables import format_summary, format_table
+    from ..eval.plots import trimap_png
+    from ..eval.tables import format_summary, format_table
 
     if not results:
         return _note("No eval_*.json here (run tools/eval.py --json).")
@@ -154,7 +154,7 @@ def _results_section(results: list[dict]) -> str:
 
 
 def _search_section(setdir: str) -> str:
-    from .eval.plots import crf_heatmap_png
+    from ..eval.plots import crf_heatmap_png
 
     d = os.path.join(setdir, "crf_search")
     if not os.path.isdir(d):
@@ -189,7 +189,7 @@ def _search_section(setdir: str) -> str:
 
 def _per_image(results: list[dict], setdir: str, ids: list[str], cfg: dict, classes: ClassSet) -> dict:
     """{method: {id: mean IoU}} from the eval JSONs, or computed from the PNGs and ground truth."""
-    from .eval.evaluate import _image_scores, image_confusion
+    from ..eval.evaluate import _image_scores, image_confusion
 
     out = {}
     by_name = {r["name"]: r for r in results}
@@ -228,7 +228,7 @@ def choose_examples(per_image: dict, ids: list[str], count: int) -> list[tuple[s
 
 
 def _examples_section(setdir: str, results: list[dict], cfg: dict, classes: ClassSet, count: int):
-    from .eval.figures import examples_png
+    from ..eval.figures import examples_png
 
     have = {k: _pngs(os.path.join(setdir, k)) for k in METHOD_NAMES}
     if not any(have.values()):
@@ -263,7 +263,7 @@ def _crf_params(setdir: str):
 
 def _meanfield_section(expdir: str, set_name: str, setdir: str, rows: list[dict], cfg: dict,
                        classes: ClassSet) -> str:
-    from .eval.figures import meanfield_png, softmax
+    from ..eval.figures import meanfield_png, softmax
 
     feat_dir = os.path.join(expdir, "features", set_name)
     cands = [r for r in rows if os.path.exists(os.path.join(feat_dir, r["id"] + ".npy"))]
@@ -273,7 +273,7 @@ def _meanfield_section(expdir: str, set_name: str, setdir: str, rows: list[dict]
     if row["image"] is None:
         return _note("The mean-field picture needs the input image (--images).")
     try:
-        from .scoremaps import load_scores
+        from ..extract.scoremaps import load_scores
         import densecrf
         steps_fn = densecrf.mean_field_steps
     except (ImportError, AttributeError) as e:

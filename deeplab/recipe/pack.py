@@ -26,7 +26,7 @@ from caffe.util.images import read_image
 from caffe.util.lists import read_list
 from caffe.model_io import LayerBlobs, load_caffemodel, save_caffemodel
 
-from . import DeepLabError
+from .. import DeepLabError
 
 IMAGES, LABELS = "images", "labels"
 

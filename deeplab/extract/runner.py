@@ -3,8 +3,8 @@
 What ``caffe test`` with the fork's MAT_WRITE layer did, batched and resumable. Each image
 is read with OpenCV (BGR, 0-255) and preprocessed by the net's data layer; images are grouped
 into batches of the same canvas size, and the score rows and columns covering each image are
-kept (deeplab.scorenet: the cut-down net, its preprocessing and the canvas / offset geometry).
-Outputs: ``<id>.npy`` + ``<id>.json`` (deeplab.scoremaps; the sidecar records the offset), or
+kept (deeplab.extract.scorenet: the cut-down net, its preprocessing and the canvas / offset geometry).
+Outputs: ``<id>.npy`` + ``<id>.json`` (deeplab.extract.scoremaps; the sidecar records the offset), or
 ``<id>_blob_0.mat`` (MAT_WRITE's blob over the whole canvas), and optionally ``<id>.png``
 argmax labels at full resolution.
 """
@@ -19,9 +19,9 @@ import numpy as np
 from caffe.util.files import remove_stale_temps
 from caffe.util.images import read_image
 
-from . import USER_ERRORS, DeepLabError
-from .lists import ListItem, read_items  # noqa: F401  (the list reader extraction uses)
-from .parallel import Pool
+from .. import USER_ERRORS, DeepLabError
+from ..lists import ListItem, read_items  # noqa: F401  (the list reader extraction uses)
+from ..parallel import Pool
 from .scoremaps import save_mat_scores, save_scores, upsample_scores
 from .scorenet import ScoreNet
 
@@ -38,7 +38,7 @@ def label_palette(blob: str, channels: int, classes: str | None = None) -> np.nd
     """The palette of argmax label PNGs for a blob of ``channels`` classes: the class list's
     when one is given (its class count must match), else VOC's colour map (None), which
     covers any count up to 256 (a PNG index is one byte)."""
-    from .labels import load_classes
+    from ..labels import load_classes
 
     if classes is None:
         if channels > 256:
@@ -97,7 +97,7 @@ class Outputs:
               mat: np.ndarray | None, offset: int = 0) -> None:
         """Write one image's outputs (each atomically; labels first, the score file last).
         Score row r lies on pixel ``r * zoom - offset``."""
-        from .labels import write_label
+        from ..labels import write_label
 
         if self.labels_out:
             full = upsample_scores(scores, zoom, height, width, offset)

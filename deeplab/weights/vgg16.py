@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import DeepLabError
+from .. import DeepLabError
 from caffe.model_io import LayerBlobs
 
 CONV_NAMES = tuple(f"conv{b}_{k}" for b, n in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for k in range(1, n + 1))

@@ -11,7 +11,7 @@ label), and the score blob's stride-``zoom`` rows and columns covering the image
 ``rows = ceil((H - 1 + offset) / zoom) + 1``, since the fork's zoom Interp maps ``r`` rows
 onto ``(r - 1) * zoom + 1`` pixels, of which a Padding crop between the Interp and MatWrite
 (DeepLab's 514 nets: -7 / -8) drops the first ``offset``. The batch run over an image list
-is deeplab.extract.
+is deeplab.extract.runner.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import USER_ERRORS, DeepLabError
+from .. import USER_ERRORS, DeepLabError
 from caffe.net import PHASES, Net, filter_layers
 from caffe.prototxt import parse_net
 from .scoremaps import rows_needed

@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from . import DeepLabError
+from .. import DeepLabError
 from caffe.util.files import write_bytes_atomic
 
 _GLOG = re.compile(r"^[IWEF](\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+)\s+\S+\s+[^\]]*\]\s?(.*)$")
@@ -161,7 +161,7 @@ def write_csv(log: TrainingLog, path: str | os.PathLike) -> None:
 
 def plot_png(log: TrainingLog, title: str | None = None) -> bytes:
     """Loss, accuracy-type outputs and learning rate against iteration, as PNG bytes."""
-    from .eval.plots import figure_png, plt
+    from ..eval.plots import figure_png, plt
 
     outputs = [c for c in log.columns if c.startswith(("train_", "test"))]
     losses = ["loss"] + [c for c in outputs if "loss" in c]

@@ -1,0 +1,2 @@
+"""One experiment's numbers and pictures: the self-contained HTML report (``html``) and the
+Caffe training log parser with its loss / accuracy curves (``caffelog``)."""
