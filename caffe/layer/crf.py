@@ -9,6 +9,8 @@ lattice is built from them as constants, as neither source back-propagates into 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,20 @@ def _last(steps):
     for out in steps:
         pass
     return out
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least float32 (autocast hands the CRF bfloat16 / float16 scores)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _no_autocast(device: torch.device):
+    """Autocast off for the CRF: CUDA autocast returns softmax in float32 while the lattice's
+    weights would follow the scores' bfloat16 (embedding_bag refuses the mix), and the class
+    mixing of MultiStageMeanfield would run in bfloat16. Both CRF layers run in float32."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _check_4d(layer, shape, what):
@@ -136,6 +152,10 @@ class DenseCRF(Layer):
         return [(max(0, min(ph, int(h))), max(0, min(pw, int(w)))) for h, w in dims]
 
     def forward(self, scores, data_dim, image=None):
+        with _no_autocast(scores.device):
+            return self._forward(_float32(scores), data_dim, image)
+
+    def _forward(self, scores, data_dim, image=None):
         n, c, ph, pw = scores.shape
         if data_dim.shape[0] != n or data_dim.numel() < 2 * n:
             raise self.error(f"bottom 1 (data_dim) has shape {tuple(data_dim.shape)}; "
@@ -259,6 +279,10 @@ class MultiStageMeanfield(Layer):
         return bottom != 2
 
     def forward(self, unary, q0, image):
+        with _no_autocast(unary.device):
+            return self._forward(_float32(unary), _float32(q0), image)
+
+    def _forward(self, unary, q0, image):
         n, c, h, w = unary.shape
         if q0.shape != unary.shape or image.shape[0] != n or image.shape[1] != 3 or image.shape[2:] != unary.shape[2:]:
             raise self.error(f"bottoms have shapes {tuple(unary.shape)}, {tuple(q0.shape)}, {tuple(image.shape)}; "

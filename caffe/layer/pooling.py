@@ -36,6 +36,13 @@ def _torch_out(size, kernel, pad, stride, ceil: bool):
     return out
 
 
+def _mask(idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Caffe's max mask (a Dtype blob of indices) in at least float32: under autocast the
+    values are bfloat16 / float16, which hold integers exactly only up to 256 / 2048, so a
+    mask in their dtype would send SegNet's Upsample to the wrong places."""
+    return idx.to(torch.promote_types(dtype, torch.float32))
+
+
 @register("Pooling")
 class Pooling(Layer):
     """MAX, AVE or STOCHASTIC pooling. AVE divides by the window clipped to image + padding
@@ -116,7 +123,7 @@ class Pooling(Layer):
             if self.top_count == 1:
                 return (F.max_pool2d(x, k, s, p, ceil_mode=ceil),)
             y, idx = F.max_pool2d(x, k, s, p, ceil_mode=ceil, return_indices=True)
-            return y, idx.to(x.dtype)
+            return y, _mask(idx, x.dtype)
         return self._padded_pool(x, k, s, p, oh, ow)
 
     def _padded_pool(self, x, k, s, p, oh, ow):
@@ -136,7 +143,7 @@ class Pooling(Layer):
             row, col = idx // wp - p[0], idx % wp - p[1]
             inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
             mask = torch.where(inside, row * w + col, torch.full_like(idx, -1))
-            return y, mask.to(x.dtype)
+            return y, _mask(mask, x.dtype)
         total = F.avg_pool2d(F.pad(x, pads), k, s, divisor_override=1)
         # Caffe's divisor counts window cells inside [-pad, size + pad), not beyond (0 for a
         # window past the image: 0/0, as in Caffe).
