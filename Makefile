@@ -171,32 +171,45 @@ init-vgg16: install
 	    --check-bias conv1_1=0.73429835 --check-bias conv5_3=0.18837857
 
 # ------------------------------------------------------------------ the CamVid GPU recipe (one call on a lent GPU)
-## camvid-gpu-pack fills pack/camvid (train/val/test as JPEG + PNG, the ImageNet conv weights as float16, the
-## protobuf and tqdm wheels the GPU machine lacks; about 55 MiB): carry it with the working tree and run
-## tools/gpu_recipe.sh there (OUT=$$OUT). camvid-gpu-dry-run runs that script here on the CPU with --dry-run
-## (2 iterations, 3 images per set) in a virtual environment holding only what the GPU machine has.
+## camvid-gpu-pack fills pack/camvid (train/val/test as JPEG quality 80 + PNG, the ImageNet conv weights as
+## float16, the protobuf and tqdm wheels, the CRF bench's VOC sample image) and fails if the working tree and
+## the pack together exceed 60 MiB (a device call refuses more than 64 MiB): carry it with the working tree
+## and run tools/gpu_recipe.sh there (OUT=$$OUT). camvid-gpu-dry-run checks the GPU branch's commands
+## (GPU=0, PLAN_ONLY=1: device strings, arguments), then runs the script here on the CPU with --dry-run
+## (2 iterations, 3 images per set) in .venv-gpu-sim, a virtual environment of the GPU image's versions
+## (Python 3.12, torch 2.11, numpy 2.5; PyPI's torch 2.11 for Python 3.12 is the CUDA build: about 5 GB),
+## checks them, and checks that what would come back fits the return limits with headroom.
 ## camvid-gpu-receive RESULTS=<folder of what came back> unpacks it into exper/camvid/DeepLab-LargeFOV-GPU.
 GPU_PACK := pack/camvid
 GPU_SIM := .venv-gpu-sim
 GPU_EXPER := exper/camvid/DeepLab-LargeFOV-GPU
+GPU_DRY := exper/camvid/gpu-dry-run
+CRF_SAMPLE ?= ../shared/data/voc12/sample
+GPU_SIM_PYTHON ?= $(shell for p in python3.12 $(HOME)/.pyenv/versions/3.12*/bin/python3.12; do \
+                    $$p -c '' 2>/dev/null && { echo $$p; break; }; done)
 camvid-gpu-pack: $(GPU_PACK)/dataset.npz
+	$(PY) tools/recipe.py check-upload --carry $(GPU_PACK) --budget-mib 60
 $(GPU_PACK)/dataset.npz: | install
 	$(PIP) download -q --no-deps --only-binary=:all: --platform any --implementation py --python-version 3.10 \
 	    -c constraints.txt protobuf tqdm -d $(VENV)/gpu-wheels
 	$(PY) tools/recipe.py pack --out $(GPU_PACK) --root data/camvid/CamVid --list-dir data/camvid/list \
-	    --sets train val test --init models/init/camvid/DeepLab-LargeFOV.caffemodel --wheels $(VENV)/gpu-wheels/*.whl
+	    --sets train val test --init models/init/camvid/DeepLab-LargeFOV.caffemodel --wheels $(VENV)/gpu-wheels/*.whl \
+	    --sample $(CRF_SAMPLE)
 
-$(GPU_SIM)/.installed: constraints.txt
-	$(PYTHON) -m venv $(GPU_SIM)
-	$(GPU_SIM)/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt torch numpy scipy \
+$(GPU_SIM)/.installed:
+	@test -n "$(GPU_SIM_PYTHON)" || { echo "error: no Python 3.12 here (the GPU image's); set GPU_SIM_PYTHON" >&2; exit 2; }
+	$(GPU_SIM_PYTHON) -m venv $(GPU_SIM)
+	$(GPU_SIM)/bin/python -m pip install -q --disable-pip-version-check torch==2.11.0 numpy==2.5.2 scipy \
 	    opencv-python-headless pillow
 	touch $@
 
-camvid-gpu-dry-run: $(GPU_PACK)/dataset.npz $(GPU_SIM)/.installed
-	rm -rf exper/camvid/gpu-dry-run
-	PYTHON=$(GPU_SIM)/bin/python GPU= AMP= OUT=exper/camvid/gpu-dry-run/out WORK=exper/camvid/gpu-dry-run/work \
-	    RECIPE_ARGS=--dry-run tools/gpu_recipe.sh
-	$(PY) tools/recipe.py receive --results exper/camvid/gpu-dry-run/out --exper exper/camvid/gpu-dry-run/exper
+camvid-gpu-dry-run: camvid-gpu-pack $(GPU_SIM)/.installed
+	rm -rf $(GPU_DRY) && mkdir -p $(GPU_DRY)
+	OUT='$$OUT' GPU=0 PLAN_ONLY=1 PYTHON=python3 WORKERS=16 tools/gpu_recipe.sh > $(GPU_DRY)/plan-gpu0.txt
+	$(PY) tools/recipe.py check-plan --plan $(GPU_DRY)/plan-gpu0.txt --gpu 0
+	PYTHON=$(GPU_SIM)/bin/python GPU= AMP= OUT=$(GPU_DRY)/out WORK=$(GPU_DRY)/work WORK_MINUTES=30 \
+	    CHECK_VERSIONS=1 RECIPE_ARGS=--dry-run tools/gpu_recipe.sh
+	$(PY) tools/recipe.py receive --results $(GPU_DRY)/out --exper $(GPU_DRY)/exper
 
 camvid-gpu-receive: | install
 	$(PY) tools/recipe.py receive --results $(RESULTS) --exper $(GPU_EXPER)

@@ -37,12 +37,16 @@ SAMPLE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "voc1
 H, W, C = 375, 500, 21
 
 
-def make_inputs(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``n`` (RGB image, stride-8 scores, full-resolution scores) triples of VOC size."""
+def make_inputs(n: int, seed: int = 0, sample: pathlib.Path | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``n`` (RGB image, stride-8 scores, full-resolution scores) triples of VOC size, made from
+    the VOC sample image in ``sample`` (default ../shared's; a folder given must hold it)."""
     rng = np.random.default_rng(seed)
-    if (SAMPLE / "2011_003066_image.png").exists():
-        base = np.ascontiguousarray(cv2.imread(str(SAMPLE / "2011_003066_image.png"))[:, :, ::-1])
-        label = read_label(SAMPLE / "2011_003066_label.png")
+    if sample is not None and not (sample / "2011_003066_image.png").exists():
+        raise SystemExit(f"{sample}: no 2011_003066_image.png (the VOC sample image)")
+    sample = SAMPLE if sample is None else sample
+    if (sample / "2011_003066_image.png").exists():
+        base = np.ascontiguousarray(cv2.imread(str(sample / "2011_003066_image.png"))[:, :, ::-1])
+        label = read_label(sample / "2011_003066_label.png")
         label[label > 20] = 0
     else:  # a user's clone without ../shared: a synthetic scene of coloured blocks
         label = np.zeros((H, W), np.uint8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import pathlib
 import tarfile
 
@@ -129,14 +130,20 @@ def test_recipe_dry_run_and_receive(tmp_path):
                             str(init), "conv.*", quality=90)
     assert made["images"] == {"train": 3, "val": 3, "test": 2} and made["init_layers"][0] == "conv1_1"
     out = tmp_path / "out"
-    done = recipe.run(str(tmp_path / "pack"), str(conf), str(out), str(tmp_path / "work"), gpu=None, amp=None,
+    done = recipe.run(str(tmp_path / "pack"), str(conf), str(out), str(tmp_path / "work"), gpu=None, amp="bf16",
                       channels_last=True, workers=1, minutes=None, sets=["val", "test"],
-                      classes=str(root / "classes.txt"), max_bytes=200_000)
-    assert done["iterations"] == 2 and done["sets"] == ["val", "test"]
+                      classes=str(root / "classes.txt"), max_bytes=200_000, deadline=time.time() + 600)
+    assert done["iterations"] == 2 and done["sets"] == ["val", "test"] and done["skipped_sets"] == []
+    train_argv, *extract_argvs = done["commands"]
+    assert "--amp" in train_argv and all("--amp" not in a for a in extract_argvs)   # extraction in float32
+    assert done["extraction"] == "float32" and done["omitted"] == []
     record = json.loads((out / "recipe.json").read_text())
     assert record["archives"] == [os.path.basename(a) for a in sorted(out.glob("results.*.tar"))]
     assert "Iteration 2" in (out / "train.log").read_text() or "Optimization Done" in (out / "train.log").read_text()
     assert [c[0] for c in record["commands"]] == ["deeplab-train", "deeplab-extract", "deeplab-extract"]
+    finished = recipe.finish(str(out))
+    assert finished["returned"] == sorted(p.name for p in out.iterdir())
+    assert json.loads((out / "recipe.json").read_text())["returned"] == finished["returned"]
 
     exper = tmp_path / "exper"
     recipe.receive(str(out), str(exper))
@@ -159,3 +166,22 @@ def test_recipe_run_refuses_an_incomplete_pack(tmp_path):
         recipe.run(str(tmp_path / "pack"), str(conf), str(tmp_path / "out"), str(tmp_path / "w"), gpu=None,
                    amp=None, channels_last=False, workers=1, minutes=None, sets=["val"], classes="camvid")
     assert not (tmp_path / "out").exists()
+
+
+def test_recipe_run_refuses_a_deadline_that_leaves_no_training_time(tmp_path):
+    from deeplab import recipe
+    root = tmp_path / "data"
+    ids = tinyset.make(root, n=3)
+    conf = tiny_conf(tmp_path)
+    list_dir = lists(root, ids)
+    (list_dir / "val_id.txt").write_text("".join(f"{i}\n" for i in ids[2:]))
+    from caffe.net import Net
+    Net(str(conf / "test.prototxt"), "TEST", mapping={"DATA_ROOT": str(root), "LIST_DIR": str(list_dir),
+                                                       "TEST_SET": "val", "FEATURE_DIR": str(tmp_path)}).save(
+        str(tmp_path / "init.caffemodel"))
+    recipe.make_pack(str(tmp_path / "pack"), str(root), str(list_dir), ["train", "val"], str(tmp_path / "init.caffemodel"),
+                     "conv.*")
+    with pytest.raises(DeepLabError, match="leaves no time to train"):
+        recipe.run(str(tmp_path / "pack"), str(conf), str(tmp_path / "out"), str(tmp_path / "w"), gpu=None,
+                   amp=None, channels_last=False, workers=1, minutes=6, sets=["val"],
+                   classes=str(root / "classes.txt"), deadline=time.time() + 30)

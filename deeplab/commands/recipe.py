@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--init-layers", default="conv.*",
                     help="regular expression of the layers to keep (default conv.*: layers made by fillers "
                          "are made again from the seed)")
-    pk.add_argument("--quality", type=int, default=85, help="JPEG quality of the images (default 85)")
+    pk.add_argument("--quality", type=int, default=80, help="JPEG quality of the images (default 80)")
     pk.add_argument("--wheels", nargs="*", default=[], help="wheel files the machine lacks (e.g. protobuf, tqdm)")
+    pk.add_argument("--sample", help="folder of the CRF bench's sample image, copied into the pack")
     r = sub.add_parser("run", help="unpack, train, extract, pack the results (the call on the GPU machine)")
     r.add_argument("--pack", required=True, help="folder made by `pack`")
     r.add_argument("--conf", required=True, help="folder with solver.prototxt, train.prototxt, test.prototxt")
@@ -53,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true",
                    help="the same steps with 2 iterations and 3 images per set (check the script on a CPU)")
     r.add_argument("--max-mib", type=float, default=15, help="largest archive in MiB (default 15)")
+    r.add_argument("--deadline", type=float, default=None,
+                   help="time (seconds since the epoch) by which the work must be done: training ends early "
+                        "enough for the extraction, sets not started by then are skipped")
+    f = sub.add_parser("finish", help="check that the folder comes back whole and list it in recipe.json")
+    f.add_argument("--out", required=True, help="the run's --out folder")
+    cu = sub.add_parser("check-upload", help="the bytes a device call would send; an error above the budget")
+    cu.add_argument("--repo", default=".", help="the repository root (default .)")
+    cu.add_argument("--carry", nargs="*", default=[], help="carried paths, relative to the root")
+    cu.add_argument("--budget-mib", type=float, default=60, help="the most allowed (default 60)")
+    cp = sub.add_parser("check-plan", help="check the commands gpu_recipe.sh prints with PLAN_ONLY=1")
+    cp.add_argument("--plan", required=True, help="file of those commands, one a line")
+    cp.add_argument("--gpu", type=int, required=True, help="the GPU the plan was made for")
+    sub.add_parser("check-versions", help="an error unless Python, torch and numpy are the GPU image's")
     rc = sub.add_parser("receive", help="unpack run's archives into an experiment folder")
     rc.add_argument("--results", required=True, help="folder holding recipe.json and the archives")
     rc.add_argument("--exper", required=True, help="experiment folder, e.g. exper/camvid/DeepLab-LargeFOV-GPU")
@@ -65,15 +79,35 @@ def main(argv: list[str] | None = None) -> int:
     from deeplab.recipe import run as recipe
     if args.command == "pack":
         done = recipe.make_pack(args.out, args.root, args.list_dir, args.sets, args.init, args.init_layers,
-                                args.quality, args.wheels)
+                                args.quality, args.wheels, args.sample)
         print(f"{args.out}: {done['bytes'] / 2 ** 20:.1f} MiB; images {done['images']}; "
               f"{len(done['init_layers'])} initial layers", file=sys.stderr)
     elif args.command == "run":
         done = recipe.run(args.pack, args.conf, args.out, args.work, gpu=args.gpu, amp=args.amp,
                           channels_last=args.channels_last, workers=args.workers, minutes=args.minutes,
                           sets=args.sets, classes=args.classes, batch=args.batch,
-                          max_bytes=int(args.max_mib * 2 ** 20), dry_run=args.dry_run)
-        print(json.dumps({k: done[k] for k in ("iterations", "device", "timings", "archives")}), file=sys.stderr)
+                          max_bytes=int(args.max_mib * 2 ** 20), dry_run=args.dry_run, deadline=args.deadline)
+        print(json.dumps({k: done[k] for k in ("iterations", "device", "timings", "archives", "skipped_sets",
+                                               "omitted")}), file=sys.stderr)
+    elif args.command == "finish":
+        done = recipe.finish(args.out)
+        files = done["returned_files"]
+        print(f"{args.out}: {len(files)} files, {sum(f['bytes'] for f in files) / 2 ** 20:.1f} MiB come back: "
+              + ", ".join(f["name"] for f in files), file=sys.stderr)
+    elif args.command == "check-upload":
+        from deeplab.recipe import lease
+        done = lease.check_upload(args.repo, args.carry, int(args.budget_mib * 2 ** 20))
+        print("upload: " + ", ".join(f"{k} {v / 2 ** 20:.1f} MiB" for k, v in done["parts"].items())
+              + f"; {done['bytes'] / 2 ** 20:.1f} MiB of at most {args.budget_mib:g}", file=sys.stderr)
+    elif args.command == "check-plan":
+        from deeplab.recipe import lease
+        with open(args.plan) as fh:
+            commands = lease.check_plan(fh.read().splitlines(), args.gpu)
+        print(f"GPU branch: {len(commands)} commands parse and name cuda:{args.gpu}", file=sys.stderr)
+    elif args.command == "check-versions":
+        from deeplab.recipe import lease
+        have = lease.check_versions()
+        print("the GPU image's versions: " + ", ".join(f"{k} {v}" for k, v in have.items()), file=sys.stderr)
     else:
         done = recipe.receive(args.results, args.exper)
         print(f"{args.exper}: {done['iterations']} iterations on {done['device']}, sets {done['sets']}",

@@ -32,7 +32,8 @@ IMAGES, LABELS = "images", "labels"
 
 
 def _encode_jpeg(path: str, quality: int) -> bytes:
-    ok, data = cv2.imencode(".jpg", read_image(path), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    # Huffman tables optimised for the image: lossless, about 2 % fewer bytes
+    ok, data = cv2.imencode(".jpg", read_image(path), [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_OPTIMIZE, 1])
     if not ok:
         raise DeepLabError(f"{path}: could not encode as JPEG")
     return data.tobytes()
@@ -47,7 +48,7 @@ def _chunks(data: np.ndarray, offsets: np.ndarray) -> list[bytes]:
     return [data[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-def pack_dataset(root: str, list_dir: str, sets: list[str], out: str, quality: int = 85,
+def pack_dataset(root: str, list_dir: str, sets: list[str], out: str, quality: int = 80,
                  progress: bool = True) -> dict[str, int]:
     """Pack the images (as JPEG) and labels (PNG bytes) of ``list_dir/<set>.txt`` for each set into
     ``out`` (.npz); an image in several lists is stored once. Returns images per set."""
@@ -123,19 +124,33 @@ def pack_weights(caffemodel: str, out: str, layers: str = ".*") -> list[str]:
 
 
 def save_float16(layers: list[LayerBlobs], out: str, source: str = "weights") -> list[str]:
-    """Store ``layers`` (LayerBlobs with blobs) as float16 in ``out`` (.npz), in order; returns
-    their names. A value beyond float16's range is an error naming ``source``."""
+    """Store ``layers`` (LayerBlobs with blobs) as float16 in ``out`` (.npz, deflated), in order;
+    returns their names. Each blob's high and low bytes are stored apart (the high bytes, sign and
+    exponent, deflate well; the same lossless float16 in about 85 % of the bytes). A value
+    beyond float16's range is an error naming ``source``."""
     arrays = {}
     for layer in layers:
         arrays[f"type/{layer.name}"] = np.array(layer.type)
         for i, blob in enumerate(layer.blobs):
             if np.abs(blob).max(initial=0) > np.finfo(np.float16).max:
                 raise DeepLabError(f"{source}: layer {layer.name} blob {i} exceeds float16's range")
-            arrays[f"blob/{layer.name}/{i}"] = blob.astype(np.float16)
+            half = np.ascontiguousarray(blob, dtype="<f2")
+            pairs = half.view(np.uint8).reshape(-1, 2)
+            arrays[f"shape/{layer.name}/{i}"] = np.array(half.shape, np.int64)
+            arrays[f"low/{layer.name}/{i}"] = np.ascontiguousarray(pairs[:, 0])
+            arrays[f"high/{layer.name}/{i}"] = np.ascontiguousarray(pairs[:, 1])
     arrays["order"] = np.array([layer.name for layer in layers])
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez_compressed(f, **arrays)
     return [layer.name for layer in layers]
+
+
+def _float16_blob(z, name: str, i: int) -> np.ndarray:
+    """Blob ``i`` of layer ``name`` from a ``save_float16`` file, as float32 (older plain float16 too)."""
+    if f"blob/{name}/{i}" in z.files:
+        return z[f"blob/{name}/{i}"].astype(np.float32)
+    pairs = np.stack([z[f"low/{name}/{i}"], z[f"high/{name}/{i}"]], axis=1)
+    return pairs.view("<f2").reshape(tuple(z[f"shape/{name}/{i}"])).astype(np.float32)
 
 
 def unpack_weights(packed: list[str], caffemodel: str) -> list[str]:
@@ -145,19 +160,37 @@ def unpack_weights(packed: list[str], caffemodel: str) -> list[str]:
     for path in packed:
         with np.load(path, allow_pickle=False) as z:
             for name in (str(n) for n in z["order"]):
-                count = sum(1 for k in z.files if k.startswith(f"blob/{name}/"))
+                count = sum(1 for k in z.files if k.startswith((f"blob/{name}/", f"shape/{name}/")))
                 layers.append(LayerBlobs(name, str(z[f"type/{name}"]),
-                                         [z[f"blob/{name}/{i}"].astype(np.float32) for i in range(count)]))
+                                         [_float16_blob(z, name, i) for i in range(count)]))
     save_caffemodel(caffemodel, layers)
     return [layer.name for layer in layers]
 
 
-def pack_folder(folder: str, out_prefix: str, max_bytes: int = 15 << 20) -> list[str]:
+def pack_folder(folder: str, out_prefix: str, max_bytes: int = 15 << 20, max_total: int | None = None,
+                omitted: list | None = None) -> list[str]:
     """Put the files under ``folder`` (recursively, sorted) into ``out_prefix.<k>.tar`` archives of
-    at most ``max_bytes`` each (a single larger file is an error); returns the archive paths."""
+    at most ``max_bytes`` each (a single larger file is an error); returns the archive paths.
+    ``max_total``: the archives' bytes together; files past it (the last in sorted order) are
+    left out and their relative paths appended to ``omitted``."""
     files = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
     if not files:
         raise DeepLabError(f"{folder}: nothing to pack")
+    if max_total is not None:
+        kept, total, full = [], 0, False
+        for rel in files:
+            n = os.path.getsize(os.path.join(folder, rel)) + 1024   # tar header and padding
+            archives = (total + n) // max_bytes + 2                 # each ends with 10 KiB of blocks
+            full = full or total + n + archives * 10 * 1024 > max_total
+            if full:
+                if omitted is not None:
+                    omitted.append(rel)
+                continue
+            kept.append(rel)
+            total += n
+        if not kept:
+            raise DeepLabError(f"{folder}: not even its first file fits {max_total} bytes")
+        files = kept
     groups: list[list[str]] = [[]]
     size = 0
     for rel in files:

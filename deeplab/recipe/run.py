@@ -20,21 +20,31 @@ import sys
 import time
 
 from .. import DeepLabError
+from . import lease
 from .pack import (pack_dataset, pack_folder, pack_weights, save_float16, unpack_archives, unpack_dataset,
                    unpack_weights)
 
 DATASET_PACK = "dataset.npz"
 INIT_PACK = "init.npz"
 WHEELS = "wheels"
+SAMPLE = "sample"          # the CRF bench's VOC sample image (../shared does not travel)
 MODEL = "model/final.caffemodel"
+EXTRACT_RESERVE_S = 90     # kept from the training budget for extraction and packing (H100: about 60 s)
+SMALL_FILES = 1 << 20      # train.log, recipe.json, crf_throughput.txt beside the archives
 
 
 def make_pack(out: str, root: str, list_dir: str, sets: list[str], init: str, init_layers: str,
-              quality: int = 85, wheels: list[str] = ()) -> dict:
+              quality: int = 80, wheels: list[str] = (), sample: str | None = None) -> dict:
     """Fill the folder ``out`` with what ``run`` needs on a machine without the data: the dataset
-    pack, the initial weights (layers matching ``init_layers``) as float16, and ``wheels``
-    (files copied into out/wheels, put on sys.path by the recipe's shell script). Returns sizes."""
+    pack, the initial weights (layers matching ``init_layers``) as float16, ``wheels`` (files
+    copied into out/wheels, put on sys.path by the recipe's shell script) and the files of the
+    folder ``sample`` (the CRF bench's sample image, into out/sample). Returns sizes."""
     os.makedirs(out, exist_ok=True)
+    if sample:
+        if not os.path.isdir(sample):
+            raise DeepLabError(f"{sample}: no such folder (the CRF bench's sample image)")
+        shutil.rmtree(os.path.join(out, SAMPLE), ignore_errors=True)
+        shutil.copytree(sample, os.path.join(out, SAMPLE))
     counts = pack_dataset(root, list_dir, sets, os.path.join(out, DATASET_PACK), quality)
     layers = pack_weights(init, os.path.join(out, INIT_PACK), init_layers)
     if wheels:
@@ -61,11 +71,17 @@ def _final_snapshot(model_dir: str) -> str:
 
 def run(pack: str, conf: str, out: str, work: str, *, gpu: int | None, amp: str | None, channels_last: bool,
         workers: int, minutes: float | None, sets: list[str], classes: str, batch: int = 1,
-        max_bytes: int = 15 << 20, dry_run: bool = False) -> dict:
+        max_bytes: int = 15 << 20, dry_run: bool = False, deadline: float | None = None,
+        max_total: int = lease.RETURN_BYTES - lease.RETURN_HEADROOM_BYTES - SMALL_FILES) -> dict:
     """The whole experiment from ``pack`` with the nets of ``conf`` (solver/train/test.prototxt),
-    working in ``work``; archives, the training log and ``recipe.json`` (timings, iterations,
-    the commands) go to ``out``. ``minutes`` is the training time budget. ``dry_run``: the same
-    steps with 2 iterations and the first 3 images of each set (a check of the script on a CPU)."""
+    working in ``work``; archives (``max_total`` bytes at most together; files past it, the
+    weights first, are left out and named in the record), the training log and ``recipe.json``
+    (timings, iterations, the commands) go to ``out``. ``minutes`` is the training time budget;
+    ``deadline`` (a time.time() value) ends the work cleanly: training stops early enough for
+    the extraction, and a set whose extraction would start past it is skipped. Training data
+    loaders are sized to /dev/shm. Extraction runs in float32 whatever ``amp`` is (autocast is
+    for training; score maps are saved as float16). ``dry_run``: the same steps with 2
+    iterations and the first 3 images of each set (a check of the script on a CPU)."""
     from ..commands import extract as extract_cmd
     from ..commands import train as train_cmd
     from ..labels import load_classes
@@ -98,10 +114,17 @@ def run(pack: str, conf: str, out: str, work: str, *, gpu: int | None, amp: str 
                 head = f.readlines()[:3]
             with open(path, "w") as f:
                 f.writelines(head)
+    if deadline is not None:
+        left = (deadline - time.time() - EXTRACT_RESERVE_S) / 60
+        if left <= 0:
+            raise DeepLabError(f"the deadline leaves no time to train (it is {EXTRACT_RESERVE_S} s away or less)")
+        minutes = min(minutes, left) if minutes else left
+    batch_bytes = lease.train_batch_bytes(os.path.join(conf, "train.prototxt"))
+    loaders = lease.loader_workers(workers, batch_bytes)
     device = ["--gpu", str(gpu)] if gpu is not None else ["--cpu"]
     labels = ["--set", f"NUM_LABELS={info.num_classes}", "--set", f"IGNORE_LABEL={info.ignore}"]
     argv = (["--solver", solver, "--weights", init, "--log-file",
-             os.path.join(out, "train.log"), "--workers", str(workers), "--quiet"] + device + labels
+             os.path.join(out, "train.log"), "--workers", str(loaders), "--quiet"] + device + labels
             + _mapping(conf, exp, data) + (["--amp", amp] if amp else []) + (["--channels-last"] if channels_last else [])
             + (["--time-budget", str(minutes)] if minutes else []))
     commands.append(["deeplab-train"] + argv)
@@ -125,27 +148,49 @@ def run(pack: str, conf: str, out: str, work: str, *, gpu: int | None, amp: str 
     unpack_weights(parts, final)
 
     t = time.time()
+    skipped = []
     for set_name in sets:
+        if deadline is not None and time.time() > deadline:
+            skipped.append(set_name)
+            continue
         argv = (["--model", os.path.join(conf, "test.prototxt"), "--weights", final,
                  "--list", os.path.join(data, "list", f"{set_name}.txt"), "--root", data,
                  "--out", os.path.join(back, "features", set_name),
                  "--labels-out", os.path.join(back, "res", set_name, "dcnn"), "--classes", classes,
                  "--batch", str(batch), "--workers", str(max(1, workers)), "--quiet"]
-                + (["--gpu", str(gpu)] if gpu is not None else []) + (["--amp", amp] if amp else [])
+                + (["--gpu", str(gpu)] if gpu is not None else [])
                 + labels + _mapping(conf, exp, data, set_name))
         commands.append(["deeplab-extract"] + argv)
         if extract_cmd.main(argv):
             raise DeepLabError(f"extraction of {set_name} failed")
     timings["extract_s"] = time.time() - t
     t = time.time()
-    archives = pack_folder(back, os.path.join(out, "results"), max_bytes)
+    omitted: list[str] = []
+    archives = pack_folder(back, os.path.join(out, "results"), max_bytes, max_total, omitted)
     timings["pack_s"] = time.time() - t
     record = {"conf": conf, "iterations": iterations, "images": counts, "sets": sets, "amp": amp,
+              "extraction": "float32", "skipped_sets": skipped, "omitted": omitted,
+              "loader_workers": loaders, "batch_bytes": batch_bytes,
               "channels_last": channels_last, "gpu": gpu, "device": _device_name(gpu), "timings": timings,
               "archives": [os.path.basename(a) for a in archives], "commands": commands,
               "python": sys.version.split()[0], "dry_run": dry_run}
     with open(os.path.join(out, "recipe.json"), "w") as f:
         json.dump(record, f, indent=1)
+    return record
+
+
+def finish(out: str) -> dict:
+    """The last step on the machine: check that what ``out`` holds comes back whole, within the
+    limits less the headroom (lease.check_return), and list it in recipe.json ("returned")."""
+    path = os.path.join(out, "recipe.json")
+    if not os.path.isfile(path):
+        raise DeepLabError(f"{out}: no recipe.json (the recipe did not finish)")
+    with open(path) as f:
+        record = json.load(f)
+    record["returned"] = [f["name"] for f in lease.check_return(out)]
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    record["returned_files"] = lease.check_return(out)
     return record
 
 
@@ -174,7 +219,8 @@ def receive(results: str, exper: str) -> dict:
     shutil.rmtree(unpacked, ignore_errors=True)
     unpack_archives(archives, unpacked)
     parts = sorted(glob.glob(os.path.join(unpacked, "weights", "*.npz")))
-    unpack_weights(parts, os.path.join(exper, "model", f"train_iter_{record['iterations']}.caffemodel"))
+    if not any(o.startswith("weights/") for o in record.get("omitted", [])):   # else: left out for room
+        unpack_weights(parts, os.path.join(exper, "model", f"train_iter_{record['iterations']}.caffemodel"))
     for sub in ("features", "res"):
         for set_dir in glob.glob(os.path.join(unpacked, sub, "*")):
             dest = os.path.join(exper, sub, os.path.basename(set_dir))
