@@ -88,3 +88,58 @@ def test_multi_stage_meanfield_mixes_classes_in_float32_under_autocast(cuda_soft
     (ref,) = m(half.float(), half.float(), image)
     assert out.dtype == torch.float32
     assert torch.equal(out, ref)
+
+
+# ------------------------------------------------------------------ items 10, 14, 15: the solver on CUDA
+def test_smoothed_loss_stacks_host_and_device_losses_on_the_solvers_device():
+    """pycaffe's losses come from the host, the final display's from the device (the meta
+    device stands in for CUDA: torch.stack refuses to mix them as it refuses cpu + cuda)."""
+    from caffe.solvers.solver import Solver
+    solver = Solver.__new__(Solver)
+    solver.device = torch.device("meta")
+    solver._losses = [torch.tensor(1.0), torch.tensor(2.0, device="meta"), torch.tensor(3.0, dtype=torch.float64)]
+    with pytest.raises(RuntimeError):
+        torch.stack(solver._losses)
+    window = solver._loss_window()
+    assert window.device.type == "meta" and window.shape == (3,) and window.dtype == torch.float32
+    solver.device = torch.device("cpu")
+    solver._losses = [torch.tensor(1.0), torch.tensor(2.0, dtype=torch.float64)]
+    assert solver.smoothed() == 1.5
+
+
+def test_training_on_cuda_turns_on_cudnn_benchmark(monkeypatch):
+    from caffe.solvers import parallel as distributed
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    d = distributed.setup(True, [1])
+    assert d.device == "cuda:1" and chosen == [1] and torch.backends.cudnn.benchmark is True
+
+
+def test_fp16_redo_takes_the_same_batches_without_asking_the_feed_again():
+    """An overflow redoes the iteration; asking the feed for an index it already gave restarts a
+    DataLoader (16 forked workers on the GPU machine), so the solver keeps the batches."""
+    import pathlib
+    from caffe.net import Net
+    from caffe.prototxt import parse_solver
+    from caffe.solvers.solver import Solver
+    golden = pathlib.Path(__file__).parent / "fixtures" / "golden" / "solver_poly"
+    z = np.load(golden / "trajectory.npz")
+    param = parse_solver(golden / "solver.prototxt")
+    param.snapshot, param.iter_size = 0, 2
+    net = Net(golden / "train.prototxt", phase="TRAIN")
+    net.copy_from(golden / "init.caffemodel")
+    asked = []
+
+    def feed(b):
+        asked.append(b)
+        return {"data": torch.from_numpy(z["data_0"]), "label": torch.from_numpy(z["label_0"])}
+
+    solver = Solver(param, net, feed, amp="fp16", progress=False, log=lambda *a, **k: None)
+    solver.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)   # the first try overflows
+    solver.step(2)
+    assert solver.iter == 2 and solver.scaler.get_scale() < 2.0 ** 100
+    assert asked == [0, 1, 2, 3]   # each index once, the redone iteration's included

@@ -126,6 +126,8 @@ class Solver:
         self.model = self._distributed(net) if self.world > 1 else net
         self.iter, self.current_step = 0, 0
         self._losses: list[torch.Tensor] = []
+        self._kept: dict[int, dict] = {}     # fp16: this iteration's inputs, by feed index, for a redo
+        self._redo = False
         self.last_outputs: dict[str, torch.Tensor] = {}
         self._request = None  # "stop" / "snapshot", set by signals
         self.stopped_early = False
@@ -164,9 +166,14 @@ class Solver:
         else:
             self._losses[(self.iter - start_iter) % n] = loss
 
+    def _loss_window(self) -> torch.Tensor:
+        """The kept losses as one tensor on the solver's device (pycaffe's come from the host,
+        the final display's from the device: stacked where they meet)."""
+        return torch.stack([torch.as_tensor(v).detach().float().to(self.device) for v in self._losses])
+
     def smoothed(self) -> float:
-        """The smoothed loss that Caffe's display line shows."""
-        return float(torch.stack(self._losses).mean()) if self._losses else math.nan
+        """The smoothed loss that Caffe's display line shows (the one host sync of a display)."""
+        return float(self._loss_window().mean()) if self._losses else math.nan
 
     # -------------------------------------------------------------- one iteration
     def _distributed(self, net):
@@ -183,8 +190,15 @@ class Solver:
         """The ``iter_size`` passes of the current iteration; returns their mean loss. Gradients
         are synchronised over processes in the last pass only (``no_sync`` before it)."""
         net, total, n = self.net, None, self.param.iter_size
+        kept, self._kept = (self._kept if self._redo else {}), {}
+        self._redo = False
         for k in range(n):
-            inputs = self._inputs(self.train_feed, self.iter * n + k)
+            index = self.iter * n + k
+            # An iteration redone after an fp16 overflow takes the same batches again from here:
+            # asking the feed for an earlier index would restart its loader (and its workers).
+            inputs = kept[index] if index in kept else self._inputs(self.train_feed, index)
+            if self.scaler.is_enabled():
+                self._kept[index] = inputs
             self._reseed(k)
             later = k < n - 1 and self.model is not net
             with self.model.no_sync() if later else contextlib.nullcontext():
@@ -248,6 +262,7 @@ class Solver:
                 display = p.display and self.iter % p.display == 0
                 loss = self.forward_backward()
                 if not self._finish_gradients():
+                    self._redo = True
                     continue
                 self._update_smoothed(loss, start_iter)
                 if display:

@@ -25,13 +25,13 @@ class Scores:
 def select_device(gpus: str | None, log=None) -> str:
     """The device ``caffe test`` / ``caffe time`` use: the first id of ``--gpu``, else the CPU."""
     import torch
-    from ..solvers.parallel import gpu_ids
+    from ..solvers.parallel import gpu_ids, use_cuda_device
     ids = gpu_ids(gpus)
     if not ids:
         if log:
             log("caffe.cpp:275", "Use CPU.")
         return "cpu"
-    torch.cuda.set_device(ids[0])
+    use_cuda_device(ids[0])
     if log:
         log("caffe.cpp:266", f"Use GPU with device ID {ids[0]}")
         log("caffe.cpp:270", f"GPU device name: {torch.cuda.get_device_name(ids[0])}")
