@@ -40,7 +40,10 @@ V1_TYPE_NAMES: dict[int, str] = {
     _V1.IMAGE_SEG_DATA: "ImageSegData", _V1.INTERP: "Interp", _V1.MAT_WRITE: "MatWrite",
     _V1.MAT_READ: "MatRead", _V1.SEG_ACCURACY: "SegAccuracy", _V1.PADDING: "Padding",
     _V1.DENSE_CRF: "DenseCRF", _V1.DOMINANT_CHANNEL: "DominantChannel",
-    _V1.BIAS_CHANNEL: "BiasChannel",
+    _V1.BIAS_CHANNEL: "BiasChannel", _V1.UNIQUE_LABEL: "UniqueLabel", _V1.CENSOR_LABEL: "CensorLabel",
+    _V1.ADAPTIVE_BIAS_CHANNEL: "AdaptiveBiasChannel", _V1.CHANNEL_AGGREGATOR: "ChannelAggregator",
+    _V1.IGNORE_OVERLAY: "IgnoreOverlay", _V1.HISTOGRAM: "Histogram", _V1.RELATIVE_ERROR: "RelativeError",
+    _V1.GAIN_CHANNEL: "GainChannel", _V1.ONEHOT: "OneHot",
     # crfasrnn (torrvision/caffe upgrade_proto.cpp: CROP -> "Crop")
     _V1.CROP: "Crop", _V1.MULTI_STAGE_MEANFIELD: "MultiStageMeanfield",
 }

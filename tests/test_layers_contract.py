@@ -60,6 +60,20 @@ CAFFE_CONTRACTS = {
     "Input": (0, -1, -1, -1, 1, -1, False, False),
     "Interp": (-1, 1, 2, 1, -1, -1, False, False),          # v1: 1 bottom; DeepLab v2 adds a size reference
     "MatWrite": (-1, 1, -1, 0, -1, -1, False, False),       # the fork: ExactNumTopBlobs 0
+    "MatRead": (0, -1, -1, 1, -1, -1, False, False),
+    # the fork's weak-supervision and channel layers (vision_layers.hpp, common_layers.hpp,
+    # neuron_layers.hpp)
+    "AdaptiveBiasChannel": (2, -1, -1, 1, -1, -1, False, False),
+    "BiasChannel": (2, -1, -1, 1, -1, -1, False, False),
+    "CensorLabel": (2, -1, -1, 1, -1, -1, False, False),
+    "ChannelAggregator": (1, -1, -1, 1, -1, -1, False, False),
+    "DominantChannel": (1, -1, -1, 1, -1, -1, False, False),
+    "GainChannel": (1, -1, -1, 1, -1, -1, False, False),
+    "Histogram": (1, -1, -1, 1, -1, -1, False, False),
+    "IgnoreOverlay": (2, -1, -1, 1, -1, -1, False, False),
+    "OneHot": (1, -1, -1, 1, -1, -1, False, False),
+    "RelativeError": (2, -1, -1, 1, -1, -1, False, False),
+    "UniqueLabel": (1, -1, -1, 1, -1, -1, False, False),
     "Parameter": (0, -1, -1, 1, -1, -1, False, False),
     "Pooling": (1, -1, -1, -1, 1, 2, False, False),         # MaxTopBlobs: 2 for MAX, else 1 (setup)
     "Python": (-1, -1, -1, -1, -1, -1, False, False),       # PythonLayer declares nothing

@@ -182,4 +182,4 @@ def spatial(values, single, h, w, default, what, layer):
 
 
 # Import the layer families so they register themselves.
-from . import data, conv, deconv, pooling, spp, neuron, normalization, resample, shape_ops, combine, inner_product, scale_bias, loss, accuracy, output, python, crf, recurrent  # noqa: E402,F401
+from . import data, conv, deconv, pooling, spp, neuron, normalization, resample, shape_ops, combine, inner_product, scale_bias, loss, accuracy, output, python, crf, recurrent, weak_label, channel_ops, mat_read  # noqa: E402,F401
