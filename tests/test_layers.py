@@ -10,6 +10,7 @@ from caffe.layer import REGISTRY, make_layer
 from caffe.layer.pooling import pool_out
 from caffe.layer.resample import interp_out
 from caffe.proto import caffe_pb2
+from conftest import FIXTURES
 
 
 def layer(text, *bottom_shapes, phase="TEST"):
@@ -237,6 +238,19 @@ REGISTRY_EXAMPLES = {
     "LSTM": ("recurrent_param { num_output: 3 weight_filler { type: 'gaussian' } }",
              [_x(2, 3, 5), torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]])]),
     "LSTMUnit": ("", [_x(1, 3, 2), _x(1, 3, 8), torch.tensor([[1.0, 0.0, 1.0]])]),
+    # the fork's weak-supervision and channel layers (tests/test_layers_weak.py, test_fork_golden.py)
+    "AdaptiveBiasChannel": ("", [_x(), torch.tensor([0.0, 2.0, 1.0, -1.0]).reshape(2, 2, 1, 1)]),
+    "BiasChannel": ("", [_x(), torch.tensor([0.0, 2.0, 1.0, -1.0]).reshape(2, 2, 1, 1)]),
+    "CensorLabel": ("censor_label_param { ignore_label: 255 }",
+                    [_labels(), torch.tensor([0.0, 2.0, 1.0, -1.0]).reshape(2, 2, 1, 1)]),
+    "ChannelAggregator": (f'channel_aggregator_param {{ label_map_file: "{FIXTURES}/golden/fork/data/label_map.txt" }}',
+                          [_x(2, 5, 3, 3)]),
+    "GainChannel": ('gain_channel_param { num_output_nz: 2 gain_filler { type: "uniform" min: 0.5 max: 1.5 } }', None),
+    "Histogram": ("histogram_param { num_labels: 3 ignore_label: 255 }", [_labels()]),
+    "IgnoreOverlay": ("ignore_overlay_param { ignore_label: 255 }", [_labels(), _labels(ignore=False)]),
+    "OneHot": ("onehot_param { num_labels: 3 }", [_labels(2, 3, 5, 5, ignore=False).repeat(1, 3, 1, 1)]),
+    "RelativeError": ("", [_x(), _x()]),
+    "UniqueLabel": ("unique_label_param { max_labels: 5 ignore_label: 255 }", [_labels()]),
     "BN": ('bn_param { scale_filler { type: "constant" value: 2 } shift_filler { type: "constant" value: 1 } }', None),
     "Upsample": ("upsample_param { scale: 2 }",
                  [_x(2, 3, 2, 2), F.max_pool2d(_x(2, 3, 4, 4), 2, return_indices=True)[1].float()]),
@@ -252,6 +266,7 @@ REGISTRY_SKIP = {
     "ImageSegData": "a data layer: its tops are fed by caffe.data.image_seg, not computed",
     "Input": "a data layer: its tops are fed by the caller",
     "MatWrite": "writes files (tested in test_extract)",
+    "MatRead": "reads files (tests/test_layers_weak.py)",
     "Python": "needs a user module on sys.path (tested with the Python layer)",
 }
 
