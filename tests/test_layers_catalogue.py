@@ -134,6 +134,19 @@ def test_accuracy_spatial_axis():
     assert run(lay, scores, torch.tensor([[[[0.0, 1.0, 1.0]]]]))[0].item() == pytest.approx(2 / 3)
 
 
+def test_accuracy_label_outside_classes_counts_as_wrong_and_warns_once(capsys):
+    """SegNet's CamVid nets give Accuracy the void label 11 of 11 classes without ignore_label;
+    Caffe's release build counts such a position in the denominator and never as correct."""
+    lay = layer('name: "acc" type: "Accuracy" bottom: "s" bottom: "l" top: "a" top: "c"', (4, 3), (4,))
+    scores = torch.tensor([[0.9, 0.0, 0.1], [0.0, 0.8, 0.2], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
+    acc, per = run(lay, scores, torch.tensor([0.0, 1, 11, 2]))
+    assert acc.item() == pytest.approx(3 / 4)        # rows 0, 1, 3 right; row 2 (label 11) counted, wrong
+    assert torch.allclose(per, torch.tensor([1.0, 1.0, 1.0]))
+    run(lay, scores, torch.tensor([0.0, 1, 11, -1]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'acc'" in err[0] and "[11]" in err[0]
+
+
 def test_argmax_ties_to_larger_index_and_out_max_val():
     x = torch.tensor([[[[1.0]], [[3.0]], [[3.0]], [[0.0]]]])        # 1 x 4 x 1 x 1
     lay = layer('name: "m" type: "ArgMax" bottom: "x" top: "y" argmax_param { top_k: 2 out_max_val: true }',

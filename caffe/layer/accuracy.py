@@ -15,8 +15,9 @@ class Accuracy(Layer):
     """Fraction of labelled positions whose true class is among the top_k scores along
     ``axis`` (default 1). A position counts as correct when fewer than top_k scores are
     >= the true class's score besides its own (Caffe's tie rule). Labels equal to
-    ignore_label are skipped; 0 when nothing is counted. Optional second top: the accuracy
-    per class (0 for classes absent from the labels)."""
+    ignore_label are skipped; 0 when nothing is counted. Any other label outside 0..C-1 is
+    counted as not correct (with one warning). Optional second top: the accuracy per class
+    (0 for classes absent from the labels)."""
 
     exact_num_bottom_blobs = 2
     exact_num_top_blobs, min_top_blobs, max_top_blobs = -1, 1, 2
@@ -50,18 +51,24 @@ class Accuracy(Layer):
         s = scores.reshape(count(scores.shape, 0, self.axis), classes, -1)   # outer x C x inner
         lab = label.detach().reshape(s.shape[0], s.shape[2]).long()
         keep = lab != self.ignore if self.ignore is not None else torch.ones_like(lab, dtype=torch.bool)
+        # Caffe's release build only DCHECKs the label range and still counts the position; here
+        # such a label (SegNet's void 11 without ignore_label) counts, never as correct.
         bad = keep & ((lab < 0) | (lab >= classes))
         if bool(bad.any()):
-            raise self.error(f"label values {torch.unique(lab[bad]).tolist()[:8]} are outside 0..{classes - 1}")
-        safe = torch.where(keep, lab, torch.zeros_like(lab))
+            from ..notices import warn_once
+            warn_once(("accuracy-label", id(self)),
+                      f"layer {self.name!r} (Accuracy): label values {torch.unique(lab[bad]).tolist()[:8]} are outside "
+                      f"0..{classes - 1} and not ignore_label; counted as not correct")
+        valid = keep & ~bad
+        safe = torch.where(valid, lab, torch.zeros_like(lab))
         true = s.gather(1, safe.unsqueeze(1))                                 # outer x 1 x inner
         better = (s >= true).sum(1) - 1                                       # others scoring >= true
-        correct = (better < self.top_k) & keep
+        correct = (better < self.top_k) & valid
         n = int(keep.sum())
         acc = correct.sum().to(scores.dtype) / n if n else torch.zeros((), dtype=scores.dtype, device=scores.device)
         if self.top_count == 1:
             return (acc.reshape(()),)
-        seen = torch.bincount(lab[keep], minlength=classes).to(scores.dtype)
+        seen = torch.bincount(lab[valid], minlength=classes).to(scores.dtype)
         hit = torch.bincount(lab[correct], minlength=classes).to(scores.dtype)
         per_class = torch.where(seen > 0, hit / seen.clamp(min=1), torch.zeros_like(seen))
         return acc.reshape(()), per_class
