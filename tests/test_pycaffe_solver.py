@@ -158,10 +158,37 @@ def test_every_solver_type_takes_caffes_first_step(tmp_path, kind, extra):
     want = _one_step(np.array([-0.5, 0.5]), kind, extra)
     np.testing.assert_allclose(solver.net.params["score"][0].data.ravel(), want, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(solver.net.params["score"][1].data, want, rtol=1e-5, atol=1e-7)
+    # Caffe's diff after ApplyUpdate is the value applied: w_new = w_old - diff (w_old = 0).
+    np.testing.assert_allclose(solver.net.params["score"][0].diff.ravel(), -want, rtol=1e-5, atol=1e-7)
     solver.snapshot()   # history in Caffe's layout: a second set for AdaDelta and Adam
     from caffe.model_io import load_solverstate
     state = load_solverstate(str(tmp_path / "snap_iter_1.solverstate"))
     assert len(state.history) == (4 if kind in ("AdaDelta", "Adam") else 2)
+
+
+def test_diff_after_step_is_the_applied_update_with_momentum_and_decay(tmp_path):
+    """Scripts that monitor update/weight ratios read net.params[..][i].diff after step()."""
+    path = solver_file(tmp_path, extra="weight_decay: 0.5")
+    with open(path) as f:
+        text = f.read().replace("momentum: 0", "momentum: 0.9")
+    with open(path, "w") as f:
+        f.write(text)
+    solver = caffe.SGDSolver(path)
+    net = solver.net
+    net.blobs["data"].data[...] = 1
+    net.blobs["label"].data[...] = 0
+    w = net.params["score"][0]
+    w.data[...] = np.array([0.2, -0.4]).reshape(w.data.shape)
+    history = np.zeros(2)
+    for _ in range(2):
+        before = w.data.ravel().copy()
+        scores = before + net.params["score"][1].data
+        p = np.exp(scores) / np.exp(scores).sum()
+        g = (p - [1, 0]) + 0.5 * before               # regularised gradient (L2, decay 0.5)
+        history = 0.9 * history + 0.1 * g
+        solver.step(1)
+        np.testing.assert_allclose(w.diff.ravel(), history, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(w.data.ravel(), before - w.diff.ravel(), rtol=1e-6, atol=1e-7)
 
 
 def test_adagrad_and_rmsprop_refuse_momentum(tmp_path):

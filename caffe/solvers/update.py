@@ -156,7 +156,8 @@ class SGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Normalize, Regularize, ComputeUpdateValue for each param, then w -= the update."""
+        """Normalize, Regularize, ComputeUpdateValue for each param, then w -= the update; the
+        update is left in each param's ``.grad`` (Caffe's diff after ApplyUpdate)."""
         loss = closure() if closure is not None else None
         norm = float(_f32(1) / _f32(self.iter_size))
         for group in self.param_groups:
@@ -168,7 +169,13 @@ class SGD(torch.optim.Optimizer):
                 if decay:
                     g.add_(torch.sign(w) if self.l1 else w, alpha=decay)
                 local = float(_f32(group["lr"]) * _f32(group["lr_mult"]))
-                w.sub_(self.update_value(g, self.state[w]["history"], local, self.iteration))
+                update = self.update_value(g, self.state[w]["history"], local, self.iteration)
+                # As Caffe's ApplyUpdate, the diff holds the value applied (Net::Update: data -= diff).
+                if w.grad is None:
+                    w.grad = update.clone()
+                else:
+                    w.grad.copy_(update)
+                w.sub_(w.grad)
         return loss
 
     def update_value(self, g, history: list, local: float, it: int):
