@@ -347,3 +347,14 @@ def test_from_engine_takes_force_backward_from_the_engine(tmp_path):
     assert caffe.Net.from_engine(engine, True)._net is engine
     with pytest.raises(CaffeError, match="was built with force_backward: true"):
         caffe.Net.from_engine(engine, False)
+
+
+def test_shape_mismatch_after_blob_reshape_names_the_layer_and_both_shapes(tmp_path, branch):
+    branch.blobs["data"].reshape(1, 2, 1, 3)        # conv's weights take 1 channel
+    with pytest.raises(CaffeError, match=r"layer 'conv' \(Convolution\): bottom shape\(s\) data \(1, 2, 1, 3\) "
+                                         r"do not fit the layer's blob shape\(s\) \(1, 1, 1, 1\), \(1,\)"):
+        branch.forward()
+    net = caffe.Net(write(tmp_path, CLASSIFY), caffe.TEST)
+    net.params["id"][0].reshape(4, 3, 1, 1)         # weight_manupilator.py's surgery, then a forward
+    with pytest.raises(CaffeError, match=r"layer 'id' \(Convolution\): .*\(4, 3, 1, 1\), \(3,\)"):
+        net.forward()

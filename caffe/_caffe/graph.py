@@ -66,7 +66,7 @@ class Graph:
             layer = self.layers[i]
             self.saved.pop(i, None)
             if not fill_data_layer(net, i, layer):
-                tops = self._run(net, i, self.layer_need[i])
+                tops = self._run_checked(net, i)
                 refill = getattr(layer, "refill", None)
                 for k, (name, t) in enumerate(zip(layer.top_names, tops)):
                     if refill is None or refill[k]:  # DummyData's constant tops keep their memory
@@ -77,6 +77,22 @@ class Graph:
             for fn in net._callbacks["after_forward"]:
                 fn(i)
         return loss
+
+    def _run_checked(self, net, i: int) -> list:
+        """_run, with torch's shape errors (a blob reshaped by the user to what the layer cannot
+        take) as a CaffeError naming the layer, its bottoms' shapes and its blobs' shapes."""
+        try:
+            return self._run(net, i, self.layer_need[i])
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as e:
+            layer = self.layers[i]
+            bottoms = ", ".join(f"{b} {tuple(net._blob_at[b].data.shape)}" for b in layer.bottom_names)
+            blobs = ", ".join(str(tuple(p.shape)) for p in layer.blobs) or "none"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CaffeError(f"layer {layer.name!r} ({layer.type}): bottom shape(s) {bottoms} do not fit the "
+                             f"layer's blob shape(s) {blobs} ({first}); reshape the blobs to agree, or "
+                             f"rebuild the net") from None
 
     def backward(self, net, start: int, end: int) -> None:
         """Net::BackwardFromTo: layers start down to end that need backward."""
