@@ -261,11 +261,10 @@ class PReLU(_Neuron):
         return list(bottom_shapes)
 
     def forward(self, x):
-        a = self.blobs[0]
-        if not self.shared:
-            a = a.reshape((1, -1) + (1,) * (x.dim() - 2))
-        pos = torch.relu(x)               # relu's gradient is 0 at x == 0, as Caffe's (x > 0)
-        return (pos + a * (x - pos),)     # x - relu(x) = min(x, 0), gradient 1 at x == 0
+        # torch's prelu is Caffe's in both directions: its backward takes the slope for x <= 0
+        # (dx = a dy there, da = sum x dy over x <= 0), as prelu_layer.cpp's Backward_cpu.
+        a = self.blobs[0].reshape(1) if self.shared else self.blobs[0]
+        return (torch.nn.functional.prelu(x, a.to(x.dtype)),)
 
 
 @register("Clip")
