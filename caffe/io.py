@@ -2,7 +2,7 @@
 Transformer that turns H x W x K images into a net's K x H x W inputs.
 
 Images are read with caffe.util.images.read_image (the project's one image reader) and resized
-with OpenCV; pycaffe used skimage, so resized values may differ in the last bits.
+with scipy.ndimage as BVLC's pycaffe resizes them with skimage (mode='constant') and ndimage.
 """
 from __future__ import annotations
 
@@ -79,20 +79,34 @@ def load_image(filename, color: bool = True) -> np.ndarray:
 
 
 def resize_image(im, new_dims, interp_order: int = 1) -> np.ndarray:
-    """Resize an H x W x K array to ``new_dims`` (height, width); order 0 nearest, 1 linear,
-    3 cubic; any K."""
-    import cv2
+    """Resize an H x W x K array to ``new_dims`` (height, width), as BVLC's pycaffe does.
+
+    K = 1 or 3: the image is scaled to [0, 1], resized as ``skimage.transform.resize(...,
+    order=interp_order, mode='constant')`` (skimage of Caffe's time: no anti-aliasing; pixel
+    centres aligned, samples beyond the border blend toward the constant 0, i.e. toward the
+    image's minimum once scaled back) and scaled back; a constant image stays constant. Other
+    K: ``scipy.ndimage.zoom`` with corner-aligned samples, as BVLC. Orders 0 (nearest), 1
+    (linear) and 3 (cubic spline)."""
+    from scipy import ndimage
+    if interp_order not in (0, 1, 3):
+        raise ValueError(f"interp_order must be 0, 1 or 3, got {interp_order}")
     im = np.asarray(im, dtype=np.float32)
     h, w = int(new_dims[0]), int(new_dims[1])
-    flag = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR, 3: cv2.INTER_CUBIC}.get(interp_order)
-    if flag is None:
-        raise ValueError(f"interp_order must be 0, 1 or 3, got {interp_order}")
-    if im.size and im.min() == im.max():  # constant image: no interpolation needed
-        return np.full((h, w, im.shape[-1]), im.min(), np.float32)
-    chunks = [cv2.resize(np.ascontiguousarray(im[:, :, k:k + 256]), (w, h), interpolation=flag)
-              for k in range(0, im.shape[-1], 256)]
-    chunks = [c.reshape(h, w, -1) for c in chunks]
-    return np.concatenate(chunks, axis=2).astype(np.float32)
+    if im.ndim != 3:
+        raise ValueError(f"resize_image needs an H x W x K array, got shape {im.shape}")
+    if im.shape[-1] not in (1, 3):
+        scale = (h / im.shape[0], w / im.shape[1], 1.0)
+        return ndimage.zoom(im, scale, order=interp_order).astype(np.float32)
+    low, high = float(im.min()), float(im.max())
+    if not high > low:
+        return np.full((h, w, im.shape[-1]), low, np.float32)
+    std = (im.astype(np.float64) - low) / (high - low)
+    # skimage's resize: zoom on the pixel grid (grid_mode), outside the image the constant 0;
+    # its clip keeps the result within [min(0, cval), 1].
+    out = ndimage.zoom(std, (h / im.shape[0], w / im.shape[1], 1.0), order=interp_order, mode="grid-constant",
+                       cval=0.0, grid_mode=True)
+    out = np.clip(out, 0.0, 1.0)
+    return (out * (high - low) + low).astype(np.float32)
 
 
 def oversample(images, crop_dims) -> np.ndarray:
@@ -184,8 +198,8 @@ class Transformer:
         self.raw_scale[name] = scale
 
     def set_mean(self, name: str, mean) -> None:
-        """Subtract ``mean``: one value per channel (K,) or a K x H x W (or H x W) image,
-        resized to the input when its size differs."""
+        """Subtract ``mean``: one value per channel (K,) or a K x H x W (or H x W) image of
+        the input's shape (another shape is a ValueError, as in BVLC's pycaffe)."""
         self._check(name)
         mean = np.asarray(mean, dtype=np.float32)
         if mean.ndim == 1:
@@ -197,8 +211,8 @@ class Transformer:
                 mean = mean[None]
             if mean.ndim != 3:
                 raise ValueError("Mean shape invalid")
-            if mean.shape != self.inputs[name][1:]:
-                mean = resize_image(mean.transpose(1, 2, 0), self.inputs[name][2:]).transpose(2, 0, 1)
+            if mean.shape != tuple(self.inputs[name][1:]):   # BVLC 1.0 raises; it does not resize
+                raise ValueError("Mean shape incompatible with input shape.")
         self.mean[name] = mean
 
     def set_input_scale(self, name: str, scale: float) -> None:

@@ -48,12 +48,33 @@ def test_load_resize_oversample(tmp_path):
     ramp = np.tile(np.array([0, 1], np.float32)[None, :, None], (2, 1, 5))
     big = caffe.io.resize_image(ramp, (2, 4))
     assert big.shape == (2, 4, 5)
-    np.testing.assert_allclose(big[0, :, 0], [0, 0.25, 0.75, 1])  # half-pixel linear
+    np.testing.assert_allclose(big[0, :, 0], [0, 1 / 3, 2 / 3, 1], rtol=1e-6)  # K=5: ndimage.zoom, corners aligned
     crops = caffe.io.oversample([np.arange(16, dtype=np.float32).reshape(4, 4, 1)], (2, 2))
     assert crops.shape == (10, 2, 2, 1)
     np.testing.assert_array_equal(crops[0, :, :, 0], [[0, 1], [4, 5]])
     np.testing.assert_array_equal(crops[4, :, :, 0], [[5, 6], [9, 10]])  # centre
     np.testing.assert_array_equal(crops[5, :, :, 0], [[1, 0], [5, 4]])  # mirrored first corner
+
+
+def test_resize_image_as_skimage_mode_constant():
+    """K = 1 or 3: BVLC scales to [0, 1], resizes with skimage (mode='constant': pixel centres
+    aligned, outside the image 0) and scales back. 2 -> 4 samples at -0.25, 0.25, 0.75, 1.25:
+    the outer ones take 1/4 of the constant, i.e. of the image's minimum once scaled back."""
+    im = np.array([[2, 4], [2, 4]], np.float32)[..., None]
+    edge = 2 + 2 * 0.75 * np.array([0, 0.25, 0.75, 0.75])     # a quarter of each border row is the 0 outside
+    inner = 2 + 2 * np.array([0, 0.25, 0.75, 0.75])
+    want = np.stack([edge, inner, inner, edge])
+    for k in (1, 3):
+        out = caffe.io.resize_image(np.repeat(im, k, axis=2), (4, 4))
+        assert out.shape == (4, 4, k) and out.dtype == np.float32
+        for c in range(k):
+            np.testing.assert_allclose(out[..., c], want, rtol=1e-6)
+    down = caffe.io.resize_image(np.arange(16, dtype=np.float32).reshape(4, 4, 1), (2, 2))
+    np.testing.assert_allclose(down[..., 0], [[2.5, 4.5], [10.5, 12.5]], rtol=1e-6)   # samples at 0.5, 2.5
+    near = caffe.io.resize_image(np.arange(4, dtype=np.float32).reshape(2, 2, 1), (4, 4), interp_order=0)
+    np.testing.assert_array_equal(near[..., 0], [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]])
+    flat = caffe.io.resize_image(np.full((3, 3, 3), 7, np.float32), (5, 2))
+    assert flat.shape == (5, 2, 3) and (flat == 7).all()
 
 
 def test_transformer_preprocess_and_deprocess():
@@ -71,6 +92,9 @@ def test_transformer_preprocess_and_deprocess():
     np.testing.assert_allclose(t.deprocess("data", x), rgb, atol=1e-6)
     with pytest.raises(ValueError):
         t.set_mean("data", np.zeros(2))
+    with pytest.raises(ValueError, match="Mean shape incompatible with input shape"):
+        t.set_mean("data", np.zeros((3, 4, 4)))     # BVLC raises; it does not resize the mean
+    t.set_mean("data", np.zeros((3, 2, 2)))
     with pytest.raises(KeyError):
         t.preprocess("other", rgb)
 
