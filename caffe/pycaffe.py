@@ -55,8 +55,9 @@ def device() -> torch.device:
 
 
 def has_nccl() -> bool:
-    """False: multi-GPU training here uses torch.distributed, not pycaffe's NCCL object."""
-    return False
+    """Whether ``caffe.NCCL`` can train with several processes (torch.distributed is available)."""
+    import torch.distributed as dist
+    return dist.is_available()
 
 
 def layer_type_list() -> list[str]:
@@ -76,6 +77,30 @@ class LayerView:
 
     def __repr__(self) -> str:
         return f"<caffe.Layer {self.name!r} ({self.type})>"
+
+    def _check_counts(self, bottom, top) -> None:
+        layer = self._layer
+        if len(bottom) != len(layer.bottom_names) or len(top) != len(layer.top_names):
+            raise CaffeError(f"layer {self.name!r} ({self.type}) takes {len(layer.bottom_names)} bottom(s) and "
+                             f"{len(layer.top_names)} top(s), got {len(bottom)} and {len(top)}")
+
+    def setup(self, bottom, top) -> None:
+        """Layer::LayerSetUp. The layer read its parameters when the net was built, so this
+        checks that ``bottom`` and ``top`` hold as many blobs as the layer takes."""
+        self._check_counts(bottom, top)
+
+    def reshape(self, bottom, top) -> None:
+        """Layer::Reshape: give each blob of ``top`` the shape the layer makes from the shapes
+        of ``bottom`` (computed without data; a data layer's tops keep its shapes)."""
+        self._check_counts(bottom, top)
+        layer = self._layer
+        if layer.is_data or not len(bottom):
+            shapes = [tuple(1 if d is None else d for d in s) for s in layer.top_shapes]
+        else:
+            with torch.no_grad():
+                shapes = [tuple(t.shape) for t in layer(*[torch.empty(b.data.shape, device="meta") for b in bottom])]
+        for blob, shape in zip(top, shapes):
+            blob.reshape(*shape)
 
 
 def _view(layer):

@@ -90,6 +90,14 @@ class SGDSolver:
         self._callbacks: list = []
         self._loop = _Loop(param, self.net, self.test_nets, self._callbacks, seed=max(seed, 0),
                            device=device(), log=CaffeLog(None, stderr=True), progress=False)
+        from .parallel import solver_rank
+        if solver_rank() != 0:   # as Caffe's non-root solvers: no testing, snapshots or log lines
+            self._loop.rank, self._loop.log = solver_rank(), None
+
+    @property
+    def type(self) -> str:
+        """The solver type name ("SGD", "Nesterov", ...), Solver::type."""
+        return self.solver_type
 
     @property
     def param(self):
@@ -135,9 +143,13 @@ class SGDSolver:
         """One update from the current diffs (SGDSolver::ApplyUpdate); does not advance iter."""
         self._run(self._loop.apply_update)
 
-    def add_callback(self, on_start, on_gradients_ready) -> None:
+    def add_callback(self, on_start, on_gradients_ready=None) -> None:
         """Call ``on_start()`` at the start of each iteration and ``on_gradients_ready()``
-        after its backward, before the update."""
+        after its backward, before the update; or ``add_callback(nccl)`` with a caffe.NCCL."""
+        if on_gradients_ready is None:
+            if not hasattr(on_start, "on_gradients_ready"):
+                raise TypeError("add_callback(on_start, on_gradients_ready) or add_callback(caffe.NCCL)")
+            on_start, on_gradients_ready = on_start.on_start, on_start.on_gradients_ready
         self._callbacks.append((on_start, on_gradients_ready))
 
     def share_weights(self, net: Net) -> None:
