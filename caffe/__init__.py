@@ -29,6 +29,7 @@ class CaffeError(Exception):
 _LAZY: dict[str, str] = {
     "Net": ".pycaffe", "set_mode_cpu": ".pycaffe", "set_mode_gpu": ".pycaffe", "set_device": ".pycaffe",
     "set_random_seed": ".pycaffe", "layer_type_list": ".pycaffe", "has_nccl": ".pycaffe",
+    "set_phase_train": "._caffe.legacy", "set_phase_test": "._caffe.legacy",
     "Blob": ".blob",
     "Layer": ".layer.python",
     "SGDSolver": "._caffe.solver", "NesterovSolver": "._caffe.solver", "AdaGradSolver": "._caffe.solver",

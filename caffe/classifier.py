@@ -12,11 +12,22 @@ from .pycaffe import Net
 class Classifier(Net):
     """``Classifier(model_file, pretrained_file, image_dims=, mean=, input_scale=, raw_scale=,
     channel_swap=)``: images (H x W x K, RGB in [0, 1] as caffe.io.load_image gives) in,
-    the net's output probabilities out."""
+    the net's output probabilities out. The DeepLab fork's form, with ``gpu`` after
+    ``image_dims`` (positional or keyword), is accepted with a deprecation line: the net is
+    built as the fork's Net(model, weights), the process-wide phase becomes TEST and a K x H x W
+    mean of another size is resized, as the fork's Classifier does."""
 
-    def __init__(self, model_file, pretrained_file, image_dims=None, mean=None, input_scale=None,
-                 raw_scale=None, channel_swap=None):
-        super().__init__(model_file, TEST, weights=pretrained_file)
+    def __init__(self, model_file, pretrained_file, image_dims=None, *args, **kwargs):
+        from ._caffe.legacy import fork_setup, split_args
+        values, legacy = split_args(args, kwargs, ("gpu", "mean", "input_scale", "raw_scale", "channel_swap"),
+                                    ("mean", "input_scale", "raw_scale", "channel_swap"), "Classifier")
+        mean, input_scale = values.get("mean"), values.get("input_scale")
+        raw_scale, channel_swap = values.get("raw_scale"), values.get("channel_swap")
+        if legacy:
+            super().__init__(model_file, pretrained_file)
+            mean = fork_setup(self, values.get("gpu"), mean)
+        else:
+            super().__init__(model_file, TEST, weights=pretrained_file)
         name = self.inputs[0]
         self.transformer = Transformer({name: self.blobs[name].data.shape})
         self.transformer.set_transpose(name, (2, 0, 1))

@@ -11,11 +11,22 @@ from .pycaffe import Net
 
 class Detector(Net):
     """``Detector(model_file, pretrained_file, mean=, input_scale=, raw_scale=, channel_swap=,
-    context_pad=)``; ``detect_windows([(image_path, [(ymin, xmin, ymax, xmax), ...]), ...])``."""
+    context_pad=)``; ``detect_windows([(image_path, [(ymin, xmin, ymax, xmax), ...]), ...])``.
+    The DeepLab fork's form, with ``gpu`` after the weights, is accepted as Classifier's."""
 
-    def __init__(self, model_file, pretrained_file, mean=None, input_scale=None, raw_scale=None,
-                 channel_swap=None, context_pad=None):
-        super().__init__(model_file, TEST, weights=pretrained_file)
+    def __init__(self, model_file, pretrained_file, *args, **kwargs):
+        from ._caffe.legacy import fork_setup, split_args
+        values, legacy = split_args(args, kwargs,
+                                    ("gpu", "mean", "input_scale", "raw_scale", "channel_swap", "context_pad"),
+                                    ("mean", "input_scale", "raw_scale", "channel_swap", "context_pad"), "Detector")
+        mean, input_scale = values.get("mean"), values.get("input_scale")
+        raw_scale, channel_swap = values.get("raw_scale"), values.get("channel_swap")
+        context_pad = values.get("context_pad")
+        if legacy:
+            super().__init__(model_file, pretrained_file)
+            mean = fork_setup(self, values.get("gpu"), mean)
+        else:
+            super().__init__(model_file, TEST, weights=pretrained_file)
         name = self.inputs[0]
         self.transformer = Transformer({name: self.blobs[name].data.shape})
         self.transformer.set_transpose(name, (2, 0, 1))

@@ -19,6 +19,7 @@ import torch
 from . import CaffeError, TEST, TRAIN
 from .blob import Blob, BlobVec, pull, push
 from ._caffe.graph import Graph
+from ._caffe.legacy import LegacyNet, build_phase, deprecated, is_path, set_phase_test, set_phase_train
 
 _MODE = {"gpu": False, "device_id": 0}
 
@@ -109,23 +110,35 @@ def _view(layer):
 
 
 # ------------------------------------------------------------------ the net
-class Net:
+class Net(LegacyNet):
     """``Net(proto, phase)``, ``Net(proto, weights, phase)`` or ``Net(proto, phase, weights=,
-    level=, stages=)``: a network in pycaffe's interface (blobs, params, forward, backward, ...)."""
+    level=, stages=)``: a network in pycaffe's interface (blobs, params, forward, backward, ...).
+    The DeepLab fork's ``Net(proto)`` and ``Net(proto, weights)`` (no phase) are accepted with a
+    deprecation line: see caffe._caffe.legacy."""
 
     def __init__(self, network_file, *args, phase=None, weights=None, level: int = 0, stages=None):
+        legacy = False
         if len(args) == 2:  # the legacy Net(proto, weights, phase)
             weights, phase = args
+        elif len(args) == 1 and is_path(args[0]) and phase is None:   # the fork's Net(proto, weights)
+            weights, legacy = args[0], True
         elif len(args) == 1:
             phase = args[0]
         elif args:
             raise TypeError("Net(network_file, phase) or Net(network_file, weights, phase)")
-        if phase not in (TRAIN, TEST):
+        elif phase is None and weights is None:                       # the fork's Net(proto)
+            legacy = True
+        if not legacy and phase not in (TRAIN, TEST):
             raise TypeError(f"Net needs a phase, caffe.TRAIN or caffe.TEST (got {phase!r})")
         if not os.path.isfile(network_file):
             raise CaffeError(f"Could not open file {network_file}")
         from .net import Net as EngineNet
-        self._init(EngineNet(network_file, phase, level=int(level), stages=list(stages or ())))
+        source = network_file
+        if legacy:
+            deprecated()
+            source, phase = build_phase(network_file)
+            self._follows_phase = True
+        self._init(EngineNet(source, phase, level=int(level), stages=list(stages or ())))
         if weights is not None:
             if not os.path.isfile(weights):
                 raise CaffeError(f"Could not open file {weights}")
@@ -257,6 +270,7 @@ class Net:
 
     def _sync_in(self) -> None:
         """Move the engine to the current mode's device and push host-side param edits."""
+        self._follow_phase()
         dev = device()
         if self._graph.device != dev:
             self._net.to(dev)

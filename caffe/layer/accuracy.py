@@ -55,7 +55,7 @@ class Accuracy(Layer):
         # such a label (SegNet's void 11 without ignore_label) counts, never as correct.
         bad = keep & ((lab < 0) | (lab >= classes))
         if bool(bad.any()):
-            from ..notices import warn_once
+            from ..util.notices import warn_once
             warn_once(("accuracy-label", id(self)),
                       f"layer {self.name!r} (Accuracy): label values {torch.unique(lab[bad]).tolist()[:8]} are outside "
                       f"0..{classes - 1} and not ignore_label; counted as not correct")
