@@ -16,7 +16,8 @@ from google.protobuf.message import Message
 from . import CaffeError
 from .proto import caffe_pb2 as pb
 
-PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")   # ${NAME}; group 1 is NAME
+# ${NAME} or ${NAME:-default}; group 1 is NAME, group 2 the default (None without one)
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STRING_VALUE = re.compile(r"""([A-Za-z_]\w*)\s*:\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
 _V1 = pb.V1LayerParameter
 
@@ -62,7 +63,8 @@ _V1_SPECIAL = {"bottom", "top", "name", "include", "exclude", "type", "blobs", "
 
 
 def fill_placeholders(text: str, mapping: dict[str, str] | None, filename: str) -> str:
-    """Replace ``${NAME}`` with ``mapping[NAME]`` (what the release did with sed).
+    """Replace ``${NAME}`` with ``mapping[NAME]`` (what the release did with sed), and
+    ``${NAME:-default}`` with ``mapping[NAME]`` or, without one, ``default`` (as the shell).
 
     Placeholders inside ``#`` comments are left alone; one outside a comment without a
     value raises ``CaffeError("FILE:LINE: placeholder ${NAME} has no value; ...")``.
@@ -74,6 +76,8 @@ def fill_placeholders(text: str, mapping: dict[str, str] | None, filename: str) 
 
         def repl(m: re.Match[str]) -> str:
             name = m.group(1)
+            if name not in mapping and m.group(2) is not None:
+                return m.group(2)
             if name not in mapping:
                 raise CaffeError(f"{filename}:{lineno}: placeholder ${{{name}}} has no value; "
                                    f"pass --set {name}=...")

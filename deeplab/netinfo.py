@@ -149,9 +149,13 @@ def net_info(source, phase: str = "TEST", mapping: dict | None = None,
     """Describe the net in ``source`` (prototxt path, text or NetParameter) for ``phase``, ``level``
     and ``stages`` (Caffe's NetState: the file's own state.stage are added to them).
 
-    ``input_shape`` (N, C, H, W) replaces the first data layer's image shape (its label top,
-    if any, becomes N x 1 x H x W), e.g. to see what a 321x321 crop gives. A net using layer
-    types the engine lacks is refused with every such type and its layers named at once.
+    Nothing is read: data layers that would open their source (Data, ImageData, HDF5Data,
+    WindowData, DenseImageData, Python layers without bottoms) take their shapes from the
+    prototxt (ImageData / WindowData with a crop or new size) or from ``input_shape`` (N, C,
+    H, W), which replaces every data layer's tops (the first one's top 0 is the image, labels
+    N x 1 x H x W or N), e.g. to see what a 321x321 crop gives; without either, a
+    DeepLabError names the layer and asks for --input. A net using layer types the engine
+    lacks is refused with every such type and its layers named at once.
     """
     from caffe.net import Net, filter_layers, _phase_id
     from caffe.prototxt import parse_net
@@ -175,9 +179,11 @@ def net_info(source, phase: str = "TEST", mapping: dict | None = None,
         raise DeepLabError(f"{name} needs {len(missing)} layer type(s) this engine lacks: "
                            + "; ".join(f"{t} ({len(ls)} layer{'s' if len(ls) > 1 else ''}: {', '.join(ls[:4])}"
                                        f"{', ...' if len(ls) > 4 else ''})" for t, ls in missing.items()))
-    input_shapes = _input_shapes(kept, input_shape)
+    original = _replace_data_layers(copy, kept, input_shape)
     with torch.device("meta"):
-        net = Net(copy, phase, input_shapes=input_shapes, level=level, stages=stages)
+        net = Net(copy, phase, level=level, stages=stages)
+    for layer in net.layers:   # a data layer replaced by an Input layer is shown as what it was
+        layer.type = original.get(layer.name, layer.type)
     return describe(net)
 
 
@@ -191,18 +197,100 @@ def missing_types(layers) -> dict[str, list[str]]:
     return missing
 
 
-def _input_shapes(layers, input_shape) -> dict:
-    if input_shape is None:
-        return {}
-    for lp in layers:
-        cls = REGISTRY.get(lp.type)
-        if cls is not None and cls.is_data and len(lp.top):
-            n, c, h, w = input_shape
-            shapes = {lp.top[0]: (n, c, h, w)}
-            if lp.type == "ImageSegData" and len(lp.top) > 1:
-                shapes[lp.top[1]] = (n, 1, h, w)
-            return shapes
-    raise DeepLabError("--input given, but the net has no data layer (Input or ImageSegData)")
+# Data-producing layers that read nothing to know their tops' shapes (the engine builds them as
+# they are); every other one would open its source (list, LMDB, HDF5, mean file, Python module).
+READS_NOTHING = {"Input", "ImageSegData", "MemoryData", "DummyData"}
+# Their label tops are one value per item; other data layers' extra tops are N x 1 x H x W maps.
+PER_ITEM_LABELS = {"Data", "ImageData", "WindowData", "MemoryData"}
+
+
+def _produces_data(lp) -> bool:
+    cls = REGISTRY.get(lp.type)
+    return bool(len(lp.top)) and ((cls is not None and cls.is_data) or (lp.type == "Python" and not len(lp.bottom)))
+
+
+def _prototxt_shapes(lp) -> list | None:
+    """A data layer's top shapes from its prototxt alone (batch, crop / new size, colour), or
+    None where they come from the data."""
+    crop = int(lp.transform_param.crop_size) if lp.HasField("transform_param") else 0
+    if lp.type == "ImageData":
+        p = lp.image_data_param
+        h, w = (crop, crop) if crop else (int(p.new_height), int(p.new_width))
+        if h and w:
+            n = int(p.batch_size) or 1
+            return [(n, 3 if p.is_color else 1, h, w), (n,)][:len(lp.top)]
+    if lp.type == "WindowData" and (crop or lp.window_data_param.crop_size):
+        p = lp.window_data_param
+        size = crop or int(p.crop_size)
+        n = int(p.batch_size) or 1
+        return [(n, 3, size, size), (n,)][:len(lp.top)]
+    return None
+
+
+def _source_of(lp) -> str:
+    for field_name in ("data_param", "image_data_param", "hdf5_data_param", "window_data_param",
+                       "dense_image_data_param"):
+        if lp.HasField(field_name) and getattr(getattr(lp, field_name), "source", ""):
+            return f"source {getattr(lp, field_name).source}"
+    if lp.type == "Python":
+        return f"Python module {lp.python_param.module or '?'}"
+    return "its data"
+
+
+def _input_tops(lp, first: bool, input_shape) -> list:
+    """--input's shapes for a data layer's tops: the first data layer's top 0 is N x C x H x W;
+    labels are N (classification sources) or N x 1 x H x W; ImageSegData's data_dim N x 1 x 1 x 2."""
+    n, c, h, w = input_shape
+    shapes = []
+    for k in range(len(lp.top)):
+        if first and k == 0:
+            shapes.append((n, c, h, w))
+        elif lp.type == "ImageSegData" and k == 2:
+            shapes.append((n, 1, 1, 2))
+        elif first and lp.type in PER_ITEM_LABELS:
+            shapes.append((n,))
+        else:
+            shapes.append((n, 1, h, w))
+    return shapes
+
+
+def _replace_data_layers(net_param, kept, input_shape) -> dict[str, str]:
+    """Make netinfo read no data: each data-producing layer kept for the phase becomes an Input
+    layer with its tops' shapes, from --input (every data layer; the first one's top 0 is the
+    image) or from the prototxt; one that reads nothing to know them stays as it is unless
+    --input is given. Returns {layer name: original type} of the replaced layers."""
+    data = [lp for lp in kept if _produces_data(lp)]
+    if input_shape is not None and not data:
+        raise DeepLabError("--input given, but the net has no data layer (Input, ImageSegData, Data, ...)")
+    first = data[0] if data else None
+    plan = {}
+    for lp in data:
+        if input_shape is not None and (lp is first or lp.type not in READS_NOTHING):
+            plan[id(lp)] = _input_tops(lp, lp is first, input_shape)
+        elif lp.type not in READS_NOTHING:
+            shapes = _prototxt_shapes(lp)
+            if shapes is None:
+                raise DeepLabError(f"layer {lp.name!r} ({lp.type}): its top shapes come from {_source_of(lp)}, "
+                                   f"which netinfo does not read; pass --input N,C,H,W")
+            plan[id(lp)] = shapes
+    original = {}
+    by_key = {(lp.name, tuple(lp.top)): plan[id(lp)] for lp in data if id(lp) in plan}
+    for lp in net_param.layer:
+        shapes = by_key.get((lp.name, tuple(lp.top)))
+        if shapes is None:
+            continue
+        original[lp.name] = lp.type
+        kept_rules = [(r.SerializeToString(), "include") for r in lp.include] + \
+                     [(r.SerializeToString(), "exclude") for r in lp.exclude]
+        name, tops = lp.name, list(lp.top)
+        lp.Clear()
+        lp.name, lp.type = name, "Input"
+        lp.top.extend(tops)
+        for blob, which in kept_rules:
+            getattr(lp, which).add().ParseFromString(blob)
+        for shape in shapes:
+            lp.input_param.shape.add().dim.extend(int(d) for d in shape)
+    return original
 
 
 def describe(net) -> NetInfo:

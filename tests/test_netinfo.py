@@ -206,19 +206,19 @@ def test_cli_phase_defaults_by_file_name():
 
 @pytest.mark.parametrize("argv,message", [
     (["--input", "1,3,5"], "error: --input expects N,C,H,W"),
-    ([], "error: " + str(VOC / "DeepLab" / "test.prototxt") + ":"),
+    ([], "error: {net}:3: placeholder ${N} has no value; pass --set N=..."),
 ])
-def test_cli_errors_are_one_line(capsys, argv, message):
-    sets = dict(SETS)
-    del sets["NUM_LABELS"]                     # it changes the net: no dummy for it
-    args = [str(voc("DeepLab", "test")), *set_args(sets if not argv else SETS), *argv]
+def test_cli_errors_are_one_line(capsys, tmp_path, argv, message):
+    net = tmp_path / "n.prototxt"                # ${N} changes the net and has no default: no dummy for it
+    net.write_text("input: 'data' input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n"
+                   "layer { name: 'c' type: 'Convolution' bottom: 'data' top: 'c'\n"
+                   "  convolution_param { num_output: ${N} kernel_size: 1 } }\n")
+    args = [str(net), *(["--set", "N=2"] if argv else []), *argv]
     with pytest.raises(SystemExit) as exit_info:
         run_main(netinfo_tool.main, args)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith(message) and err.count("\n") == 1
-    if not argv:
-        assert "placeholder ${NUM_LABELS} has no value; pass --set NUM_LABELS=..." in err
+    assert err.startswith(message.replace("{net}", str(net))) and err.count("\n") == 1
 
 
 def test_cli_needs_no_data_paths(capsys):
@@ -233,9 +233,11 @@ def test_cli_needs_no_data_paths(capsys):
     # A value given wins over the dummy; NUM_LABELS is never a dummy.
     assert netinfo_tool.main([path, "--set", "NUM_LABELS=21", "--set", "DATA_ROOT=/d"]) == 0
     assert "${DATA_ROOT}" not in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        run_main(netinfo_tool.main, [path])
-    assert "placeholder ${NUM_LABELS} has no value" in capsys.readouterr().err
+    # Issue 20: the VOC nets build as they stand (${NUM_LABELS:-21}); --set still overrides.
+    assert netinfo_tool.main([path]) == 0
+    assert "fc8_voc12   Convolution   fc8_voc12      1x21x65x65" in capsys.readouterr().out
+    assert netinfo_tool.main([path, "--set", "NUM_LABELS=11"]) == 0
+    assert "1x11x65x65" in capsys.readouterr().out
 
 
 def test_file_placeholders_only_in_file_fields(tmp_path):
@@ -282,3 +284,79 @@ def test_unsupported_types_are_all_named_at_once(tmp_path, capsys):
     assert err.count("\n") == 1
     assert ("needs 3 layer type(s) this engine lacks: BinaryPngWrite (2 layers: bn1, bn2); SpatialProduct "
             "(1 layer: up1); NoSuchType (1 layer: x)") in err
+
+
+# ---------------------------------------------------------------- issue 20: netinfo reads no data
+BVLC_STYLE = """name: 'lenet'
+layer { name: 'mnist' type: 'Data' top: 'data' top: 'label' include { phase: TRAIN }
+  transform_param { scale: 0.00390625 mean_file: '/absent/mean.binaryproto' }
+  data_param { source: '/absent/mnist_train_lmdb' batch_size: 64 backend: LMDB } }
+layer { name: 'conv1' type: 'Convolution' bottom: 'data' top: 'conv1' convolution_param { num_output: 4 kernel_size: 5 } }
+layer { name: 'ip' type: 'InnerProduct' bottom: 'conv1' top: 'ip' inner_product_param { num_output: 10 } }
+layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'ip' bottom: 'label' top: 'loss' }
+"""
+
+FCN_STYLE = """name: 'fcn'
+layer { name: 'data' type: 'Python' top: 'data' top: 'label'
+  python_param { module: 'absent_voc_layers' layer: 'SBDDSegDataLayer' param_str: "{'sbdd_dir': '/absent'}" } }
+layer { name: 'score' type: 'Convolution' bottom: 'data' top: 'score' convolution_param { num_output: 21 kernel_size: 1 } }
+layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'score' bottom: 'label' top: 'loss'
+  loss_param { ignore_label: 255 normalize: false } }
+"""
+
+IMAGE_LIST = """name: 'imagedata'
+layer { name: 'data' type: 'ImageData' top: 'data' top: 'label'
+  transform_param { crop_size: 227 mean_file: '/absent/mean.binaryproto' }
+  image_data_param { source: '/absent/list.txt' batch_size: 5 new_height: 256 new_width: 256 } }
+layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip' inner_product_param { num_output: 3 } }
+layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'ip' bottom: 'label' top: 'loss' }
+"""
+
+
+def test_netinfo_never_reads_data_input_replaces_data_layers(tmp_path, capsys):
+    lenet, fcn, images = tmp_path / "lenet.prototxt", tmp_path / "fcn.prototxt", tmp_path / "images.prototxt"
+    lenet.write_text(BVLC_STYLE)
+    fcn.write_text(FCN_STYLE)
+    images.write_text(IMAGE_LIST)
+    info = net_info(str(lenet), "TRAIN", input_shape=(64, 1, 28, 28))
+    assert info.layers[0].type == "Data" and info.blob("data").shape == (64, 1, 28, 28)
+    assert info.blob("label").shape == (64,) and info.blob("ip").shape == (64, 10)
+    info = net_info(str(fcn), "TRAIN", input_shape=(1, 3, 50, 60))
+    assert info.layers[0].type == "Python" and info.blob("label").shape == (1, 1, 50, 60)
+    assert info.blob("score").stride == (1, 1)
+    info = net_info(str(images), "TRAIN")                     # crop_size and batch: no --input needed
+    assert info.blob("data").shape == (5, 3, 227, 227) and info.blob("label").shape == (5,)
+    for path, name, kind, what in ((lenet, "mnist", "Data", "source /absent/mnist_train_lmdb"),
+                                   (fcn, "data", "Python", "Python module absent_voc_layers")):
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(netinfo_tool.main, [str(path), "--phase", "TRAIN"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err == (f"error: layer {name!r} ({kind}): its top shapes come from {what}, which netinfo does "
+                       f"not read; pass --input N,C,H,W\n")
+    assert netinfo_tool.main([str(lenet), "--phase", "TRAIN", "--input", "2,1,28,28"]) == 0
+    assert "loss" in capsys.readouterr().out
+
+
+def test_largefov_test_net_with_the_release_dense_crf_block(tmp_path):
+    """The release's LargeFOV test net has a DENSE_CRF layer (fc8_interp, data_dim, data) commented
+    out; enabled, netinfo builds it on the meta device."""
+    text = voc("DeepLab-LargeFOV", "test").read_text()
+    text = text.replace('top: "data"\n', 'top: "data"\n  top: "label"\n  top: "data_dim"\n', 1)   # as the release's
+    text += """
+layer { name: "crf" type: "DenseCRF" bottom: "fc8_interp" bottom: "data_dim" bottom: "data" top: "crf_inf"
+  dense_crf_param { max_iter: 10 pos_w: 3 pos_xy_std: 3 bi_w: 5 bi_xy_std: 50 bi_rgb_std: 10 }
+  include { phase: TEST } }
+"""
+    path = tmp_path / "test_crf.prototxt"
+    path.write_text(text)
+    dummies = file_placeholders(path, {})
+    info = net_info(str(path), "TEST", dummies)
+    assert info.blob("crf_inf").shape == (1, 21, 513, 513)
+
+
+def test_placeholder_default_value():
+    from caffe.prototxt import fill_placeholders
+    text = "num_output: ${N:-21}  # ${N:-21}\nname: '${A}'\n"
+    assert fill_placeholders(text, {"A": "x"}, "f") == "num_output: 21  # ${N:-21}\nname: 'x'\n"
+    assert fill_placeholders(text, {"A": "x", "N": "11"}, "f").startswith("num_output: 11 ")

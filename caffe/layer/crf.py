@@ -10,6 +10,7 @@ lattice is built from them as constants, as neither source back-propagates into 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +122,7 @@ class DenseCRF(Layer):
         if _mismatch(scores[0], dims[0] if dims else None):
             raise self.error(f"The DCNN output and data should have the same number ({scores[0]} vs {dims[0]}).")
         rest = dims[1:]
-        if None not in rest and int(torch.tensor(rest).prod()) < 2:
+        if None not in rest and math.prod(rest) < 2:   # (no tensor: shapes are built on the meta device too)
             raise self.error(f"bottom 1 (data_dim) must hold height and width per image, got shape {dims}")
         if self.has_image:
             if not self.bi:

@@ -3,8 +3,8 @@ shapes, parameter counts, and each blob's stride and receptive field, with total
 run, allocated or read besides the prototxt.
 
 Examples:
-  deeplab-netinfo prototxt/voc12/DeepLab-LargeFOV/test.prototxt --set NUM_LABELS=21
-  deeplab-netinfo prototxt/voc12/DeepLab/train.prototxt --set NUM_LABELS=21 --input 1,3,306,306
+  deeplab-netinfo prototxt/voc12/DeepLab-LargeFOV/test.prototxt
+  deeplab-netinfo prototxt/voc12/DeepLab/train.prototxt --set NUM_LABELS=11 --input 1,3,306,306
   deeplab-netinfo prototxt/camvid/DeepLab-LargeFOV/test.prototxt --json
 """
 from __future__ import annotations
@@ -35,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which layers to keep (include/exclude rules); default TRAIN for a file "
                         "whose name contains 'train', else TEST")
     p.add_argument("--input", metavar="N,C,H,W",
-                   help="shape of the first data layer's image top (its label top follows), "
-                        "instead of batch_size and crop_size from the prototxt")
+                   help="shape of the first data layer's image top; every data layer's other tops follow "
+                        "(labels N x 1 x H x W, or N for Data/ImageData/WindowData/MemoryData). Needed where "
+                        "the shapes come from the data (LMDB, list without crop/new size, HDF5, Python data "
+                        "layers), which netinfo never reads")
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="value for a ${NAME} placeholder (repeatable)")
     p.add_argument("--level", type=int, default=0, help="NetState level for min_level/max_level rules (default 0)")
