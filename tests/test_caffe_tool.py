@@ -255,15 +255,25 @@ def test_layer_by_layer_backward_gives_the_nets_gradients():
         torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("ignored", [False, True])
 @pytest.mark.parametrize("effect", ["stop", "snapshot", "none"])
-def test_signal_effects_ask_the_solver_for_what_the_flags_say(effect):
-    """--sigint_effect / --sighup_effect: what a SIGINT or SIGHUP asks the running solver for."""
+def test_signal_effects_ask_the_solver_for_what_the_flags_say(effect, ignored):
+    """--sigint_effect / --sighup_effect: what a SIGINT or SIGHUP asks the running solver for;
+    afterwards the handlers are what they were, SIGINT ignored included (a process started in
+    the background from a script starts so)."""
     from caffe.solvers.solver import Solver
     solver = Solver.__new__(Solver)  # only the signal handling, no net
     solver.sigint_effect = solver.sighup_effect = effect
-    for sig in (signal.SIGINT, signal.SIGHUP):
-        solver._request = None
-        with solver._signals():
-            os.kill(os.getpid(), sig)
-        assert solver._request == {"none": None}.get(effect, effect), (sig, effect)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored afterwards
+    outer = signal.getsignal(signal.SIGINT)
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP)}
+        for sig in (signal.SIGINT, signal.SIGHUP):
+            solver._request = None
+            with solver._signals():
+                os.kill(os.getpid(), sig)
+            assert solver._request == {"none": None}.get(effect, effect), (sig, effect)
+        assert {sig: signal.getsignal(sig) for sig in before} == before  # restored afterwards
+    finally:
+        signal.signal(signal.SIGINT, outer)
