@@ -15,11 +15,8 @@ logs (Caffe's root_solver); each process's data is its own (a Python data layer 
 from __future__ import annotations
 
 import atexit
-import os
 import sys
-import tempfile
 import time
-import uuid
 
 import torch
 
@@ -142,9 +139,13 @@ class NCCL:
 
     @staticmethod
     def new_uid() -> bytes:
-        """A new group id for NCCL(solver, uid) in each process (bytes, as BVLC's on Python 3)."""
-        path = os.path.join(tempfile.gettempdir(), f"caffe_nccl_{uuid.uuid4().hex}")
-        return f"file://{path}".encode()
+        """A new group id for NCCL(solver, uid) in each process (bytes, as BVLC's on Python 3):
+        a free local TCP port where the processes meet (one machine, as BVLC's NCCL)."""
+        import socket
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return f"tcp://127.0.0.1:{port}".encode()
 
     def _params(self) -> list:
         return [p.param for p in self.solver._loop.params]
@@ -207,6 +208,7 @@ class NCCL:
 
 
 def _leave() -> None:
+    """At exit: leave the process group."""
     import torch.distributed as dist
     if dist.is_initialized():
         try:
