@@ -351,6 +351,19 @@ class Net(LegacyNet):
                 blob.diff[...] = 0
 
     # -------------------------------------------------------------- weights
+    def export(self, onnx: str | None = None, torch: str | None = None, dynamic: bool = True) -> dict:
+        """Write the net as ONNX (``onnx``) and/or a torch.export program (``torch``, .pt2);
+        see caffe.export. Returns the ONNX inputs (axis names) and outputs."""
+        from .export import export
+        self._sync_in()
+        return export(self._net, onnx, torch, dynamic)
+
+    def to_module(self, dynamic: bool = True):
+        """The net as a plain torch ``nn.Module`` whose state_dict is keyed ``<layer>.<i>``."""
+        from .export import to_module
+        self._sync_in()
+        return to_module(self._net, dynamic)
+
     def save(self, filename: str) -> None:
         """Write the weights as a binary .caffemodel."""
         self._sync_in()

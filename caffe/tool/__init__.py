@@ -21,6 +21,7 @@ commands:
   test            score a model
   device_query    show GPU diagnostic information
   time            benchmark model execution time
+  export          write a model as ONNX and/or a torch.export program
 """
 
 # name: (default, help), as tools/caffe.cpp defines them (log_dir is glog's).
@@ -40,6 +41,10 @@ FLAGS: dict[str, tuple[object, str]] = {
     "sighup_effect": ("snapshot", "Optional; action to take when a SIGHUP signal is received: snapshot, stop or "
                                   "none."),
     "log_dir": ("", "glog's: also write the log to a file in this folder (default: $GLOG_log_dir)."),
+    "onnx": ("", "export: write the model as ONNX to this file."),
+    "torch": ("", "export: write the model as a torch.export program (.pt2) to this file."),
+    "deploy": (False, "export: drop data, loss, accuracy and MatWrite layers, an Input in front."),
+    "shape": ("", "export: Input shapes, name:N,C,H,W separated by ';' (default: the data layer's)."),
 }
 
 
@@ -47,8 +52,9 @@ def usage() -> str:
     """The usage message with every flag, as gflags prints it."""
     lines = [USAGE, "  Flags from tools/caffe.cpp:"]
     for name, (default, text) in FLAGS.items():
-        kind = "int32" if isinstance(default, int) else "string"
-        shown = default if isinstance(default, int) else f'"{default}"'
+        kind = "bool" if isinstance(default, bool) else "int32" if isinstance(default, int) else "string"
+        shown = str(default).lower() if isinstance(default, bool) else default if isinstance(default, int) \
+            else f'"{default}"'
         lines.append(f"    -{name} ({text}) type: {kind} default: {shown}")
     return "\n".join(lines) + "\n"
 
@@ -75,8 +81,16 @@ def parse_flags(argv: list[str]) -> tuple[list[str], dict[str, object]]:
         if name == "version":
             flags["version"] = True
             continue
+        if name.startswith("no") and isinstance(FLAGS.get(name[2:], (None,))[0], bool) and not eq:
+            flags[name[2:]] = False   # gflags' --noflag
+            continue
         if name not in FLAGS:
             raise CaffeError(f"unknown command line flag '{name}' (caffe --help lists them)")
+        if isinstance(FLAGS[name][0], bool):
+            if value.lower() not in ("", "true", "false", "1", "0") or (eq and not value):
+                raise CaffeError(f"illegal value '{value}' specified for bool flag '{name}'")
+            flags[name] = not eq or value.lower() in ("true", "1")
+            continue
         if not eq:
             if i >= len(argv):
                 raise CaffeError(f"flag '{name}' is missing its argument")
@@ -178,7 +192,13 @@ def device_query(flags, log) -> int:
     return 0
 
 
-COMMANDS = {"device_query": device_query, "test": test, "time": time, "train": train}
+def export(flags, log) -> int:
+    """Write a model as ONNX and/or a torch.export program (caffe.export.run_command)."""
+    from .export import run_command
+    return run_command(flags, log)
+
+
+COMMANDS = {"device_query": device_query, "export": export, "test": test, "time": time, "train": train}
 
 
 def main(argv: list[str] | None = None) -> int:
