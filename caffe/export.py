@@ -403,7 +403,7 @@ def export_onnx(net, path: str, dynamic: bool = True, opset: int = OPSET) -> dic
                 d.dim_param = named[k]
         axes[v.name] = tuple(d.dim_param or d.dim_value for d in dims)
     onnx.checker.check_model(model)
-    from .files import atomic_path
+    from .util.files import atomic_path
     with atomic_path(path) as tmp:
         onnx.save(model, tmp)
     return {"inputs": axes, "outputs": [o.name for o in model.graph.output]}
@@ -412,7 +412,7 @@ def export_onnx(net, path: str, dynamic: bool = True, opset: int = OPSET) -> dic
 def export_torch(net, path: str, dynamic: bool = True) -> None:
     """Write the net as a ``torch.export`` program (``.pt2``; ``torch.export.load(path).module()``)."""
     program = export_program(net, dynamic)
-    from .files import atomic_path
+    from .util.files import atomic_path
     with atomic_path(path) as tmp:
         torch.export.save(program, tmp)
 

@@ -194,7 +194,7 @@ def device_query(flags, log) -> int:
 
 def export(flags, log) -> int:
     """Write a model as ONNX and/or a torch.export program (caffe.export.run_command)."""
-    from .export import run_command
+    from ..export import run_command
     return run_command(flags, log)
 
 
