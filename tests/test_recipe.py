@@ -169,7 +169,7 @@ def test_recipe_run_refuses_an_incomplete_pack(tmp_path):
 
 
 def test_recipe_run_refuses_a_deadline_that_leaves_no_training_time(tmp_path):
-    from deeplab import recipe
+    from deeplab.recipe import run as recipe
     root = tmp_path / "data"
     ids = tinyset.make(root, n=3)
     conf = tiny_conf(tmp_path)
