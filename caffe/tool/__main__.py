@@ -1,0 +1,4 @@
+"""``python -m caffe.tool``: the ``caffe`` command."""
+from . import run
+
+run()
