@@ -41,6 +41,12 @@ REFUSED = {
     "RNN": "its time loop reads sizes torch.export cannot trace",
     "LSTM": "its time loop reads sizes torch.export cannot trace",
 }
+# The DeepLab fork's weak-supervision layers (training-time label and bias manipulations) and
+# MatRead: no export of theirs has been checked against the engine, so none is offered.
+REFUSED.update({t: "the fork's weak-supervision / file-reading layers are not checked for export"
+                for t in ("AdaptiveBiasChannel", "BiasChannel", "CensorLabel", "ChannelAggregator",
+                          "DominantChannel", "GainChannel", "Histogram", "IgnoreOverlay", "MatRead",
+                          "OneHot", "RelativeError", "UniqueLabel")})
 
 
 def refusal(layer) -> str | None:

@@ -181,7 +181,7 @@ def test_recipe_run_refuses_a_deadline_that_leaves_no_training_time(tmp_path):
         str(tmp_path / "init.caffemodel"))
     recipe.make_pack(str(tmp_path / "pack"), str(root), str(list_dir), ["train", "val"], str(tmp_path / "init.caffemodel"),
                      "conv.*")
-    with pytest.raises(DeepLabError, match="leaves no time to train"):
+    with pytest.raises(USER_ERRORS, match="leaves no time to train"):
         recipe.run(str(tmp_path / "pack"), str(conf), str(tmp_path / "out"), str(tmp_path / "w"), gpu=None,
                    amp=None, channels_last=False, workers=1, minutes=6, sets=["val"],
                    classes=str(root / "classes.txt"), deadline=time.time() + 30)
