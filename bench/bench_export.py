@@ -1,6 +1,6 @@
 """Speed of the way out: exported nets on onnxruntime (CPU) vs the engine, same process.
 
-Each full-width net (random weights, as tests/test_export.py makes them) is exported with
+Each full-width net (random weights, as tests/caffe/test_export.py makes them) is exported with
 caffe.export to a temporary ONNX file, checked to agree with the engine, then one forward of
 each is timed, interleaved repetitions, in inference mode on the CPU, with the same input.
 Prints the median times and the ratio engine / onnxruntime (> 1: onnxruntime is faster).
@@ -23,6 +23,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "caffe"))
 
 from caffe import export as ex  # noqa: E402
 from caffe.net import Net  # noqa: E402

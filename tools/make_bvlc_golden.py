@@ -4,8 +4,8 @@
 
 DIR is a CPU_ONLY build of BVLC/caffe (``make all pycaffe``), made outside this repository; its
 ``python/`` is imported as ``caffe`` and its ``build/tools/convert_imageset`` writes the Data
-layer's databases. The cases, their inputs and the code that runs them are tests/golden_cases.py,
-which tests/test_bvlc_golden.py replays on this project's ``caffe``.
+layer's databases. The cases, their inputs and the code that runs them are tests/caffe/golden_cases.py,
+which tests/caffe/test_bvlc_golden.py replays on this project's ``caffe``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "caffe"))
 import golden_cases  # noqa: E402
 
 

@@ -5,8 +5,8 @@
 DIR holds the ``_caffe`` extension module of a CPU_ONLY build of the fork (corenel/deeplab-public,
 DeepLab v1's Caffe, ``python/caffe/_caffe.cpp``) for the Python running this script, made
 outside this repository. Only that extension is imported: the fork's ``pycaffe.py`` is Python 2.
-The cases, their inputs and the code that runs them are tests/fork_golden_cases.py, which
-tests/test_fork_golden.py replays on this project's ``caffe``.
+The cases, their inputs and the code that runs them are tests/caffe/fork_golden_cases.py, which
+tests/caffe/test_fork_golden.py replays on this project's ``caffe``.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "caffe"))
 import fork_golden_cases  # noqa: E402
 
 

@@ -1,10 +1,10 @@
 """DeepLab fork golden cases: one small V1-syntax net per configuration of the fork's layers.
 
-Like tests/golden_cases.py (BVLC's), this module imports neither torch nor any ``caffe``:
+Like tests/caffe/golden_cases.py (BVLC's), this module imports neither torch nor any ``caffe``:
 :func:`run_fork_case` drives a net through a small adapter (:class:`NetDriver`), so the same
 code produced the fixtures under the fork's own build (``tools/make_fork_golden.py``, through
 its ``_caffe`` module) and replays them on this project's ``caffe``
-(``tests/test_fork_golden.py``). Nets are in the fork's 2014 syntax: ``input:`` blobs, ``layers``
+(``tests/caffe/test_fork_golden.py``). Nets are in the fork's 2014 syntax: ``input:`` blobs, ``layers``
 with V1 type enums. A bottom listed in ``learn`` reaches the layer through a 1x1 CONVOLUTION
 with identity weights and ``blobs_lr``, so it gets a diff without ``force_backward`` (which the
 fork would also send into label bottoms, where its layers abort); the layer's top then carries

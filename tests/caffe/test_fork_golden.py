@@ -1,6 +1,6 @@
 """The DeepLab fork's remaining layer types against the fork's own outputs (tests/fixtures/golden/fork).
 
-The fixtures were made by tools/make_fork_golden.py running tests/fork_golden_cases.py on a
+The fixtures were made by tools/make_fork_golden.py running tests/caffe/fork_golden_cases.py on a
 CPU_ONLY build of the fork (corenel/deeplab-public); here the same code runs on this project's
 ``caffe`` and every array must agree to float32 round-off.
 """

@@ -126,7 +126,7 @@ def test_fp16_redo_takes_the_same_batches_without_asking_the_feed_again():
     from caffe.net import Net
     from caffe.prototxt import parse_solver
     from caffe.solvers.solver import Solver
-    golden = pathlib.Path(__file__).parent / "fixtures" / "golden" / "solver_poly"
+    golden = pathlib.Path(__file__).parent.parent / "fixtures" / "golden" / "solver_poly"
     z = np.load(golden / "trajectory.npz")
     param = parse_solver(golden / "solver.prototxt")
     param.snapshot, param.iter_size = 0, 2

@@ -20,7 +20,7 @@ from caffe.net import Net
 from caffe.prototxt import parse_net
 from caffe.proto import caffe_pb2
 
-FIXTURE = Path(__file__).parent / "fixtures" / "segnet" / "segnet_tiny.prototxt"
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "segnet" / "segnet_tiny.prototxt"
 
 
 def layer(text, *bottom_shapes, phase="TEST"):

@@ -1,6 +1,6 @@
 """Every layer and solver type against BVLC Caffe's own outputs (tests/fixtures/golden/bvlc).
 
-The fixtures were made by tools/make_bvlc_golden.py running tests/golden_cases.py under BVLC
+The fixtures were made by tools/make_bvlc_golden.py running tests/caffe/golden_cases.py under BVLC
 Caffe's pycaffe; here the same code runs on this project's ``caffe`` and every array must agree
 to float32 round-off.
 """

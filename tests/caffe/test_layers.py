@@ -238,7 +238,7 @@ REGISTRY_EXAMPLES = {
     "LSTM": ("recurrent_param { num_output: 3 weight_filler { type: 'gaussian' } }",
              [_x(2, 3, 5), torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 1.0]])]),
     "LSTMUnit": ("", [_x(1, 3, 2), _x(1, 3, 8), torch.tensor([[1.0, 0.0, 1.0]])]),
-    # the fork's weak-supervision and channel layers (tests/test_layers_weak.py, test_fork_golden.py)
+    # the fork's weak-supervision and channel layers (tests/caffe/test_layers_weak.py, test_fork_golden.py)
     "AdaptiveBiasChannel": ("", [_x(), torch.tensor([0.0, 2.0, 1.0, -1.0]).reshape(2, 2, 1, 1)]),
     "BiasChannel": ("", [_x(), torch.tensor([0.0, 2.0, 1.0, -1.0]).reshape(2, 2, 1, 1)]),
     "CensorLabel": ("censor_label_param { ignore_label: 255 }",
@@ -256,17 +256,17 @@ REGISTRY_EXAMPLES = {
                  [_x(2, 3, 2, 2), F.max_pool2d(_x(2, 3, 4, 4), 2, return_indices=True)[1].float()]),
 }
 REGISTRY_SKIP = {
-    "Data": "a data layer: its tops are read by caffe.data.sources (tests/test_data_layers.py)",
-    "HDF5Data": "a data layer: its tops are read by caffe.data.sources (tests/test_data_layers.py)",
-    "HDF5Output": "writes a file (tests/test_data_layers.py)",
-    "ImageData": "a data layer: its tops are read by caffe.data.sources (tests/test_data_layers.py)",
-    "MemoryData": "a data layer: pycaffe's set_input_arrays fills it (tests/test_data_layers.py)",
-    "WindowData": "a data layer: its tops are read by caffe.data.window_data (tests/test_data_layers.py)",
-    "DenseImageData": "a data layer: its tops are read by caffe.data.dense_image_data (tests/test_layers_segnet.py)",
+    "Data": "a data layer: its tops are read by caffe.data.sources (tests/caffe/test_data_layers.py)",
+    "HDF5Data": "a data layer: its tops are read by caffe.data.sources (tests/caffe/test_data_layers.py)",
+    "HDF5Output": "writes a file (tests/caffe/test_data_layers.py)",
+    "ImageData": "a data layer: its tops are read by caffe.data.sources (tests/caffe/test_data_layers.py)",
+    "MemoryData": "a data layer: pycaffe's set_input_arrays fills it (tests/caffe/test_data_layers.py)",
+    "WindowData": "a data layer: its tops are read by caffe.data.window_data (tests/caffe/test_data_layers.py)",
+    "DenseImageData": "a data layer: its tops are read by caffe.data.dense_image_data (tests/caffe/test_layers_segnet.py)",
     "ImageSegData": "a data layer: its tops are fed by caffe.data.image_seg, not computed",
     "Input": "a data layer: its tops are fed by the caller",
     "MatWrite": "writes files (tested in test_extract)",
-    "MatRead": "reads files (tests/test_layers_weak.py)",
+    "MatRead": "reads files (tests/caffe/test_layers_weak.py)",
     "Python": "needs a user module on sys.path (tested with the Python layer)",
 }
 

@@ -17,7 +17,7 @@ from caffe.layer import make_layer
 from caffe.net import Net
 from caffe.proto import caffe_pb2
 
-FIXTURES = Path(__file__).parent / "fixtures" / "segnet"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "segnet"
 CAMVID_WEIGHTS = [0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418, 0.6823, 6.2478, 7.3614]
 
 

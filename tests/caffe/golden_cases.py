@@ -3,7 +3,7 @@
 This module imports neither torch nor any ``caffe``: :func:`run_layer_case` and
 :func:`run_solver_case` take the pycaffe module to drive, so the same code produced the fixtures
 under BVLC Caffe's own pycaffe (``tools/make_bvlc_golden.py``) and replays them on this
-project's ``caffe`` (``tests/test_bvlc_golden.py``). Inputs, top diffs and parameter values come
+project's ``caffe`` (``tests/caffe/test_bvlc_golden.py``). Inputs, top diffs and parameter values come
 from numpy seeded per case; Caffe's fillers only matter where a case keeps them.
 """
 from __future__ import annotations

@@ -202,7 +202,7 @@ def test_constructor_forms_save_copy_and_share(tmp_path, branch):
     branch.params["conv"][0].data[...] = 9
     assert third.params["conv"][0].data.item() == 9
     with pytest.raises(TypeError):
-        caffe.Net(path, 7)          # not a phase (Net(path) is the fork's form: tests/test_pycaffe_legacy.py)
+        caffe.Net(path, 7)          # not a phase (Net(path) is the fork's form: tests/caffe/test_pycaffe_legacy.py)
     with pytest.raises(CaffeError, match="Could not open file"):
         caffe.Net(str(tmp_path / "missing.prototxt"), caffe.TEST)
     with pytest.raises(CaffeError, match="MemoryData"):
