@@ -19,40 +19,14 @@ import torch
 from . import CaffeError, TEST, TRAIN
 from .blob import Blob, BlobVec, pull, push
 from ._caffe.graph import Graph
+from .common import _MODE, device, set_device, set_mode_cpu, set_mode_gpu  # noqa: F401  (pycaffe's names)
 from ._caffe.legacy import LegacyNet, build_phase, deprecated, is_path, set_phase_test, set_phase_train
 
-_MODE = {"gpu": False, "device_id": 0}
-
-
 # ------------------------------------------------------------------ process-wide settings
-def set_mode_cpu() -> None:
-    """Run nets on the CPU (the default)."""
-    _MODE["gpu"] = False
-
-
-def set_mode_gpu() -> None:
-    """Run nets on the CUDA device chosen by set_device (default 0)."""
-    if not torch.cuda.is_available():
-        raise CaffeError("set_mode_gpu: no CUDA device is available to torch on this machine")
-    _MODE["gpu"] = True
-
-
-def set_device(device_id: int) -> None:
-    """Choose the CUDA device used in GPU mode."""
-    if torch.cuda.is_available() and not 0 <= int(device_id) < torch.cuda.device_count():
-        raise CaffeError(f"set_device: no CUDA device {device_id} ({torch.cuda.device_count()} present)")
-    _MODE["device_id"] = int(device_id)
-
-
 def set_random_seed(seed: int) -> None:
     """Seed the random numbers of fillers, dropout and DummyData (Caffe::set_random_seed)."""
     torch.manual_seed(int(seed))
     np.random.seed(int(seed) & 0xFFFFFFFF)
-
-
-def device() -> torch.device:
-    """The torch device of the current mode."""
-    return torch.device(f"cuda:{_MODE['device_id']}") if _MODE["gpu"] else torch.device("cpu")
 
 
 def has_nccl() -> bool:

@@ -224,7 +224,8 @@ def _inference(unary: torch.Tensor, kernels: Sequence[CRFKernel], weights: list[
         yield energy[:, :c] if logits else q[:, :c]
 
 
-def _last(it: Iterator[torch.Tensor]) -> torch.Tensor:
+def last_step(it: Iterator):
+    """The last item of an iterator of mean-field steps (the marginals after the final one)."""
     q = None
     for q in it:
         pass
@@ -252,7 +253,7 @@ class DenseCRF(torch.nn.Module):
         """Marginals after ``params.iters`` iterations, one C x H x W tensor per image."""
         kernels = build_kernels(images, self.params, self.positional)
         flat = torch.cat([u.reshape(u.shape[0], -1).t() for u in unaries])
-        q = _last(mean_field(flat, kernels, (self.pos_w, self.bi_w), self.params.iters, self.compat))
+        q = last_step(mean_field(flat, kernels, (self.pos_w, self.bi_w), self.params.iters, self.compat))
         return _split(q, unaries)
 
 
@@ -322,7 +323,7 @@ class TorchDenseCRF:
     def marginals_batch(self, images: Sequence[np.ndarray], unaries: Sequence[np.ndarray],
                         params: CRFParams) -> list[np.ndarray]:
         """``marginals`` for a batch of images (sizes may differ), filtered together."""
-        q, us = _last(self._run(images, unaries, params))
+        q, us = last_step(self._run(images, unaries, params))
         return [m.cpu().numpy() for m in _split(q, us)]
 
     def steps(self, image: np.ndarray, unary: np.ndarray, params: CRFParams) -> Iterator[np.ndarray]:

@@ -85,19 +85,19 @@ class LegacyNet:
 
     def set_mode_cpu(self) -> None:
         """The fork's net.set_mode_cpu(): caffe.set_mode_cpu()."""
-        from ..pycaffe import set_mode_cpu
+        from ..common import set_mode_cpu
         deprecated()
         set_mode_cpu()
 
     def set_mode_gpu(self) -> None:
         """The fork's net.set_mode_gpu(): caffe.set_mode_gpu()."""
-        from ..pycaffe import set_mode_gpu
+        from ..common import set_mode_gpu
         deprecated()
         set_mode_gpu()
 
     def set_device(self, device_id: int) -> None:
         """The fork's net.set_device(i): caffe.set_device(i)."""
-        from ..pycaffe import set_device
+        from ..common import set_device
         deprecated()
         set_device(device_id)
 
@@ -209,7 +209,7 @@ def fork_setup(net, gpu, mean) -> np.ndarray | None:
     """What the fork's Classifier/Detector did first: the process-wide phase TEST, the mode
     from ``gpu``; returns the mean as the fork's net.set_mean (elementwise, resized)."""
     from ..io import resize_image
-    from ..pycaffe import set_mode_cpu, set_mode_gpu
+    from ..common import set_mode_cpu, set_mode_gpu
     deprecated()
     set_phase_test()
     set_mode_gpu() if gpu else set_mode_cpu()

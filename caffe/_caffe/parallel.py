@@ -85,7 +85,7 @@ class Timer:
         self.running = False
 
     def _now(self) -> float:
-        from ..pycaffe import _MODE
+        from ..common import _MODE
         if _MODE["gpu"] and torch.cuda.is_available():
             torch.cuda.synchronize()
         return time.perf_counter()
@@ -124,7 +124,7 @@ class NCCL:
 
     def __init__(self, solver, uid):
         import torch.distributed as dist
-        from ..pycaffe import _MODE
+        from ..common import _MODE
         self.solver = solver
         self.count, self.rank = solver_count(), solver_rank()
         if not self.rank < self.count:

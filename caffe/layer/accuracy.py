@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Layer, register
+from .base import Layer, register
 from .loss import repeated_or_optional
 from .shape_ops import canonical_axis, count
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from . import Layer, register
+from .base import Layer, register
 
 
 def read_label_map(layer: Layer, path: str) -> list[list[int]]:

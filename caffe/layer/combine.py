@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Layer, register
+from .base import Layer, register
 
 PROD, SUM, MAX = 0, 1, 2
 

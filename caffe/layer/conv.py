@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import Layer, register
+from .base import Layer, register
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 

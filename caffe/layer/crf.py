@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import Layer, register
+from .base import Layer, register
 
 FLT_MIN = 1.1754943508222875e-38  # <cfloat>'s FLT_MIN, the fork's floor before log
 
@@ -25,13 +25,6 @@ def _backend():
     """densecrf's torch backend (imported on first use: it needs torch, as this package does)."""
     from densecrf import torch_backend
     return torch_backend
-
-
-def _last(steps):
-    out = None
-    for out in steps:
-        pass
-    return out
 
 
 def _float32(t: torch.Tensor) -> torch.Tensor:
@@ -180,7 +173,7 @@ class DenseCRF(Layer):
             for w, xy, rgb in self.bi:
                 kernels.append(tb.bilateral_kernel(ims, xy, rgb, "after"))
                 weights.append(w)
-        q = _last(tb.mean_field(-flat, kernels, weights, self.max_iter))
+        q = tb.last_step(tb.mean_field(-flat, kernels, weights, self.max_iter))
         if not self.output_prob:
             q = torch.log(q.clamp(min=FLT_MIN))
         tops, start = [torch.zeros_like(scores[0])] * n, 0
@@ -298,6 +291,6 @@ class MultiStageMeanfield(Layer):
         ims = [image[i].detach().permute(1, 2, 0) for i in range(n)]
         bilateral = tb.bilateral_kernel(ims, self.theta_alpha, self.theta_beta, "after")
         ws, wb, mu = (b.reshape(c, c).to(unary.dtype) for b in self.blobs)
-        x = _last(tb.mean_field(-flat(unary), (spatial, bilateral), (ws, wb), self.num_iterations,
+        x = tb.last_step(tb.mean_field(-flat(unary), (spatial, bilateral), (ws, wb), self.num_iterations,
                                 compat=mu, start=flat(q0), logits=True))
         return (x.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous(),)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Layer, register
+from .base import Layer, register
 
 
 @register("Input")

@@ -7,7 +7,7 @@ import math
 
 import torch.nn.functional as F
 
-from . import Layer, register
+from .base import Layer, register
 from .conv import batch_view, conv_channels, conv_geometry, conv_out, convolve, spatial_top, windows
 
 TORCH_DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}

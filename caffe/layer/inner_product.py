@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import Layer, register
+from .base import Layer, register
 from .shape_ops import canonical_axis, count
 
 

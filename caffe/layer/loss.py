@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import Layer, LossLayer, register
+from .base import Layer, LossLayer, register
 from .shape_ops import canonical_axis, count
 
 FULL, VALID, BATCH_SIZE, NONE = 0, 1, 2, 3

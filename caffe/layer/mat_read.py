@@ -7,7 +7,7 @@ import torch
 
 from .. import CaffeError
 from ..util.lists import read_list
-from . import Layer, register
+from .base import Layer, register
 
 
 def matlab_to_blob(array: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import Layer, register
+from .base import Layer, register
 
 
 @register("ReLU")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import Layer, register
+from .base import Layer, register
 
 
 @register("BatchNorm")

@@ -11,7 +11,7 @@ import torch
 from .. import CaffeError
 from ..util.files import atomic_path
 from ..util.lists import read_list
-from . import Layer, register
+from .base import Layer, register
 
 
 def blob_to_matlab(chw: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import Layer, register, spatial
+from .base import Layer, register, spatial
 
 MAX, AVE, STOCHASTIC = 0, 1, 2
 CEIL, FLOOR = 0, 1   # PoolingParameter.RoundMode

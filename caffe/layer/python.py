@@ -17,7 +17,7 @@ import importlib
 import numpy as np
 import torch
 
-from . import Layer as EngineLayer, register
+from .base import Layer as EngineLayer, register
 from ..blob import Blob, BlobVec, pull, push
 
 

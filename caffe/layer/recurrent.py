@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Layer, register
+from .base import Layer, register
 from .shape_ops import count
 
 

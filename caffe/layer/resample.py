@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import Layer, register
+from .base import Layer, register
 
 
 def interp_out(size, p):

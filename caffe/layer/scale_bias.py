@@ -5,7 +5,7 @@ bottom[0]'s axes [axis, axis + num_axes) (num_axes -1: to the end; 0: a scalar).
 """
 from __future__ import annotations
 
-from . import Layer, register
+from .base import Layer, register
 from .shape_ops import canonical_axis
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Layer, register
+from .base import Layer, register
 
 
 def canonical_axis(axis: int, num_axes: int, layer) -> int:

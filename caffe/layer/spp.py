@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from . import Layer, register
+from .base import Layer, register
 from .pooling import Pooling
 
 

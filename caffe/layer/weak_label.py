@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import Layer, register
+from .base import Layer, register
 
 
 def _cpu(x: torch.Tensor) -> np.ndarray:

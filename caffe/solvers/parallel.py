@@ -1,6 +1,6 @@
 """Devices and data-parallel training over processes with torch.distributed.
 
-``gpu_ids`` reads a ``--gpu`` flag as Caffe's get_gpus does; ``device_query`` describes a GPU
+``device_query`` describes a GPU
 as Caffe::DeviceQuery does. Several processes are started by torchrun or by
 caffe.tool.training's self-spawn.
 
@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .. import CaffeError
+from ..common import use_cuda_device
 
 
 @dataclass
@@ -30,33 +31,6 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: str = "cpu"
-
-
-def gpu_ids(flag: str | None) -> list[int]:
-    """Caffe's get_gpus: empty -> [] (the CPU), ``all`` -> every visible GPU, ``0,1`` -> [0, 1].
-
-    Asking for a GPU where CUDA is missing, or for one that does not exist, is a CaffeError.
-    """
-    if not flag:
-        return []
-    ids = None
-    if flag != "all":
-        try:
-            ids = [int(g) for g in flag.split(",")]
-        except ValueError:
-            raise CaffeError(f"--gpu expects an id, ids separated by commas, or 'all'; got {flag!r}") from None
-        if len(set(ids)) != len(ids) or min(ids) < 0:
-            raise CaffeError(f"--gpu {flag}: give each GPU id once, as a number from 0")
-    if not torch.cuda.is_available():
-        raise CaffeError(f"--gpu {flag}: CUDA is not available on this machine (no NVIDIA GPU or driver, or a "
-                         f"CPU-only PyTorch {torch.__version__}); leave out --gpu to run on the CPU")
-    count = torch.cuda.device_count()
-    if ids is None:
-        return list(range(count))
-    missing = [i for i in ids if i >= count]
-    if missing:
-        raise CaffeError(f"--gpu {flag}: there is no GPU {missing[0]} ({count} visible: 0..{count - 1})")
-    return ids
 
 
 def device_query(gpu: int) -> list[str]:
@@ -78,15 +52,6 @@ def device_query(gpu: int) -> list[str]:
 def launched() -> bool:
     """True when started by torchrun (or another launcher that sets WORLD_SIZE > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def use_cuda_device(index: int) -> str:
-    """Make CUDA device ``index`` the current one and let cuDNN time its convolution algorithms
-    for each new shape once (cudnn.benchmark): a training net's fixed crops then run the fastest
-    one every iteration. Returns the torch device string."""
-    torch.cuda.set_device(index)
-    torch.backends.cudnn.benchmark = True
-    return f"cuda:{index}"
 
 
 def setup(use_cuda: bool, gpu_ids: list[int] | None = None) -> Dist:

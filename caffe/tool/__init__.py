@@ -181,7 +181,8 @@ def time(flags, log) -> int:
 def device_query(flags, log) -> int:
     """Show each GPU's properties (all visible ones without --gpu)."""
     import torch
-    from ..solvers.parallel import device_query as describe, gpu_ids
+    from ..common import gpu_ids
+    from ..solvers.parallel import device_query as describe
     log("caffe.cpp:138", f"Querying GPUs {flags['gpu']}")
     ids = gpu_ids(flags["gpu"] or ("all" if torch.cuda.is_available() else ""))
     if not ids:

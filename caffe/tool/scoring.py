@@ -25,7 +25,7 @@ class Scores:
 def select_device(gpus: str | None, log=None) -> str:
     """The device ``caffe test`` / ``caffe time`` use: the first id of ``--gpu``, else the CPU."""
     import torch
-    from ..solvers.parallel import gpu_ids, use_cuda_device
+    from ..common import gpu_ids, use_cuda_device
     ids = gpu_ids(gpus)
     if not ids:
         if log:

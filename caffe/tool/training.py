@@ -64,7 +64,7 @@ def choose_gpus(options: TrainOptions, param) -> tuple[list[int], str | None]:
     on the CPU (with a warning), so the release's solvers run anywhere.
     """
     import torch
-    from ..solvers.parallel import gpu_ids
+    from ..common import gpu_ids
     if options.cpu:
         return [], None
     if options.gpus:

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from deeplab.extract.runner import Outputs, check_layout, extract, label_palette
     from deeplab.lists import read_items
-    from deeplab.extract.scorenet import ScoreNet, device_for
+    from caffe.common import device_for
+    from deeplab.extract.scorenet import ScoreNet
 
     for what, path in (("--model", args.model), ("--weights", args.weights), ("--list", args.list)):
         if not os.path.isfile(path):

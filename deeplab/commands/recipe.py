@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
+from deeplab import DeepLabError
 from deeplab.cli import run_main
 
 
@@ -73,6 +75,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_plan(lines: list[str], gpu: int) -> list[list[str]]:
+    """Check the commands ``tools/gpu_recipe.sh`` prints with PLAN_ONLY=1 for ``GPU=gpu``: the
+    recipe's and the CRF bench's arguments parse with their own parsers and name the CUDA
+    device ``gpu`` in a form torch accepts. Returns the commands (argument lists)."""
+    import torch
+    commands = [shlex.split(line) for line in lines if line.strip()]
+    seen = set()
+    for argv in commands:
+        module = [k for k in range(len(argv) - 1) if argv[k:k + 2] == ["-m", "deeplab.commands.recipe"]]
+        script = [k for k, a in enumerate(argv) if a.endswith("bench_crf_torch.py")]
+        if module:
+            args = build_parser().parse_args(argv[module[0] + 2:])
+            if args.command == "run" and args.gpu != gpu:
+                raise DeepLabError(f"recipe run gets --gpu {args.gpu}, not {gpu}: {shlex.join(argv)}")
+            seen.add(f"recipe {args.command}")
+        elif script:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(argv[script[0]])))
+            try:
+                from bench_crf_torch import build_parser as bench_parser
+            finally:
+                sys.path.pop(0)
+            args = bench_parser().parse_args(argv[script[0] + 1:])
+            try:
+                device = torch.device(args.throughput)
+            except (RuntimeError, ValueError) as e:   # e.g. 'cuda0'
+                raise DeepLabError(f"the CRF bench's device {args.throughput!r} is not one torch accepts ({e})") from None
+            if device != torch.device("cuda", gpu):
+                raise DeepLabError(f"the CRF bench runs on {device}, not cuda:{gpu}: {shlex.join(argv)}")
+            [int(b) for b in args.batches.split(",")]
+            seen.add("crf bench")
+    missing = {"recipe run", "crf bench"} - seen
+    if missing:
+        raise DeepLabError(f"the plan lacks {', '.join(sorted(missing))}")
+    return commands
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand and print what it did."""
     args = build_parser().parse_args(argv)
@@ -102,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "check-plan":
         from deeplab.recipe import lease
         with open(args.plan) as fh:
-            commands = lease.check_plan(fh.read().splitlines(), args.gpu)
+            commands = check_plan(fh.read().splitlines(), args.gpu)
         print(f"GPU branch: {len(commands)} commands parse and name cuda:{args.gpu}", file=sys.stderr)
     elif args.command == "check-versions":
         from deeplab.recipe import lease

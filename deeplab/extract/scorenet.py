@@ -30,17 +30,6 @@ _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ----------------------------------------------------------------------------- the net
-def device_for(gpu: int | None) -> str:
-    """The torch device of ``--gpu ID`` (None or -1: the CPU); a missing GPU is a clear error."""
-    if gpu is None or gpu < 0:
-        return "cpu"
-    if not torch.cuda.is_available():
-        raise DeepLabError(f"--gpu {gpu}: CUDA is not available in this PyTorch build/machine")
-    if gpu >= torch.cuda.device_count():
-        raise DeepLabError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s)")
-    return f"cuda:{gpu}"
-
-
 def find_data_layer(layers):
     """The test net's ImageSegData layer (its transform_param is the preprocessing)."""
     found = [lp for lp in layers if lp.type == "ImageSegData"]

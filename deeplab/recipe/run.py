@@ -20,6 +20,7 @@ import sys
 import time
 
 from .. import DeepLabError
+from ..cli import parse_set
 from . import lease
 from .pack import (pack_dataset, pack_folder, pack_weights, save_float16, unpack_archives, unpack_dataset,
                    unpack_weights)
@@ -83,7 +84,7 @@ def run(pack: str, conf: str, out: str, work: str, *, gpu: int | None, amp: str 
     for training; score maps are saved as float16). ``dry_run``: the same steps with 2
     iterations and the first 3 images of each set (a check of the script on a CPU)."""
     from ..commands import extract as extract_cmd
-    from ..commands import train as train_cmd
+    from caffe.tool.training import TrainOptions, train
     from ..labels import load_classes
     for name in ("solver", "train", "test"):
         if not os.path.isfile(os.path.join(conf, f"{name}.prototxt")):
@@ -127,10 +128,15 @@ def run(pack: str, conf: str, out: str, work: str, *, gpu: int | None, amp: str 
              os.path.join(out, "train.log"), "--workers", str(loaders), "--quiet"] + device + labels
             + _mapping(conf, exp, data) + (["--amp", amp] if amp else []) + (["--channels-last"] if channels_last else [])
             + (["--time-budget", str(minutes)] if minutes else []))
-    commands.append(["deeplab-train"] + argv)
+    commands.append(["deeplab-train"] + argv)   # what ran, as the command that does the same
+    settings = labels + _mapping(conf, exp, data)
+    options = TrainOptions(weights=[init], mapping=parse_set(settings[1::2]), gpus=None if gpu is None else str(gpu),
+                           cpu=gpu is None, log_file=os.path.join(out, "train.log"), log_stderr=False,
+                           progress=False, amp=amp, channels_last=channels_last, workers=loaders,
+                           time_budget=minutes * 60 if minutes else None)
     t = time.time()
-    if train_cmd.main(argv):
-        raise DeepLabError("training failed")
+    if not train(solver, options):
+        raise DeepLabError("training was stopped by a signal")
     timings["train_s"] = time.time() - t
     snapshot = _final_snapshot(os.path.join(exp, "model"))
     iterations = int(re.search(r"_iter_(\d+)\.caffemodel$", snapshot).group(1))

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import REPO
 from deeplab import DeepLabError
+from deeplab.commands.recipe import check_plan
 from deeplab.recipe import lease
 from deeplab.recipe.pack import pack_folder, save_float16, unpack_weights
 from caffe.model_io import LayerBlobs, load_caffemodel
@@ -28,7 +29,7 @@ def plan(tmp_path, **env) -> list[str]:
 
 def test_gpu_branch_names_a_cuda_device_torch_accepts(tmp_path):
     lines = plan(tmp_path, GPU="0", WORKERS="16")
-    commands = lease.check_plan(lines, 0)
+    commands = check_plan(lines, 0)
     bench = next(c for c in commands if any(a.endswith("bench_crf_torch.py") for a in c))
     assert bench[bench.index("--throughput") + 1] == "cuda:0"
     assert bench[bench.index("--batches") + 1] == "1,8,32" and bench[bench.index("--speed-images") + 1] == "4"
@@ -37,7 +38,7 @@ def test_gpu_branch_names_a_cuda_device_torch_accepts(tmp_path):
     assert run[run.index("--gpu") + 1] == "0" and run[run.index("--amp") + 1] == "bf16" and "--deadline" in run
     assert commands[-1][-3:] == ["finish", "--out", str(tmp_path / "out")]
     other = plan(tmp_path, GPU="1")
-    assert lease.check_plan(other, 1) and "--throughput cuda:1" in " ".join(other)
+    assert check_plan(other, 1) and "--throughput cuda:1" in " ".join(other)
 
 
 def test_cpu_branch_is_the_dry_runs(tmp_path):
@@ -51,11 +52,11 @@ def test_check_plan_refuses_the_old_expansion():
     lines = ["python3 -m deeplab.commands.recipe run --pack p --conf c --out o --work w --gpu 0",
              "timeout 90 python3 bench/bench_crf_torch.py --throughput cuda0 --batches 1,8,32"]
     with pytest.raises(DeepLabError, match="'cuda0' is not one torch accepts"):
-        lease.check_plan(lines, 0)
+        check_plan(lines, 0)
     with pytest.raises(DeepLabError, match="runs on cuda:1, not cuda:0"):
-        lease.check_plan([lines[0], lines[1].replace("cuda0", "cuda:1")], 0)
+        check_plan([lines[0], lines[1].replace("cuda0", "cuda:1")], 0)
     with pytest.raises(DeepLabError, match="lacks crf bench"):
-        lease.check_plan(lines[:1], 0)
+        check_plan(lines[:1], 0)
 
 
 def git_repo(path: pathlib.Path) -> pathlib.Path:
