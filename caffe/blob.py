@@ -1,25 +1,22 @@
 """pycaffe's Blob: ``.data`` and ``.diff`` numpy arrays that are the memory the net computes on.
 
-Two kinds behind one interface. :class:`Blob` owns host arrays (a net's activations, the
-tops and bottoms a Python layer sees). :class:`ParamBlob` is a view of a learnable torch
-parameter: on the CPU its arrays share the parameter's and its gradient's storage; on a GPU
-they are host mirrors that :func:`push` / :func:`pull` copy to and from the device around
-every computation (Caffe's SyncedMemory does the same, lazily).
+Two kinds behind one interface. :class:`Blob` owns its memory (a net's activations, the tops
+and bottoms a Python layer sees). :class:`ParamBlob` is a view of a learnable torch
+parameter. On the CPU the arrays are the memory itself; on a GPU they are host mirrors kept
+in step lazily, as Caffe's SyncedMemory does: see caffe.syncedmem for the contract. Memory is
+allocated on first use, so a TEST net that never runs backward never holds a diff.
 """
 from __future__ import annotations
-
-import weakref
 
 import numpy as np
 import torch
 
+from . import syncedmem
+from .syncedmem import SyncedMemory
+
 
 class _Shape:
-    """Caffe's Blob accessors shared by both kinds: shape, count, num/channels/height/width."""
-
-    @property
-    def shape(self) -> tuple:
-        return tuple(self.data.shape)
+    """Caffe's Blob accessors shared by both kinds: count, num/channels/height/width."""
 
     @property
     def count(self) -> int:
@@ -41,7 +38,7 @@ class _Shape:
 
 
 class Blob(_Shape):
-    """A blob with its own float32 host memory (data and diff)."""
+    """A blob with its own float32 memory (data and diff), each allocated on first use."""
 
     def __init__(self, shape=(), diff_fill: float = 0.0):
         self.diff_fill = float(diff_fill)
@@ -51,22 +48,31 @@ class Blob(_Shape):
     def wrap(cls, data: np.ndarray) -> "Blob":
         """A blob over existing float32 ``data`` (shared, not copied) with a zero diff."""
         blob = cls.__new__(cls)
-        blob.diff_fill, blob._data, blob._diff = 0.0, data, np.zeros(data.shape, np.float32)
+        blob.diff_fill = 0.0
+        blob._data, blob._diff = SyncedMemory.over(data), SyncedMemory(data.shape)
         return blob
 
     @property
+    def shape(self) -> tuple:
+        return self._data.shape
+
+    @property
     def data(self) -> np.ndarray:
-        """The values (a writable float32 array that is the blob's memory)."""
-        return self._data
+        """The values (a writable float32 array that is the blob's memory, or its host mirror)."""
+        return self._data.host()
 
     @property
     def diff(self) -> np.ndarray:
-        """The gradient (a writable float32 array that is the blob's memory)."""
-        return self._diff
+        """The gradient (a writable float32 array that is the blob's memory, or its host mirror)."""
+        return self._diff.host()
+
+    def values(self) -> np.ndarray:
+        """The values for reading only (refreshed from the device; the device stays the head)."""
+        return self._data.host(mutable=False)
 
     def _alloc(self, shape: tuple) -> None:
-        self._data = np.zeros(shape, np.float32)
-        self._diff = np.full(shape, self.diff_fill, np.float32)
+        self._data = SyncedMemory(shape)
+        self._diff = SyncedMemory(shape, self.diff_fill)
 
     def reshape(self, *dims) -> None:
         """Caffe's Blob::Reshape: same count keeps the memory, another count reallocates."""
@@ -75,78 +81,56 @@ class Blob(_Shape):
         shape = tuple(int(d) for d in dims)
         if any(d < 0 for d in shape):
             raise ValueError(f"blob dimensions must be >= 0, got {shape}")
-        if shape == self.data.shape:
+        if shape == self.shape:
             return
-        if int(np.prod(shape, dtype=np.int64)) == self.data.size:
-            self._data = self._data.reshape(shape)
-            self._diff = self._diff.reshape(shape)
+        if int(np.prod(shape, dtype=np.int64)) == self.count:
+            self._data = self._data.reshaped(shape)
+            self._diff = self._diff.reshaped(shape)
         else:
             self._alloc(shape)
 
     def set_data(self, value) -> None:
-        """Store a computed top (reshaping first if its shape changed)."""
+        """Store values given on the host (a data layer's batch; reshaping first if its shape
+        changed): the host becomes the head."""
         arr = value.detach().to("cpu", torch.float32).numpy() if torch.is_tensor(value) else np.asarray(value)
-        if arr.shape != self.data.shape:
+        if arr.shape != self.shape:
             self.reshape(*arr.shape)
-        if arr.__array_interface__["data"][0] != self._data.__array_interface__["data"][0]:
-            self._data[...] = arr  # (the same memory when an in-place layer wrote its bottom)
+        out = self._data.host(keep=False)
+        if arr.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
+            out[...] = arr
 
+    # -------------------------------------------------------------- the net's side
+    def device_data(self, device) -> torch.Tensor:
+        """The values as a tensor on ``device`` (the host memory itself on the CPU)."""
+        return self._data.device(device)
 
-# Host mirrors of device parameters: param -> (data array, diff array).
-_MIRRORS: "weakref.WeakKeyDictionary[torch.Tensor, list]" = weakref.WeakKeyDictionary()
+    def device_diff(self, device) -> torch.Tensor:
+        """The diff as a tensor on ``device`` (zeros, or the loss weight, when first used)."""
+        return self._diff.device(device)
 
+    def set_device_data(self, value: torch.Tensor, device) -> None:
+        """Store a layer's computed top (reshaping first if its shape changed)."""
+        if tuple(value.shape) != self.shape:
+            self.reshape(*value.shape)
+        self._data.set_device(value, device)
 
-def host_data(param: torch.Tensor) -> np.ndarray:
-    """The numpy array that is ``param``'s memory (its host mirror on a GPU)."""
-    if param.device.type == "cpu":
-        return param.detach().numpy()
-    return _mirror(param)[0]
+    def set_device_diff(self, value: torch.Tensor, device) -> None:
+        """Store a computed diff of the blob's shape."""
+        self._diff.set_device(value, device)
 
-
-def host_diff(param: torch.Tensor) -> np.ndarray:
-    """The numpy array that is ``param``'s diff (its gradient; created as zeros if absent)."""
-    if param.grad is None:
-        param.grad = torch.zeros_like(param)
-    if param.device.type == "cpu":
-        return param.grad.numpy()
-    return _mirror(param)[1]
-
-
-def _mirror(param: torch.Tensor) -> list:
-    m = _MIRRORS.get(param)
-    if m is None:
-        if param.grad is None:
-            param.grad = torch.zeros_like(param)
-        m = [param.detach().cpu().numpy().copy(), param.grad.detach().cpu().numpy().copy()]
-        _MIRRORS[param] = m
-    return m
-
-
-@torch.no_grad()
-def push(params) -> None:
-    """Copy the host mirrors of device parameters to the device (before computing)."""
-    for p in params:
-        m = _MIRRORS.get(p)
-        if m is None:
-            continue
-        p.copy_(torch.from_numpy(m[0]))
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        p.grad.copy_(torch.from_numpy(m[1]))
-
-
-@torch.no_grad()
-def pull(params) -> None:
-    """Copy device parameters back into their host mirrors (after computing)."""
-    for p in params:
-        m = _MIRRORS.get(p)
-        if m is None:
-            continue
-        m[0][...] = p.detach().cpu().numpy()
-        if p.grad is None:
-            m[1][...] = 0
+    def add_device_diff(self, value: torch.Tensor, device) -> None:
+        """Add a computed diff to the blob's (a blob read by several layers: Caffe's Split)."""
+        if syncedmem.separate(device):
+            current = self._diff.device(device)
+            self._diff.set_device(current + value.reshape(current.shape).to(current.dtype), device)
         else:
-            m[1][...] = p.grad.detach().cpu().numpy()
+            diff = self._diff.host()
+            diff += value.detach().to("cpu", torch.float32).numpy().reshape(diff.shape)
+
+    @property
+    def diff_allocated(self) -> bool:
+        """Whether the diff has been used (allocated) yet."""
+        return self._diff.allocated
 
 
 class ParamBlob(_Shape):
@@ -161,12 +145,16 @@ class ParamBlob(_Shape):
         return self._plist[self._index]
 
     @property
+    def shape(self) -> tuple:
+        return tuple(self.param.shape)
+
+    @property
     def data(self) -> np.ndarray:
-        return host_data(self.param)
+        return syncedmem.param_data(self.param)
 
     @property
     def diff(self) -> np.ndarray:
-        return host_diff(self.param)
+        return syncedmem.param_diff(self.param)
 
     def reshape(self, *dims) -> None:
         """Reshape a learnable blob (as Caffe allows; the values become zeros if the count changes)."""
@@ -174,13 +162,14 @@ class ParamBlob(_Shape):
             dims = tuple(dims[0])
         shape = tuple(int(d) for d in dims)
         p = self.param
+        syncedmem.push([p])
         with torch.no_grad():
             if int(np.prod(shape, dtype=np.int64)) == p.numel():
                 p.data = p.data.reshape(shape)
             else:
                 p.data = torch.zeros(shape, dtype=p.dtype, device=p.device)
             p.grad = None
-        _MIRRORS.pop(p, None)
+        syncedmem.reshaped(p)
 
 
 class BlobVec:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from . import CaffeError, TEST, TRAIN
-from .blob import Blob, BlobVec, pull, push
+from .blob import Blob, BlobVec
+from .syncedmem import device_wrote, param_data, param_diff, place, push
 from ._caffe.graph import Graph
 from .common import _MODE, device, set_device, set_mode_cpu, set_mode_gpu  # noqa: F401  (pycaffe's names)
 from ._caffe.legacy import LegacyNet, build_phase, deprecated, is_path, set_phase_test, set_phase_train
@@ -73,7 +74,7 @@ class LayerView:
             shapes = [tuple(1 if d is None else d for d in s) for s in layer.top_shapes]
         else:
             with torch.no_grad():
-                shapes = [tuple(t.shape) for t in layer(*[torch.empty(b.data.shape, device="meta") for b in bottom])]
+                shapes = [tuple(t.shape) for t in layer(*[torch.empty(b.shape, device="meta") for b in bottom])]
         for blob, shape in zip(top, shapes):
             blob.reshape(*shape)
 
@@ -131,9 +132,12 @@ class Net(LegacyNet):
         return net
 
     def _init(self, engine) -> None:
-        self._net = engine.to(device())
+        dev = device()
+        place([p for layer in engine.layers for p in layer.blobs], dev)
+        self._net = engine.to(dev)
+        push(self._params())
         self._graph = Graph(engine)
-        self._graph.device = device()
+        self._graph.device = dev
         self._layers = [_view(layer) for layer in engine.layers]
         weights = engine.loss_weights
         # Caffe's blobs_ in creation order, by the engine's keys (each anonymous top its own);
@@ -243,21 +247,24 @@ class Net(LegacyNet):
         return [p for layer in self._net.layers for p in layer.blobs]
 
     def _sync_in(self) -> None:
-        """Move the engine to the current mode's device and push host-side param edits."""
+        """Move the engine to the current mode's device (learnable blobs keeping their host
+        arrays) and hand the device the learnable blobs written on the host since it last had
+        them (only those: caffe.syncedmem)."""
         self._follow_phase()
         dev = device()
         if self._graph.device != dev:
+            place(self._params(), dev)
             self._net.to(dev)
             self._graph.device = dev
         push(self._params())
 
-    def _forward(self, start: int, end: int) -> float:
-        """Net::ForwardFromTo(start, end); returns the loss of the layers run."""
+    def _forward(self, start: int, end: int) -> torch.Tensor:
+        """Net::ForwardFromTo(start, end); returns the loss of the layers run (on the device)."""
         self._sync_in()
         try:
             return self._graph.forward(self, start, end)
         finally:
-            pull(self._params())
+            device_wrote(self._params(), diff=False)   # (BatchNorm's statistics are blobs)
 
     def _backward(self, start: int, end: int) -> None:
         """Net::BackwardFromTo(start, end)."""
@@ -265,7 +272,7 @@ class Net(LegacyNet):
         try:
             self._graph.backward(self, start, end)
         finally:
-            pull(self._params())
+            device_wrote(self._params(), data=False)
 
     def forward(self, blobs=None, start=None, end=None, **kwargs) -> dict:
         """Run layers ``start``..``end`` (names, inclusive; default all); keyword arguments fill
@@ -319,10 +326,15 @@ class Net(LegacyNet):
         self._graph.reshape(self)
 
     def clear_param_diffs(self) -> None:
-        """Zero every learnable blob's diff."""
-        for layer in self._net.layers:
-            for blob in BlobVec(layer.blobs):
-                blob.diff[...] = 0
+        """Zero every learnable blob's diff (where it lives: on the device in GPU mode)."""
+        self._sync_in()
+        with torch.no_grad():
+            for p in self._params():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                else:
+                    p.grad.zero_()
+        device_wrote(self._params(), data=False)
 
     # -------------------------------------------------------------- weights
     def export(self, onnx: str | None = None, torch: str | None = None, dynamic: bool = True) -> dict:
@@ -349,7 +361,7 @@ class Net(LegacyNet):
             raise CaffeError(f"Could not open file {filename}")
         self._sync_in()
         self._net.copy_from(filename)
-        pull(self._params())
+        device_wrote(self._params(), diff=False)
 
     def share_with(self, other: "Net") -> None:
         """Use ``other``'s learnable blobs for layers of the same name (ShareTrainedLayersWith)."""
@@ -363,9 +375,8 @@ class Net(LegacyNet):
         owned = {id(layer.blobs[i]) for layer, i in self._net._owned}
         layers = []
         for layer in self._net.layers:
-            vec = BlobVec(layer.blobs)
-            layers.append((layer.name, [b.data if id(p) in owned else None for b, p in zip(vec, layer.blobs)],
-                           [b.diff for b in vec]))
+            layers.append((layer.name, [param_data(p, mutable=False) if id(p) in owned else None for p in layer.blobs],
+                           [param_diff(p, mutable=False) for p in layer.blobs]))
         save_hdf5(filename, layers)
 
     def load_hdf5(self, filename: str) -> None:
@@ -374,7 +385,7 @@ class Net(LegacyNet):
             raise CaffeError(f"Could not open file {filename}")
         self._sync_in()
         self._net.copy_from(filename)
-        pull(self._params())
+        device_wrote(self._params(), diff=False)
 
     # -------------------------------------------------------------- batches
     def forward_all(self, blobs=None, **kwargs) -> dict:

@@ -84,7 +84,7 @@ def _memory_data(net, layer) -> None:
 def batches(net, blobs: dict):
     """{name: array of any length} -> {name: one batch}, the last padded with zeros."""
     num = len(next(iter(blobs.values())))
-    size = next(iter(net.blobs.values())).data.shape[0]
+    size = next(iter(net.blobs.values())).shape[0]
     for i in range(0, num - num % size, size):
         yield {name: arr[i:i + size] for name, arr in blobs.items()}
     rest = num % size

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import CaffeError
+from ..syncedmem import push
 
 
 class Graph:
@@ -38,14 +39,18 @@ class Graph:
         self.saved: dict[int, tuple] = {}
 
     # -------------------------------------------------------------- memory
-    def tensor(self, array: np.ndarray) -> torch.Tensor:
-        """A host array as a tensor on the net's device (the same memory on the CPU)."""
-        t = torch.from_numpy(array)
-        return t if self.device.type == "cpu" else t.to(self.device)
+    def _callbacks(self, net, when: str, i: int) -> None:
+        """The net's ``when`` callbacks for layer ``i``; what they wrote to learnable blobs
+        through ``.data`` / ``.diff`` reaches the device before the next layer runs."""
+        callbacks = net._callbacks[when]
+        for fn in callbacks:
+            fn(i)
+        if callbacks:
+            push([p for layer in self.layers for p in layer.blobs])
 
     def _run(self, net, i: int, record: bool):
         layer = self.layers[i]
-        bottoms = [self.tensor(net._blob_at[b].data) for b in layer.bottom_names]
+        bottoms = [net._blob_at[b].device_data(self.device) for b in layer.bottom_names]
         if not record:
             with torch.no_grad():
                 return layer(*bottoms)
@@ -56,13 +61,13 @@ class Graph:
         return tops
 
     # -------------------------------------------------------------- loops
-    def forward(self, net, start: int, end: int) -> float:
-        """Net::ForwardFromTo: run layers start..end, store their tops; returns the loss."""
+    def forward(self, net, start: int, end: int) -> torch.Tensor:
+        """Net::ForwardFromTo: run layers start..end, store their tops; returns the loss (a
+        float64 scalar on the net's device: reading it is the caller's choice)."""
         from .batch import fill_data_layer
-        loss = 0.0
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
         for i in range(start, end + 1):
-            for fn in net._callbacks["before_forward"]:
-                fn(i)
+            self._callbacks(net, "before_forward", i)
             layer = self.layers[i]
             self.saved.pop(i, None)
             if not fill_data_layer(net, i, layer):
@@ -70,12 +75,11 @@ class Graph:
                 refill = getattr(layer, "refill", None)
                 for k, (name, t) in enumerate(zip(layer.top_names, tops)):
                     if refill is None or refill[k]:  # DummyData's constant tops keep their memory
-                        net._blob_at[name].set_data(t)
+                        net._blob_at[name].set_device_data(t, self.device)
             for t, w in zip(layer.top_names, layer.top_loss):
                 if w:   # Caffe's Layer::Forward: loss += loss_weight * sum(top)
-                    loss += w * float(net._blob_at[t].data.sum(dtype=np.float64))
-            for fn in net._callbacks["after_forward"]:
-                fn(i)
+                    loss = loss + w * net._blob_at[t].device_data(self.device).sum(dtype=torch.float64)
+            self._callbacks(net, "after_forward", i)
         return loss
 
     def _run_checked(self, net, i: int) -> list:
@@ -87,7 +91,7 @@ class Graph:
             raise
         except RuntimeError as e:
             layer = self.layers[i]
-            bottoms = ", ".join(f"{b} {tuple(net._blob_at[b].data.shape)}" for b in layer.bottom_names)
+            bottoms = ", ".join(f"{b} {net._blob_at[b].shape}" for b in layer.bottom_names)
             blobs = ", ".join(str(tuple(p.shape)) for p in layer.blobs) or "none"
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CaffeError(f"layer {layer.name!r} ({layer.type}): bottom shape(s) {bottoms} do not fit the "
@@ -98,14 +102,12 @@ class Graph:
         """Net::BackwardFromTo: layers start down to end that need backward."""
         written: set = set()
         for i in range(start, end - 1, -1):
-            for fn in net._callbacks["before_backward"]:
-                fn(i)
+            self._callbacks(net, "before_backward", i)
             if self.layer_need[i]:
                 if i in self.refusals:
                     raise CaffeError(self.refusals[i])
                 self._backward_layer(net, i, written)
-            for fn in net._callbacks["after_backward"]:
-                fn(i)
+            self._callbacks(net, "after_backward", i)
 
     def _backward_layer(self, net, i: int, written: set) -> None:
         layer = self.layers[i]
@@ -119,7 +121,7 @@ class Graph:
         for name, t in zip(layer.top_names, tops):
             if t.requires_grad:
                 outs.append(t)
-                grads_out.append(self.tensor(net._blob_at[name].diff).reshape(t.shape).to(t.dtype))
+                grads_out.append(net._blob_at[name].device_diff(self.device).reshape(t.shape).to(t.dtype))
         wanted = [j for j, need in enumerate(self.bottom_need[i]) if need and leaves[j].requires_grad]
         params = [p for k, p in enumerate(layer.blobs) if self.param_need[i][k] and p.requires_grad]
         inputs = [leaves[j] for j in wanted] + params
@@ -128,13 +130,14 @@ class Graph:
             grads = torch.autograd.grad(outs, inputs, grads_out, retain_graph=True, allow_unused=True)
         for j, g in zip(wanted, grads):
             name = layer.bottom_names[j]
-            diff = net._blob_at[name].diff
-            g = np.zeros_like(diff) if g is None else g.detach().to("cpu", torch.float32).numpy().reshape(diff.shape)
+            blob = net._blob_at[name]
+            if g is None:
+                g = torch.zeros(blob.shape, dtype=torch.float32, device=self.device)
             key = (name, self.bottom_version[i][j])
             if key in written:  # a blob read by several layers: the diffs add up (Caffe's Split)
-                diff += g
+                blob.add_device_diff(g, self.device)
             else:
-                diff[...] = g
+                blob.set_device_diff(g.reshape(blob.shape), self.device)
                 written.add(key)
         with torch.no_grad():
             for p, g in zip(params, grads[len(wanted):]):
@@ -149,12 +152,12 @@ class Graph:
         for i, layer in enumerate(self.layers):
             if layer.is_data or not layer.bottom_names:
                 continue
-            bottoms = [torch.empty(net._blob_at[b].data.shape, device="meta") for b in layer.bottom_names]
+            bottoms = [torch.empty(net._blob_at[b].shape, device="meta") for b in layer.bottom_names]
             try:
                 with torch.no_grad():
                     tops = layer(*bottoms)
             except Exception:  # a layer that needs real values to size its tops keeps its shapes
                 continue
             for name, t in zip(layer.top_names, tops):
-                if tuple(t.shape) != net._blob_at[name].data.shape:
+                if tuple(t.shape) != net._blob_at[name].shape:
                     net._blob_at[name].reshape(*t.shape)

@@ -165,12 +165,12 @@ class NCCL:
         if self.count == 1:
             return
         import torch.distributed as dist
-        from ..blob import pull, push
+        from ..syncedmem import device_wrote
         params = self._params()
         self.solver.net._sync_in()
         for p in params:
             dist.broadcast(p.data, 0)
-        pull(params)
+        device_wrote(params, diff=False)
 
     # Solver::Callback
     def on_start(self) -> None:
@@ -181,11 +181,11 @@ class NCCL:
         layer's were reduced already, with ``layer_wise_reduce``)."""
         if self.count == 1 or self._layer_wise:
             return
-        from ..blob import pull, push
+        from ..syncedmem import device_wrote, push
         params = self._params()
         push(params)
         self._reduce(params)
-        pull(params)
+        device_wrote(params, data=False)
 
     @property
     def _layer_wise(self) -> bool:

@@ -14,8 +14,8 @@ import os
 import torch
 
 from .. import CaffeError
-from ..blob import pull, push
 from ..pycaffe import Net, device
+from ..syncedmem import device_wrote, push
 from ..solvers.update import check_solver
 from ..solvers.solver import CaffeLog, Solver, build_nets, output_lines, snapshot_prefix
 
@@ -29,23 +29,29 @@ class _Loop(Solver):
 
     def _feed(self, b: int) -> dict:
         """The train net's data-layer tops as they are now (the final display's forward)."""
-        return {name: torch.from_numpy(self.py_net.blobs[name].data.copy()) for name in self.net.input_names}
+        return {name: torch.from_numpy(self.py_net.blobs[name].values().copy()) for name in self.net.input_names}
 
     def forward_backward(self) -> torch.Tensor:
-        """Net::ForwardBackward iter_size times on the pycaffe train net; the mean loss."""
+        """Net::ForwardBackward iter_size times on the pycaffe train net; the mean loss, left on
+        the device. The learnable blobs stay there: a callback's writes through ``.data`` /
+        ``.diff`` are copied to the device after it, and only those (caffe.syncedmem)."""
+        params = [p.param for p in self.params]
+        device_wrote(params)   # the last update and ClearParamDiffs ran on the device
         for on_start, _ in self.callbacks:
             on_start()
+        push(params)
         net, n, total = self.py_net, self.param.iter_size, 0.0
         for k in range(n):
             self._reseed(k)
-            total += net._graph.forward(net, 0, len(net.layers) - 1)
+            total = total + net._graph.forward(net, 0, len(net.layers) - 1)
             net._graph.backward(net, len(net.layers) - 1, 0)
-        self.last_outputs = {b: torch.from_numpy(net.blobs[b].data.copy()) for b in net.outputs}
+        device_wrote(params)
+        dev = net._graph.device
+        self.last_outputs = {b: net.blobs[b].device_data(dev).detach().clone() for b in net.outputs}
         for _, on_gradients_ready in self.callbacks:
-            pull([p.param for p in self.params])
             on_gradients_ready()
-            push([p.param for p in self.params])
-        return torch.tensor(total / n)
+            push(params)
+        return (total / n).float()
 
     @torch.no_grad()
     def test(self, i: int) -> None:
@@ -54,11 +60,11 @@ class _Loop(Solver):
         self._info("solver.cpp:330", f"Iteration {self.iter}, Testing net (#{i})")
         n_iter, sums, loss = int(p.test_iter[i]), None, 0.0
         for _ in range(n_iter):
-            loss += net._graph.forward(net, 0, len(net.layers) - 1)
-            vals = [net.blobs[b].data.astype("float64").reshape(-1) for b in net.outputs]
+            loss = loss + net._graph.forward(net, 0, len(net.layers) - 1)
+            vals = [net.blobs[b].values().astype("float64").reshape(-1) for b in net.outputs]
             sums = vals if sums is None else [s + v for s, v in zip(sums, vals)]
         if p.test_compute_loss:
-            self._info("solver.cpp:381", f"Test loss: {loss / n_iter:.6g}")
+            self._info("solver.cpp:381", f"Test loss: {float(loss) / n_iter:.6g}")
         means = [(s / n_iter).tolist() for s in sums or []]
         for line in output_lines("Test", net.outputs, means, net._net.loss_weights):
             self._info("solver.cpp:397", line)
@@ -117,11 +123,12 @@ class SGDSolver:
 
     def _run(self, fn, *args):
         params = [p.param for p in self._loop.params]
-        self.net._sync_in()
+        for net in [self.net, *self.test_nets]:
+            net._sync_in()
         try:
             return fn(*args)
         finally:
-            pull(params)
+            device_wrote(params)
 
     def step(self, iters: int) -> None:
         """Run ``iters`` iterations (Solver::Step)."""

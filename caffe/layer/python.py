@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .base import Layer as EngineLayer, register
-from ..blob import Blob, BlobVec, pull, push
+from ..blob import Blob, BlobVec
+from ..syncedmem import push
 
 
 class Layer:
@@ -95,11 +96,9 @@ class Python(EngineLayer):
 
     def run_forward(self, views: list[Blob]) -> tuple:
         """reshape + forward on host views; returns the tops as tensors on the layer's device."""
-        params = list(self.blobs)
-        pull(params)
         self.py.reshape(views, self.tops)
         self.py.forward(views, self.tops)
-        push(params)
+        push(list(self.blobs))   # what the user wrote to its learnable blobs reaches the device
         return tuple(torch.from_numpy(np.array(t.data, np.float32)).to(self._where.device) for t in self.tops)
 
 
@@ -120,10 +119,8 @@ class _Function(torch.autograd.Function):
         for v in views:
             v.diff[...] = 0
         propagate = [bool(ctx.needs_input_grad[2 + i]) for i in range(ctx.n_bottom)]
-        params = list(layer.blobs)
-        pull(params)
         layer.py.backward(layer.tops, propagate, views)
-        push(params)  # the user wrote the learnable blobs' diffs directly, as in Caffe
+        push(list(layer.blobs))  # the user wrote the learnable blobs' diffs directly, as in Caffe
         device = layer._where.device
         out = [torch.from_numpy(v.diff.copy()).to(device) if p else None for v, p in zip(views, propagate)]
         return (None, None, *out, *([None] * ctx.n_param))
