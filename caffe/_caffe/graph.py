@@ -10,7 +10,6 @@ is a key of its own; pycaffe shows all of them under Caffe's one name "(automati
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .. import CaffeError

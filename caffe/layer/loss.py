@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Layer, LossLayer, register
+from .. import checks
 from .shape_ops import canonical_axis, count
 
 FULL, VALID, BATCH_SIZE, NONE = 0, 1, 2, 3
@@ -104,10 +105,8 @@ class SoftmaxWithLoss(LossLayer):
         lab = label.reshape(n, -1).long()
         valid = lab != self.ignore if self.ignore is not None else torch.ones_like(lab, dtype=torch.bool)
         bad = valid & ((lab < 0) | (lab >= c))
-        if bool(bad.any()):
-            values = torch.unique(lab[bad]).tolist()
-            raise self.error(f"label values {values[:8]} are outside 0..{c - 1} and not the ignore_label")
-        safe = torch.where(valid, lab, torch.zeros_like(lab))
+        checks.check(bad.any(), lambda: self._label_error(label, n, c))
+        safe = torch.where(valid & ~bad, lab, torch.zeros_like(lab))
         nll = -logp.gather(1, safe.unsqueeze(1)).squeeze(1)
         if self.class_weights is not None:
             nll = nll * self.class_weights.to(nll.dtype)[safe]
@@ -122,6 +121,12 @@ class SoftmaxWithLoss(LossLayer):
             norm = 1.0
         loss = total / (torch.clamp(norm, min=1.0) if torch.is_tensor(norm) else max(norm, 1.0))
         return (loss,)
+
+    def _label_error(self, label, n: int, c: int):
+        lab = label.detach().reshape(n, -1).long()
+        valid = lab != self.ignore if self.ignore is not None else torch.ones_like(lab, dtype=torch.bool)
+        values = torch.unique(lab[valid & ((lab < 0) | (lab >= c))]).tolist()
+        return self.error(f"label values {values[:8]} are outside 0..{c - 1} and not the ignore_label")
 
 
 LOG_THRESHOLD = 1e-20   # Caffe's kLOG_THRESHOLD
@@ -298,10 +303,10 @@ class HingeLoss(_Loss):
         lab = label.detach().reshape(-1)[:n].long()    # Caffe reads label[i], the i-th value
         if lab.numel() < n:
             raise self.error(f"needs one label per item ({n}), got {lab.numel()}")
-        if int(lab.min()) < 0 or int(lab.max()) >= flat.shape[1]:
-            raise self.error(f"labels must lie in 0..{flat.shape[1] - 1}")
+        k = flat.shape[1]
+        checks.check((lab.min() < 0) | (lab.max() >= k), lambda: self.error(f"labels must lie in 0..{k - 1}"))
         sign = torch.ones_like(flat)
-        sign.scatter_(1, lab.unsqueeze(1), -1.0)
+        sign.scatter_(1, lab.clamp(0, k - 1).unsqueeze(1), -1.0)
         margin = torch.relu(1 + flat * sign)
         total = margin.sum() if self.norm == L1 else margin.pow(2).sum()
         return (total / n,)
@@ -368,8 +373,9 @@ class InfogainLoss(_Loss):
         lab = label.detach().reshape(outer, -1).long()
         keep = lab != self.ignore if self.ignore is not None else torch.ones_like(lab, dtype=torch.bool)
         bad = keep & ((lab < 0) | (lab >= k))
-        if bool(bad.any()):
-            raise self.error(f"label values {torch.unique(lab[bad]).tolist()[:8]} are outside 0..{k - 1}")
+        checks.check(bad.any(), lambda: self.error(f"label values {torch.unique(lab[bad]).tolist()[:8]} are "
+                                                   f"outside 0..{k - 1}"))
+        keep = keep & ~bad
         logp = torch.log_softmax(s, dim=1)
         # log(max(p, 1e-20)) in value, the gradient of log p (Caffe's backward ignores the clamp)
         logp = logp + (torch.clamp(logp, min=math.log(LOG_THRESHOLD)) - logp).detach()
@@ -398,8 +404,8 @@ class MultinomialLogisticLoss(_Loss):
         n = p.shape[0]
         flat = p.reshape(n, -1)
         lab = label.detach().reshape(n).long()
-        if int(lab.min()) < 0 or int(lab.max()) >= flat.shape[1]:
-            raise self.error(f"labels must lie in 0..{flat.shape[1] - 1}")
-        prob = flat.gather(1, lab.unsqueeze(1))
+        k = flat.shape[1]
+        checks.check((lab.min() < 0) | (lab.max() >= k), lambda: self.error(f"labels must lie in 0..{k - 1}"))
+        prob = flat.gather(1, lab.clamp(0, k - 1).unsqueeze(1))
         prob = prob + (torch.clamp(prob, min=LOG_THRESHOLD) - prob).detach()
         return (-torch.log(prob).sum() / n,)

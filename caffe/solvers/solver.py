@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from .. import CaffeError
+from .. import CaffeError, checks
 from ..model_io import SolverState, load_solverstate, save_solverstate
 from .update import check_solver, learning_rate, solver_optimizer
 
@@ -81,6 +81,7 @@ def output_lines(kind: str, names, values, loss_weights) -> list[str]:
 
 # ------------------------------------------------------------------ the solver
 BUDGET_CHECK_EVERY = 10  # iterations between two time-budget checks
+REQUEST_CHECK_EVERY = 10  # iterations between two agreements on signal requests over processes
 
 
 class Solver:
@@ -205,18 +206,27 @@ class Solver:
                 with self._autocast():
                     blobs = self.model(inputs)
                     loss = net.loss(blobs)
-                if not bool(torch.isfinite(loss.detach())):
-                    bad = [b for b in net.loss_weights
-                           if b in blobs and not bool(torch.isfinite(blobs[b].detach()).all())]
-                    raise CaffeError(f"iteration {self.iter}: the loss is {float(loss.detach()):g} (non-finite loss "
-                                     f"blob(s) {', '.join(bad) or '?'}): training diverged or the data holds NaN/Inf; "
-                                     "lower base_lr or check the inputs, and resume from the last snapshot")
+                self._check_finite(loss.detach(), blobs)
                 self.scaler.scale(loss).backward()
             total = loss.detach().float() if total is None else total + loss.detach().float()
             if k == n - 1:
                 self.last_outputs = {b: blobs[b].detach() for b in net.output_names if b in blobs}
             del blobs, loss
         return total / n
+
+    def _check_finite(self, loss: torch.Tensor, blobs: dict) -> None:
+        """The loss must be finite; the error names the non-finite loss blobs. On a device the
+        check waits for the next display (caffe.checks), so it keeps only small flags."""
+        names = [b for b in self.net.loss_weights if b in blobs]
+        finite = torch.stack([torch.isfinite(blobs[b].detach()).all() for b in names]) if names else None
+        it = self.iter
+
+        def error():
+            bad = [b for b, ok in zip(names, finite.tolist() if finite is not None else []) if not ok]
+            return CaffeError(f"iteration {it}: the loss is {float(loss):g} (non-finite loss blob(s) "
+                              f"{', '.join(bad) or '?'}): training diverged or the data holds NaN/Inf; "
+                              "lower base_lr or check the inputs, and resume from the last snapshot")
+        checks.check(~torch.isfinite(loss), error)
 
     def _finish_gradients(self) -> bool:
         """Undo fp16 loss scaling; False (the iteration is redone at half the scale) if the
@@ -254,32 +264,40 @@ class Solver:
         bar = _bar(self.progress, start_iter, p.max_iter)
         started = time.monotonic()
         try:
-            while self.iter < min(stop_iter, p.max_iter if self.time_budget else stop_iter):
-                for q in self.params:
-                    q.param.grad = None  # ClearParamDiffs
-                if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
-                    self.test_all()
-                display = p.display and self.iter % p.display == 0
-                loss = self.forward_backward()
-                if not self._finish_gradients():
-                    self._redo = True
-                    continue
-                self._update_smoothed(loss, start_iter)
-                if display:
-                    self._display(bar)
-                self.apply_update()
-                self.iter += 1
-                bar.update(1)
-                if self.time_budget and (self.iter - start_iter) % BUDGET_CHECK_EVERY == 0:
-                    self._fit_budget(start_iter, time.monotonic() - started, bar)
-                request = self._requested()
-                if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
-                    self.snapshot()
-                if request == "stop":
-                    self.stopped_early = True
-                    break
+            with checks.deferred():   # device checks: read at display time, not every iteration
+                self._steps(stop_iter, start_iter, started, bar)
         finally:
             bar.close()
+
+    def _steps(self, stop_iter: int, start_iter: int, started: float, bar) -> None:
+        """Solver::Step's loop."""
+        p = self.param
+        while self.iter < min(stop_iter, p.max_iter if self.time_budget else stop_iter):
+            for q in self.params:
+                q.param.grad = None  # ClearParamDiffs
+            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                self.test_all()
+            display = p.display and self.iter % p.display == 0
+            loss = self.forward_backward()
+            if not self._finish_gradients():
+                self._redo = True
+                continue
+            self._update_smoothed(loss, start_iter)
+            if display:
+                checks.flush()
+                self._display(bar)
+            self.apply_update()
+            self.iter += 1
+            bar.update(1)
+            if self.time_budget and (self.iter - start_iter) % BUDGET_CHECK_EVERY == 0:
+                self._fit_budget(start_iter, time.monotonic() - started, bar)
+            request = self._requested()
+            if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
+                checks.flush()
+                self.snapshot()
+            if request == "stop":
+                self.stopped_early = True
+                break
 
     def _fit_budget(self, start_iter: int, elapsed: float, bar) -> None:
         """Lower max_iter so that the remaining iterations fit ``time_budget`` at the pace so far
@@ -311,11 +329,15 @@ class Solver:
         bar.set_postfix(loss=f"{smoothed:.4g}")
 
     def _requested(self) -> str | None:
-        """The action a signal asked for; agreed over processes so all ranks act alike."""
-        request, self._request = self._request, None
+        """The action a signal asked for; agreed over processes so all ranks act alike, every
+        REQUEST_CHECK_EVERY iterations (an all-reduce and a wait for the device each time)."""
         if self.world > 1:
+            if self.iter % REQUEST_CHECK_EVERY:
+                return None   # kept for the next agreement
             from .parallel import agree_request
-            request = agree_request(request, self.device)
+            request, self._request = self._request, None
+            return agree_request(request, self.device)
+        request, self._request = self._request, None
         return request
 
     # -------------------------------------------------------------- solve
@@ -400,13 +422,14 @@ class Solver:
             with self._autocast():
                 blobs = net(self._inputs(feed, max(done_tests, 0) * n_iter + j))
             if p.test_compute_loss:
-                loss += float(net.loss(blobs))
+                loss = loss + net.loss(blobs).detach().double()
             if names is None:
                 names = sorted(b for b in net.output_names if b in blobs)
             vals = [blobs[b].double().reshape(-1) for b in names]
             sums = vals if sums is None else [s + v for s, v in zip(sums, vals)]
+        checks.flush()
         if p.test_compute_loss:
-            self._info("solver.cpp:381", f"Test loss: {_g(loss / n_iter)}")
+            self._info("solver.cpp:381", f"Test loss: {_g(float(loss) / n_iter)}")
         means = [(s / n_iter).tolist() for s in sums or []]
         for line in output_lines("Test", names or [], means, net.loss_weights):
             self._info("solver.cpp:397", line)
