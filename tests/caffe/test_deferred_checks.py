@@ -20,7 +20,7 @@ from caffe.net import Net
 from caffe.prototxt import parse_solver
 from caffe.solvers.solver import Solver
 
-GOLDEN = pathlib.Path(__file__).parent / "fixtures" / "golden" / "solver_poly"
+GOLDEN = pathlib.Path(__file__).parent.parent / "fixtures" / "golden" / "solver_poly"
 READS = {"__bool__", "__float__", "__int__", "__index__", "item", "tolist", "numpy", "cpu"}
 
 
