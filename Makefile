@@ -109,8 +109,9 @@ $(MODEL): $(CONF)/solver.prototxt $(CONF)/train.prototxt | install
 	$(PY) tools/train.py --solver $(CONF)/solver.prototxt $(if $(wildcard $(INIT)),--weights $(INIT),) \
 	    $(VARS) $(GPU_ARG) --log-file $(EXPER)/log/train.log $(TRAIN_ARGS)
 
-# A stage stamp: the folder's provenance record, copied only when it differs (its date then moves).
-STAMP = cmp -s $(1)/.provenance.json $@ || cp $(1)/.provenance.json $@
+# A stage stamp: the folder's provenance record, copied only when it differs (its date then moves),
+# or when the folder's per-output record is newer (an id was redone: its image changed, say).
+STAMP = cmp -s $(1)/.provenance.json $@ && ! [ $(1)/.provenance.jsonl -nt $@ ] || cp $(1)/.provenance.json $@
 
 FORCE:
 

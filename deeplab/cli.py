@@ -4,16 +4,45 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import sys
+import threading
 
 from caffe import tool
 
 from . import USER_ERRORS, DeepLabError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a command stops as on Ctrl-C: the outputs
+    being written are finished, temporary files removed, and it says what was done."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    print("SIGTERM received: stopping (writes under way are finished, temporary files removed)", file=sys.stderr)
+    raise Terminated()
+
+
 def run_main(main_fn, argv: list[str] | None = None) -> None:
     """The one error-to-exit-status rule (``caffe.tool.run_main``) for the pipeline's commands:
-    engine, pipeline and CRF errors print one line and exit 2."""
-    tool.run_main(main_fn, argv, user_errors=USER_ERRORS)
+    engine, pipeline and CRF errors print one line and exit 2; Ctrl-C exits 130 and SIGTERM,
+    which stops the command the same way (:class:`Terminated`), 143."""
+    def guarded(args):
+        try:
+            return main_fn(args)
+        except Terminated:
+            print("terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        tool.run_main(guarded, argv, user_errors=USER_ERRORS)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def parse_set(items: list[str] | None) -> dict[str, str]:
@@ -66,6 +95,8 @@ def parse_range(text: str, integer: bool = False) -> list:
             bits = [num(b) for b in part.split(":")]
         except ValueError:
             raise ValueError(syntax) from None
+        if not all(math.isfinite(b) for b in bits):
+            raise ValueError(f"{part!r}: not a finite number")
         if len(bits) == 1:
             values.add(bits[0])
             continue

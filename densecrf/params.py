@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 
@@ -35,11 +36,11 @@ class CRFParams:
         if not isinstance(self.iters, int) or isinstance(self.iters, bool) or self.iters < 0:
             raise CrfError(f"iters must be a non-negative integer, got {self.iters!r}")
         for name in ("bi_w", "pos_w"):
-            if not float(getattr(self, name)) >= 0:
-                raise CrfError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            if not 0 <= float(getattr(self, name)) < math.inf:
+                raise CrfError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         for name in ("bi_xy_std", "bi_rgb_std", "pos_xy_std"):
-            if not float(getattr(self, name)) > 0:
-                raise CrfError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            if not 0 < float(getattr(self, name)) < math.inf:
+                raise CrfError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
         if self.normalization not in NORMALIZATIONS:
             raise CrfError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
 

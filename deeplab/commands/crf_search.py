@@ -12,6 +12,7 @@ from deeplab.labels import load_classes
 from deeplab.lists import read_ids
 from densecrf.backends import BACKENDS, DEFAULT_BACKEND
 from deeplab.crf.io import scores_record_time
+from deeplab.provenance import read_journal
 from densecrf.params import NORMALIZATIONS, CRFParams
 from deeplab.crf.search import COARSE, SearchData, choose_subset, format_outcome, parse_grid, search
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = choose_subset(read_ids(args.list), args.n, args.seed)
     data = SearchData(args.images, args.scores, args.labels, tuple(ids), classes.num_classes,
                       classes.ignore if args.ignore_label is None else args.ignore_label, args.backend,
-                      scores_record_time(args.scores))
+                      scores_record_time(args.scores), read_journal(args.scores))
     outcome = search(data, base, coarse, args.out, seed=args.seed, list_name=args.list, workers=args.jobs,
                      fine_div=args.fine_div, force=args.force, progress=not args.quiet)
     print(format_outcome(outcome, base, args.top))

@@ -11,10 +11,10 @@ from deeplab.cli import run_main, shard
 from deeplab.lists import read_ids
 
 from densecrf.backends import BACKENDS, DEFAULT_BACKEND
-from deeplab.provenance import open_output, source_identity, text_digest
+from deeplab.provenance import open_output, read_journal, source_identity, text_digest
 
 from ..crf.batch import BatchJob, run_batch, summary
-from ..crf.io import scores_record_time
+from ..crf.io import check_class_counts, scores_record_time
 from densecrf.params import NORMALIZATIONS, CRFParams
 
 DESCRIPTION = "Refine dumped score maps with the fully connected CRF (DeepLab, Section 4.2), in parallel."
@@ -29,8 +29,11 @@ outputs:
 List lines are ids or release-style '/JPEGImages/X.jpg /SegmentationClassAug/X.png'.
 Finished ids are skipped unless --force. Exit status 1 if any image failed (listed at the end).
 OUT keeps .provenance.json (CRF parameters, backend, palette, the score folder's own record):
-a rerun with other inputs redoes the folder, with a note (deeplab/provenance.py). Score maps
-older than their folder's record (made from other weights) are refused as stale.
+a rerun with other inputs redoes the folder, with a note (deeplab/provenance.py); an id is
+redone when its image or score map changed. Score maps older than their folder's record
+(made from other weights), or made from an earlier version of their image, are refused as
+stale. All score maps of a run must have one class count. A second run into the same OUT
+with other inputs is refused while the first runs (exit 2); shards of one run may share OUT.
 
 Paper symbols: w1=--bi-w, sigma_alpha=--bi-xy-std, sigma_beta=--bi-rgb-std, w2=--pos-w,
 sigma_gamma=--pos-xy-std. Defaults are the release's DeepLab-LargeFOV settings.
@@ -106,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
               "palette": None if palette is None else text_digest(palette.tobytes()), "classes": num_classes,
               "prob_dtype": args.prob_dtype if args.save_prob else None}
     info = {"images": args.images, "scores": args.scores, "list": args.list}
-    record = open_output(args.out, "densecrf", inputs, info)
-    job = BatchJob(images_dir=args.images, scores_dir=args.scores, out_dir=args.out, params=params,
-                   backend=args.backend, save_prob=args.save_prob, prob_dtype=args.prob_dtype,
-                   palette=palette, num_classes=num_classes, record=record,
-                   scores_since=scores_record_time(args.scores))
-    result = run_batch(job, ids, workers=args.jobs, force=args.force, progress=not args.quiet)
+    check_class_counts(args.scores, ids, num_classes, f"the class list {args.classes}")
+    with open_output(args.out, "densecrf", inputs, info) as record:
+        job = BatchJob(images_dir=args.images, scores_dir=args.scores, out_dir=args.out, params=params,
+                       backend=args.backend, save_prob=args.save_prob, prob_dtype=args.prob_dtype,
+                       palette=palette, num_classes=num_classes, record=record,
+                       scores_since=scores_record_time(args.scores), scores_journal=read_journal(args.scores))
+        result = run_batch(job, ids, workers=args.jobs, force=args.force, progress=not args.quiet)
     print(summary(result, args.out), file=sys.stderr if result.failed else sys.stdout)
     return 1 if result.failed else 0
 

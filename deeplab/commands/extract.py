@@ -12,12 +12,13 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 from caffe.util.files import check_output_dir
 from deeplab import DeepLabError
-from deeplab.cli import parse_set, parse_shard, run_main, shard
+from deeplab.cli import Terminated, parse_set, parse_shard, run_main, shard
 from deeplab.provenance import file_digest, open_output, text_digest
 
 
@@ -42,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                "Finished ids are skipped unless --force; a bad image stops the run naming its list line.\n"
                "OUT (and DIR) keep .provenance.json: the weights' digest, the net after placeholders, blob,\n"
                "format and dtype. A rerun with other inputs redoes the folder (with a note); outputs count as\n"
-               "finished only when made from the current inputs (deeplab/provenance.py).\n"
+               "finished only when made from the current inputs and the same image file (size and date;\n"
+               "deeplab/provenance.py). A second run into OUT with other inputs is refused while the first runs\n"
+               "(exit 2); shards of one run may share OUT. Ctrl-C or SIGTERM stops after the writes under way and\n"
+               "says what was done.\n"
                + (__doc__ or "").split("\n\n", 1)[1])
     p.add_argument("--model", required=True, help="test prototxt with an ImageSegData layer (V1 or V2 syntax)")
     p.add_argument("--weights", required=True, help=".caffemodel with weights for every layer the scores need")
@@ -107,14 +111,22 @@ def main(argv: list[str] | None = None) -> int:
               "dtype": args.dtype if args.format == "npy" else "float32", "amp": args.amp,
               "palette": None if palette is None else text_digest(palette.tobytes())}
     info = {"weights": args.weights, "model": args.model, "set": mapping, "list": args.list, "root": args.root}
-    records = {args.out: open_output(args.out, "extract", inputs, info)}
-    if args.labels_out:
-        same = os.path.realpath(args.labels_out) == os.path.realpath(args.out)
-        records[args.labels_out] = records[args.out] if same else open_output(args.labels_out, "extract", inputs,
-                                                                              info, what="--labels-out")
-    outputs = Outputs(args.out, args.format, args.dtype, args.labels_out, palette, records=records)
-    stats = extract(net, items, outputs, batch=args.batch, workers=args.workers, force=args.force,
-                    list_name=args.list, progress=not args.quiet)
+    with contextlib.ExitStack() as held:
+        records = {args.out: held.enter_context(open_output(args.out, "extract", inputs, info))}
+        if args.labels_out:
+            same = os.path.realpath(args.labels_out) == os.path.realpath(args.out)
+            records[args.labels_out] = records[args.out] if same else held.enter_context(
+                open_output(args.labels_out, "extract", inputs, info, what="--labels-out"))
+        outputs = Outputs(args.out, args.format, args.dtype, args.labels_out, palette, records=records)
+        stats: dict = {}
+        try:
+            extract(net, items, outputs, batch=args.batch, workers=args.workers, force=args.force,
+                    list_name=args.list, progress=not args.quiet, stats=stats)
+        except KeyboardInterrupt as e:
+            print(f"{'SIGTERM' if isinstance(e, Terminated) else 'interrupted'}: {stats.get('done', 0)} written, "
+                  f"{stats.get('skipped', 0)} already done of {len(items)} images -> {args.out}; the same command "
+                  f"does the rest", file=sys.stderr)
+            raise
     print(f"{stats['done']} written, {stats['skipped']} already done ({len(items)} images"
           f"{'' if n == 1 else f' in shard {k + 1}/{n}'}; blob {net.blob}, stride {net.zoom}) -> {args.out}",
           file=sys.stderr)

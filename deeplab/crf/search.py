@@ -25,10 +25,10 @@ from deeplab.eval import ConfusionMatrix
 from deeplab.eval.plots import crf_heatmap_png
 from deeplab.parallel import run_tasks
 from deeplab.labels import read_label
-from deeplab.provenance import open_output, source_identity, text_digest
+from deeplab.provenance import file_stamp, open_output, read_journal, source_identity, text_digest
 
 from densecrf import refine
-from .io import check_fresh, find_image, find_scores, load_pair
+from .io import check_class_counts, check_fresh, check_same_image, find_image, find_scores, input_stamps, load_pair
 from densecrf.params import CRFParams
 
 PARAM_COLUMNS = ("iters", "bi_w", "bi_xy_std", "bi_rgb_std", "pos_w", "pos_xy_std", "normalization")
@@ -86,6 +86,7 @@ class SearchData:
     ignore_label: int = 255
     backend: str = "pydensecrf2"
     scores_since: int | None = None  # score maps older than their folder's record are stale
+    scores_journal: dict | None = None  # the score folder's per-map record (deeplab.provenance.read_journal)
 
 
 def choose_subset(ids: list[str], n: int, seed: int) -> list[str]:
@@ -96,19 +97,36 @@ def choose_subset(ids: list[str], n: int, seed: int) -> list[str]:
     return [i for k, i in enumerate(ids) if k in chosen]
 
 
+def _entry(data: SearchData, image_id: str) -> dict | None:
+    return None if data.scores_journal is None else data.scores_journal.get(image_id)
+
+
 def check_inputs(data: SearchData) -> None:
-    """Fail early, naming the id, when an image, score map or label of the subset is missing."""
+    """Fail early, naming the id, when an image, score map or label of the subset is missing,
+    a score map is stale or made from an earlier version of its image, or a map's class count
+    is not the dataset's."""
     for image_id in data.ids:
-        find_image(data.images_dir, image_id)
-        check_fresh(find_scores(data.scores_dir, image_id), data.scores_since)
+        image = find_image(data.images_dir, image_id)
+        scores = find_scores(data.scores_dir, image_id)
+        check_fresh(scores, data.scores_since)
+        check_same_image(image, scores, _entry(data, image_id))
         if not os.path.isfile(os.path.join(data.labels_dir, image_id + ".png")):
             raise DeepLabError(f"no ground truth {image_id}.png in {data.labels_dir}")
+    check_class_counts(data.scores_dir, data.ids, data.num_classes, "the dataset description (--classes)")
+
+
+def input_digest(data: SearchData) -> str:
+    """A digest of the stamps (size, date) of every image, score map and label of the subset:
+    a changed file starts the search over."""
+    stamps = {i: {**(input_stamps(data.images_dir, data.scores_dir, i) or {}),
+                  "label": file_stamp(os.path.join(data.labels_dir, i + ".png"))} for i in data.ids}
+    return text_digest(json.dumps(stamps, sort_keys=True))
 
 
 def _load(data: SearchData, image_id: str):
     """(image, scores, ground truth) of one subset image, errors naming it."""
     try:
-        image, sm = load_pair(data.images_dir, data.scores_dir, image_id, data.scores_since)
+        image, sm = load_pair(data.images_dir, data.scores_dir, image_id, data.scores_since, _entry(data, image_id))
         gt = read_label(os.path.join(data.labels_dir, image_id + ".png"), data.num_classes, data.ignore_label)
     except USER_ERRORS as e:
         raise DeepLabError(f"id {image_id}: {e}") from None
@@ -282,15 +300,21 @@ def open_run(out_dir: str, ids: list[str], force: bool = False, inputs: dict | N
     """
     subset_path, csv_path = os.path.join(out_dir, "subset.txt"), os.path.join(out_dir, "search.csv")
     record = open_output(out_dir, "crf_search", {**(inputs or {}), "subset": text_digest("\n".join(ids))},
-                         {"ids": len(ids)})
+                         {"ids": len(ids)}, journal=False)
     remove_stale_temps(out_dir, ["subset.txt", "search.csv", "best.json", "heatmap.png"])
     if force or record.changed or not record.fresh(csv_path):
         for p in (subset_path, csv_path):
             if os.path.exists(p):
                 os.unlink(p)
-    if not os.path.isfile(subset_path):
-        write_bytes_atomic(subset_path, ("\n".join(ids) + "\n").encode())
-    return Results(csv_path)
+    try:
+        if not os.path.isfile(subset_path):
+            write_bytes_atomic(subset_path, ("\n".join(ids) + "\n").encode())
+        results = Results(csv_path)
+    except BaseException:
+        record.close()
+        raise
+    results.record = record  # the run's hold on the folder: close() it when done
+    return results
 
 
 def run_search(data: SearchData, base: CRFParams, coarse: dict[str, list[float]], results: Results,
@@ -330,8 +354,15 @@ def search(data: SearchData, base: CRFParams, coarse: dict[str, list[float]], ou
     check_inputs(data)
     ids = list(data.ids)
     inputs = {"scores": source_identity(data.scores_dir), "labels": os.path.realpath(data.labels_dir),
-              "classes": data.num_classes, "ignore": data.ignore_label, "backend": data.backend}
+              "classes": data.num_classes, "ignore": data.ignore_label, "backend": data.backend,
+              "subset_files": input_digest(data)}
     results = open_run(out_dir, ids, force=force, inputs=inputs)
+    with results.record:
+        return _finish(data, base, coarse, out_dir, results, ids, seed, list_name, workers, fine_div, progress)
+
+
+def _finish(data, base, coarse, out_dir, results, ids, seed, list_name, workers, fine_div, progress) -> Outcome:
+    """``search`` once the folder is held: run the grids, write best.json and the heatmap."""
     best = run_search(data, base, coarse, results, workers=workers, fine_div=fine_div, progress=progress)
     row = results.get(best)
     no_crf, default = results.get(base.replace(iters=0)), results.get(base)
@@ -339,7 +370,8 @@ def search(data: SearchData, base: CRFParams, coarse: dict[str, list[float]], ou
               "seed": seed, "list": list_name, "no_crf_mean_iou": no_crf["mean_iou"],
               "default_mean_iou": default["mean_iou"]}
     best_json = os.path.join(out_dir, "best.json")
-    write_bytes_atomic(best_json, (json.dumps(record, indent=2) + "\n").encode())
+    record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    write_bytes_atomic(best_json, (json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
     plot_heatmap(results, best, os.path.join(out_dir, "heatmap.png"))
     same_fixed = [r["params"] for r in results.rows.values()
                   if r["params"].replace(bi_w=base.bi_w, bi_xy_std=base.bi_xy_std, bi_rgb_std=base.bi_rgb_std) == base]

@@ -22,8 +22,9 @@ from caffe.util.images import read_image
 from .. import USER_ERRORS, DeepLabError
 from ..lists import ListItem, read_items  # noqa: F401  (the list reader extraction uses)
 from ..parallel import Pool
+from ..provenance import file_stamp
 from .scoremaps import save_mat_scores, save_scores, upsample_scores
-from .scorenet import ScoreNet
+from .scorenet import ScoreNet, memory_needed
 
 
 def load_image(item: ListItem, list_name: str = "list") -> np.ndarray:
@@ -75,14 +76,32 @@ class Outputs:
             files.append(os.path.join(self.labels_out, ident + ".png"))
         return files
 
-    def done(self, ident: str) -> bool:
-        """True when every output of ``ident`` exists (and, with records, is from these inputs)."""
+    def _by_record(self, ident: str) -> list[tuple[object, list[str]]]:
+        """``ident``'s output paths grouped by the record of their folder (None: no record)."""
         records = {os.path.dirname(os.path.join(k, "x")): v for k, v in (self.records or {}).items()}
+        groups: dict[int, tuple[object, list[str]]] = {}
         for p in self.paths(ident):
             record = records.get(os.path.dirname(p))
-            if not (record.fresh(p) if record is not None else os.path.exists(p)):
+            groups.setdefault(id(record), (record, []))[1].append(p)
+        return list(groups.values())
+
+    def done(self, ident: str, stamps: dict | None = None) -> bool:
+        """True when every output of ``ident`` exists (and, with records, was made from these
+        inputs and from the input files whose ``stamps`` are given)."""
+        for record, paths in self._by_record(ident):
+            if record is None:
+                if not all(os.path.exists(p) for p in paths):
+                    return False
+            elif stamps is None or not record.done(ident, stamps, paths):
                 return False
         return True
+
+    def note(self, ident: str, stamps: dict, source: str) -> None:
+        """Record in each folder's record that ``ident``'s outputs are written, made from the
+        input files of ``stamps`` (``source``: the image's path, for the CRF stage's check)."""
+        for record, _ in self._by_record(ident):
+            if record is not None:
+                record.note(ident, stamps, source=source)
 
     def remove_stale_temps(self, idents: list[str]) -> None:
         """Remove what a killed run left of these ids' temporary files."""
@@ -94,8 +113,9 @@ class Outputs:
             remove_stale_temps(folder, names)
 
     def write(self, ident: str, scores: np.ndarray, height: int, width: int, zoom: int,
-              mat: np.ndarray | None, offset: int = 0) -> None:
-        """Write one image's outputs (each atomically; labels first, the score file last).
+              mat: np.ndarray | None, offset: int = 0, stamps: dict | None = None, source: str = "") -> None:
+        """Write one image's outputs (each atomically; labels first, the score file last), then
+        record them as made from the input files of ``stamps`` (see ``note``).
         Score row r lies on pixel ``r * zoom - offset``."""
         from ..labels import write_label
 
@@ -107,6 +127,8 @@ class Outputs:
                         offset=offset)
         else:
             save_mat_scores(os.path.join(self.out, ident + "_blob_0.mat"), mat)
+        if stamps is not None:
+            self.note(ident, stamps, source)
 
 
 class _Writer:
@@ -118,10 +140,10 @@ class _Writer:
         self.pool = Pool(threads, threads=True, limit=max(1, limit), name="extract-write")
         self.futures: deque = deque()
 
-    def submit(self, ident, scores, height, width, mat) -> None:
+    def submit(self, ident, scores, height, width, mat, stamps=None, source="") -> None:
         self.check()
         self.futures.append(self.pool.submit(self.outputs.write, ident, scores, height, width, self.zoom, mat,
-                                             self.offset))
+                                             self.offset, stamps, source))
 
     def check(self) -> None:
         while self.futures and self.futures[0].done():
@@ -134,6 +156,14 @@ class _Writer:
 
 
 # ----------------------------------------------------------------------------- the run
+def _stamps(item: ListItem) -> dict | None:
+    """The stamp of the image an id's outputs are made from (None when it cannot be read)."""
+    try:
+        return {"image": file_stamp(item.path)}
+    except OSError:
+        return None
+
+
 def check_layout(net: ScoreNet, fmt: str, labels_out: str | None) -> None:
     """Refuse a blob whose alignment the requested outputs cannot record (before any work)."""
     if net.offset < 0 and (fmt == "npy" or labels_out):
@@ -143,13 +173,16 @@ def check_layout(net: ScoreNet, fmt: str, labels_out: str | None) -> None:
 
 
 def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int = 1, workers: int = 2,
-            force: bool = False, list_name: str = "list", progress: bool = True) -> dict[str, int]:
+            force: bool = False, list_name: str = "list", progress: bool = True,
+            stats: dict | None = None) -> dict[str, int]:
     """Extract score maps for ``items``; skip finished ids unless ``force``. Non-finite scores
-    are an error naming the id.
+    are an error naming the id; so is running out of memory (naming the image and the size
+    the net asked for).
 
     Images are read and preprocessed ``workers`` at a time ahead of the net, grouped into
     batches of the same canvas size, and written by background threads.
-    Returns {"done": n written, "skipped": n already there}.
+    Returns {"done": n written, "skipped": n already there}; ``stats``, when given, is that
+    dict, kept up to date (what an interrupted run did: every write it counts is finished).
     """
     from tqdm import tqdm
 
@@ -157,13 +190,15 @@ def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int =
         raise DeepLabError(f"--batch must be >= 1, got {batch}")
     check_layout(net, outputs.fmt, outputs.labels_out)
     outputs.remove_stale_temps([it.id for it in items])  # what a killed run left of this run's ids
-    todo = [it for it in items if force or not outputs.done(it.id)]
-    stats = {"done": 0, "skipped": len(items) - len(todo)}
+    todo = [it for it in items if force or not outputs.done(it.id, _stamps(it))]
+    stats = {} if stats is None else stats
+    stats.update(done=0, skipped=len(items) - len(todo))
     if not todo:
         return stats
 
-    def read(item: ListItem) -> np.ndarray:
-        return net.prepare(load_image(item, list_name))
+    def read(item: ListItem) -> tuple[dict | None, np.ndarray]:
+        stamps = _stamps(item)  # before reading: a file replaced meanwhile is redone next time
+        return stamps, net.prepare(load_image(item, list_name))
 
     writer = _Writer(outputs, net.zoom, net.offset, threads=max(1, workers // 2), limit=4 * batch)
     reader = Pool(workers, threads=True, name="extract-read")
@@ -172,11 +207,23 @@ def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int =
 
     def run(key):
         group = buckets.pop(key)
-        canvas = np.zeros((len(group), key[0], key[1], 3), dtype=np.float32)
-        for i, (_, image) in enumerate(group):
-            canvas[i, : image.shape[0], : image.shape[1]] = image
-        scores, mat = net.forward(canvas)
-        for i, (item, image) in enumerate(group):
+        try:
+            canvas = np.zeros((len(group), key[0], key[1], 3), dtype=np.float32)
+            for i, (_, image, _) in enumerate(group):
+                canvas[i, : image.shape[0], : image.shape[1]] = image
+            scores, mat = net.forward(canvas)
+        except (MemoryError, RuntimeError) as e:
+            need = memory_needed(e)
+            if need is None:
+                raise
+            first, last = group[0][0], group[-1][0]
+            where = (f"{list_name}:{first.lineno} (id {first.id}, a {group[0][1].shape[0]}x{group[0][1].shape[1]} image)"
+                     if len(group) == 1 else
+                     f"{list_name}:{first.lineno}-{last.lineno} (ids {', '.join(g[0].id for g in group)})")
+            raise DeepLabError(f"{where}: out of memory on {net.device}: the net on a {key[0]}x{key[1]} canvas "
+                               f"(batch {len(group)}) asked for {need} more than was free"
+                               + ("; try a smaller --batch" if len(group) > 1 else "")) from None
+        for i, (item, image, stamps) in enumerate(group):
             h, w = image.shape[:2]
             kept = np.ascontiguousarray(scores[i, :, : net.rows(h), : net.rows(w)])
             if not np.isfinite(kept).all():
@@ -186,9 +233,9 @@ def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int =
             if outputs.fmt == "npy" and outputs.dtype == "float16" and np.abs(kept).max() > 65504:
                 raise DeepLabError(f"{list_name}:{item.lineno} (id {item.id}): scores up to "
                                    f"{np.abs(kept).max():.3g} do not fit float16; use --dtype float32")
-            writer.submit(item.id, kept, h, w, None if mat is None else mat[i])
-        stats["done"] += len(group)
-        bar.update(len(group))
+            writer.submit(item.id, kept, h, w, None if mat is None else mat[i], stamps, os.path.realpath(item.path))
+            stats["done"] += 1
+            bar.update(1)
 
     try:
         pending: deque = deque()
@@ -211,9 +258,9 @@ def _take(pending: deque, net: ScoreNet, buckets: dict, batch: int, run) -> None
     """Move the oldest read image into its canvas bucket; run a bucket once full (or when too
     many images wait in partly filled buckets)."""
     item, fut = pending.popleft()
-    image = fut.result()
+    stamps, image = fut.result()
     key = net.canvas(image.shape[0], image.shape[1])
-    buckets.setdefault(key, []).append((item, image))
+    buckets.setdefault(key, []).append((item, image, stamps))
     if len(buckets[key]) >= batch:
         run(key)
     elif sum(len(g) for g in buckets.values()) > 2 * batch:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,6 +151,7 @@ def read_mat_scores(path) -> np.ndarray:
         names = sorted(k for k in mat if not k.startswith("__"))
         raise DeepLabError(f"{path}: no variable 'data' (has {names})")
     data = np.asarray(mat["data"])
+    _check_real(path, data.dtype)
     if data.ndim == 4:
         if data.shape[3] != 1:
             raise DeepLabError(f"{path}: 'data' holds {data.shape[3]} images; expected one (W x H x C x 1)")
@@ -178,6 +180,37 @@ def _read_sidecar(path_json: str) -> dict:
     return out
 
 
+def _check_real(path, dtype: np.dtype) -> None:
+    """Scores are real floating-point numbers: strings, integers, complex values (whose
+    imaginary part would be dropped) are an error naming the file."""
+    if np.dtype(dtype).kind != "f":
+        raise DeepLabError(f"score map {path} holds {np.dtype(dtype)} values; expected real floats "
+                           f"(float16, float32 or float64)")
+
+
+def score_classes(path) -> int | None:
+    """The class count of a score map from its header alone (``.npy``: C of C x h x w; ``.mat``:
+    C of MAT_WRITE's W x H x C), without reading the scores; None where the file cannot tell
+    (missing, corrupt: loading it reports why)."""
+    path = os.fspath(path)
+    try:
+        if path.endswith(".npy"):
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = {(1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                shape = read(f)[0] if read else ()
+            return int(shape[0]) if len(shape) == 3 else None
+        if path.endswith(".mat"):
+            import scipy.io
+
+            shape = next((s for name, s, _ in scipy.io.whosmat(path) if name == "data"), ())
+            return int(shape[2]) if len(shape) in (3, 4) else None
+    except Exception:  # numpy and scipy raise several types for corrupt headers
+        return None
+    return None
+
+
 def _check_finite(path, scores: np.ndarray) -> None:
     """NaN/Inf scores are an error naming the file (never silently all-background labels)."""
     bad = ~np.isfinite(scores)
@@ -202,12 +235,19 @@ def load_scores(path, image_hw: tuple[int, int] | None = None) -> ScoreMap:
             raise DeepLabError(f"score file {path} not found") from None
         except (OSError, ValueError, EOFError) as e:
             raise DeepLabError(f"cannot read score file {path}: {e}") from None
+        _check_real(path, raw.dtype)
         if raw.ndim != 3 or raw.shape[0] != meta["classes"]:
             raise DeepLabError(f"{path}: shape {raw.shape} does not match its sidecar ({meta['classes']} classes, C x h x w)")
         height, width = meta["height"], meta["width"]
         if image_hw is not None and tuple(image_hw) != (height, width):
             raise DeepLabError(f"{path}: scores were extracted for a {height}x{width} image, "
                                f"but the image is {image_hw[0]}x{image_hw[1]}")
+        need = (rows_needed(height, meta["zoom"], meta["offset"]), rows_needed(width, meta["zoom"], meta["offset"]))
+        if raw.shape[1] > need[0] or raw.shape[2] > need[1]:
+            at = f"zoom {meta['zoom']}" + (f", offset {meta['offset']}" if meta["offset"] else "")
+            print(f"warning: score map {path} has {raw.shape[1]}x{raw.shape[2]} rows and columns, more than the "
+                  f"{need[0]}x{need[1]} that cover its sidecar's {height}x{width} image ({at}): cropped to them "
+                  f"(a map of another image, or a sidecar from another extraction?)", file=sys.stderr)
         _check_finite(path, raw)
         try:
             scores = upsample_scores(raw, meta["zoom"], height, width, meta["offset"])

@@ -15,6 +15,7 @@ is deeplab.extract.runner.
 """
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -30,6 +31,32 @@ _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ----------------------------------------------------------------------------- the net
+def _bytes(n: int) -> str:
+    for unit, size in (("PiB", 2 ** 50), ("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} bytes"
+
+
+def memory_needed(e: BaseException) -> str | None:
+    """How much memory an out-of-memory error (torch's CUDA or CPU allocator, numpy) says was
+    asked for, e.g. "2.00 GiB" ("an unknown amount" where it does not say); None when ``e``
+    is not about memory."""
+    text = str(e)
+    oom = (isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or "can't allocate memory" in text
+           or "out of memory" in text.lower())
+    if not oom:
+        return None
+    m = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGTPE]i?B)", text)  # CUDA's caching allocator
+    if m:
+        return m.group(1)
+    m = re.search(r"tried to allocate (\d+) bytes", text)  # the CPU allocator
+    if m:
+        return _bytes(int(m.group(1)))
+    m = re.search(r"[Uu]nable to allocate ([\d.]+ ?[KMGTPE]i?B)", text)  # numpy
+    return m.group(1) if m else "an unknown amount"
+
+
 def find_data_layer(layers):
     """The test net's ImageSegData layer (its transform_param is the preprocessing)."""
     found = [lp for lp in layers if lp.type == "ImageSegData"]

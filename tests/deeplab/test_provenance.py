@@ -41,6 +41,8 @@ def test_record_rule_by_hand(tmp_path, capsys):
     b = open_output(tmp_path / "o", "stage", {"x": 1}, {"path": "other"})  # info is not an input
     assert not b.changed and b.since_ns == a.since_ns and b.fresh(tmp_path / "o" / "f.png")
     assert capsys.readouterr().err == ""
+    a.close()
+    b.close()
     c = open_output(tmp_path / "o", "stage", {"x": 2})
     assert c.changed and not c.fresh(tmp_path / "o" / "f.png")  # made from x=1: not finished
     assert "was made from other inputs (x: 1 -> 2); its outputs are redone" in capsys.readouterr().err

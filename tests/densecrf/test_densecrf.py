@@ -14,11 +14,11 @@ from PIL import Image
 
 import densecrf
 from conftest import REPO, shared_path
-from deeplab import USER_ERRORS
+from deeplab import USER_ERRORS, DeepLabError
 from deeplab.labels import read_label, voc_palette
 from deeplab.extract.scoremaps import save_mat_scores, save_scores, upsample_scores
 from densecrf import CRFParams
-from deeplab.provenance import RECORD
+from deeplab.provenance import JOURNAL, RECORD
 from deeplab.commands.densecrf import main
 
 
@@ -197,14 +197,15 @@ def test_batch_mat_input_equals_npy_input(tmp_path):
     os.unlink(tmp_path / "scores" / "m.npy")
     save_mat_scores(tmp_path / "scores" / "m_blob_0.mat", padded)
     (tmp_path / "list.txt").write_text("m\n")
-    assert main(argv(tmp_path, "--classes", "camvid")) == 1  # 3 score classes but camvid has 11
+    with pytest.raises(DeepLabError, match="m_blob_0.mat has 3 classes, the class list camvid has 11"):
+        main(argv(tmp_path, "--classes", "camvid"))  # refused before any work, naming the map
     assert main(argv(tmp_path)) == 0
     np.testing.assert_array_equal(read_label(tmp_path / "out" / "m.png"), densecrf.refine(rgb, full))
 
 
 def listed(folder) -> list[str]:
-    """The outputs in a folder, without its provenance record."""
-    return sorted(f for f in os.listdir(folder) if f != RECORD)
+    """The outputs in a folder, without its provenance records."""
+    return sorted(f for f in os.listdir(folder) if f not in (RECORD, JOURNAL))
 
 
 def test_batch_failures_resume_force_and_shards(tmp_path, capsys):
@@ -232,7 +233,7 @@ def test_batch_failures_resume_force_and_shards(tmp_path, capsys):
     assert listed(tmp_path / "out") == ["a.png"]  # shard 1/2 holds a and c (c fails)
     assert main(argv(tmp_path, "--shard", "2/2")) == 1  # b fails
     assert listed(tmp_path / "out") == ["a.png", "d.png"]
-    assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".") and f != RECORD]  # no temp files
+    assert not [f for f in os.listdir(tmp_path / "out") if f.startswith(".") and f not in (RECORD, JOURNAL)]  # no temps
 
 
 def test_cli_subprocess_parallel_and_errors(tmp_path):
@@ -246,7 +247,7 @@ def test_cli_subprocess_parallel_and_errors(tmp_path):
     assert listed(tmp_path / "out") == ["a.png", "b.png", "c.png"]
     bad = [sys.executable, "-m", "densecrf", *argv(tmp_path), "--bi-xy-std", "0"]
     r = subprocess.run(bad, capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip() == "error: bi_xy_std must be > 0, got 0.0"
+    assert r.returncode == 2 and r.stderr.strip() == "error: bi_xy_std must be a finite number > 0, got 0.0"
     (tmp_path / "list.txt").write_text("a\na\n")
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and "list.txt:2: id 'a' repeats line 1" in r.stderr
