@@ -25,12 +25,16 @@ them:
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
+
+from caffe import CaffeError
 
 from . import DeepLabError
 from caffe.layer import REGISTRY
@@ -144,6 +148,24 @@ def parse_input_shape(text: str) -> tuple[int, int, int, int]:
     return dims
 
 
+_LAYER = re.compile(r"""layer ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
+def _located(source, message: str) -> str:
+    """``message`` about "layer 'NAME'" with the layer's ``FILE:LINE`` in front, as the
+    ``caffe`` command prints it (unchanged where the layer cannot be found)."""
+    from caffe.prototxt import locate_layer
+
+    m = _LAYER.match(message)
+    if not m or not isinstance(source, (str, os.PathLike)):
+        return message
+    try:
+        where = locate_layer(source, ast.literal_eval(m.group(1)))
+    except (CaffeError, ValueError, SyntaxError):
+        return message
+    return f"{where}: {message}" if where else message
+
+
 def net_info(source, phase: str = "TEST", mapping: dict | None = None,
              input_shape: tuple | None = None, level: int = 0, stages=()) -> NetInfo:
     """Describe the net in ``source`` (prototxt path, text or NetParameter) for ``phase``, ``level``
@@ -179,9 +201,12 @@ def net_info(source, phase: str = "TEST", mapping: dict | None = None,
         raise DeepLabError(f"{name} needs {len(missing)} layer type(s) this engine lacks: "
                            + "; ".join(f"{t} ({len(ls)} layer{'s' if len(ls) > 1 else ''}: {', '.join(ls[:4])}"
                                        f"{', ...' if len(ls) > 4 else ''})" for t, ls in missing.items()))
-    original = _replace_data_layers(copy, kept, input_shape)
-    with torch.device("meta"):
-        net = Net(copy, phase, level=level, stages=stages)
+    try:
+        original = _replace_data_layers(copy, kept, input_shape)
+        with torch.device("meta"):
+            net = Net(copy, phase, level=level, stages=stages)
+    except CaffeError as e:
+        raise DeepLabError(_located(source, str(e))) from None
     for layer in net.layers:   # a data layer replaced by an Input layer is shown as what it was
         layer.type = original.get(layer.name, layer.type)
     return describe(net)

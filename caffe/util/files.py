@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import tempfile
 import time
 from typing import Iterable, Iterator
@@ -73,6 +74,28 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> st
     os.close(fd)
     os.unlink(probe)
     return path
+
+
+def why_not(path: str | os.PathLike, want: str = "file") -> str:
+    """Why ``path`` is not an existing file (``want="folder"``: folder), in words for a
+    message after the path: "not found", "is a symbolic link loop", "is a broken symbolic
+    link (to T)", "is a folder, not a file", ...; "" when it is one."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is (or goes through) a symbolic link loop"
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            return f"is a broken symbolic link (to {os.readlink(path)})"
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "not found"
+        return f"cannot be read ({_reason(e)})"
+    if want == "folder" and not stat.S_ISDIR(st.st_mode):
+        return "is not a folder"
+    if want == "file" and stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file"
+    return ""
 
 
 def check_output_file(path: str | os.PathLike, what: str = "output file") -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from caffe.util.files import check_output_dir
+from caffe.util.files import check_output_dir, why_not
 from deeplab import DeepLabError
 from deeplab.cli import run_main
 from deeplab.labels import load_classes
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("images", "scores", "labels"):
         if not os.path.isdir(getattr(args, name)):
-            raise DeepLabError(f"--{name} {getattr(args, name)} is not a folder")
+            raise DeepLabError(f"--{name} {getattr(args, name)} {why_not(getattr(args, name), 'folder')}")
     if args.n < 1 or args.jobs < 1 or args.fine_div < 0:
         raise DeepLabError("--n and -j must be >= 1, --fine-div >= 0")
     base = CRFParams(iters=args.iters, pos_w=args.pos_w, pos_xy_std=args.pos_xy_std, normalization=args.normalization)

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from caffe.util.files import check_output_dir
+from caffe.util.files import check_output_dir, why_not
 from deeplab import DeepLabError
 from deeplab.cli import run_main, shard
 from deeplab.lists import read_ids
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("images", "scores"):
         if not os.path.isdir(getattr(args, name)):
-            raise DeepLabError(f"--{name} {getattr(args, name)} is not a folder")
+            raise DeepLabError(f"--{name} {getattr(args, name)} {why_not(getattr(args, name), 'folder')}")
     if args.jobs < 1:
         raise DeepLabError(f"-j must be >= 1, got {args.jobs}")
     if args.save_prob and os.path.realpath(args.out) == os.path.realpath(args.scores):

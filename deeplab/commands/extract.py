@@ -16,7 +16,7 @@ import contextlib
 import os
 import sys
 
-from caffe.util.files import check_output_dir
+from caffe.util.files import check_output_dir, why_not
 from deeplab import DeepLabError
 from deeplab.cli import Terminated, parse_set, parse_shard, run_main, shard
 from deeplab.provenance import file_digest, open_output, text_digest
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for what, path in (("--model", args.model), ("--weights", args.weights), ("--list", args.list)):
         if not os.path.isfile(path):
-            raise DeepLabError(f"{what} {path} not found")
+            raise DeepLabError(f"{what} {path} {why_not(path)}")
     if args.workers < 1:
         raise DeepLabError(f"--workers must be >= 1, got {args.workers}")
     check_output_dir(args.out, "--out folder")

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     if dummies:
         print("note: placeholders that only name files are shown as dummies (nothing is read): "
               + ", ".join(f"${{{n}}}={v}" for n, v in dummies.items()), file=sys.stderr)
+    if hasattr(sys.stdout, "reconfigure"):  # layer names an ASCII terminal cannot show are escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     print(info.to_json() if args.json else info.format_table())
     return 0
 

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from caffe.util.files import why_not
 from caffe.util.images import read_image
 from deeplab import DeepLabError
 from deeplab.extract.scoremaps import ScoreMap, load_scores, score_classes, sidecar_path
@@ -13,21 +14,32 @@ from deeplab.provenance import file_stamp
 IMAGE_EXTS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG", ".ppm", ".bmp")
 
 
+def _unusable(paths: list[str], what: str) -> None:
+    """An entry of ``paths`` that is there but no file (a symbolic link loop or to nowhere, a
+    folder) is an error saying so, rather than "not found"."""
+    for p in paths:
+        if os.path.lexists(p):
+            raise DeepLabError(f"{what} {p} {why_not(p)}")
+
+
 def find_image(images_dir: str, image_id: str) -> str:
     """Path of ``<images_dir>/<id>.jpg`` (or .png, .jpeg, .ppm, .bmp)."""
     for ext in IMAGE_EXTS:
         p = os.path.join(images_dir, image_id + ext)
         if os.path.isfile(p):
             return p
+    _unusable([os.path.join(images_dir, image_id + ext) for ext in IMAGE_EXTS], "image")
     raise DeepLabError(f"no image {image_id}.jpg or .png in {images_dir}")
 
 
 def find_scores(scores_dir: str, image_id: str) -> str:
     """Path of ``<scores_dir>/<id>.npy`` or the MAT_WRITE file ``<id>_blob_0.mat``."""
-    for name in (image_id + ".npy", image_id + "_blob_0.mat", image_id + ".mat"):
+    names = (image_id + ".npy", image_id + "_blob_0.mat", image_id + ".mat")
+    for name in names:
         p = os.path.join(scores_dir, name)
         if os.path.isfile(p):
             return p
+    _unusable([os.path.join(scores_dir, name) for name in names], "score map")
     raise DeepLabError(f"no score map {image_id}.npy or {image_id}_blob_0.mat in {scores_dir}")
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from caffe.util.files import write_bytes_atomic
+from caffe.util.files import why_not, write_bytes_atomic
 
 from .. import USER_ERRORS, DeepLabError
 from ..labels import read_label
@@ -30,7 +30,7 @@ def _read(folder: str, image_id: str, what: str, num_classes: int | None = None,
           ignore: int | None = None) -> np.ndarray:
     path = os.path.join(folder, image_id + ".png")
     if not os.path.exists(path):
-        raise DeepLabError(f"id {image_id}: {what} {path} not found")
+        raise DeepLabError(f"id {image_id}: {what} {path} {why_not(path)}")
     try:
         return read_label(path, num_classes, ignore)
     except USER_ERRORS as e:
@@ -155,7 +155,7 @@ def evaluate(pred_dir, gt_dir, ids, num_classes, ignore=255, trimap_widths=None,
     pred_dir, gt_dir = os.fspath(pred_dir), os.fspath(gt_dir)
     for folder, what in ((pred_dir, "prediction"), (gt_dir, "ground truth")):
         if not os.path.isdir(folder):
-            raise DeepLabError(f"{what} folder {folder} not found")
+            raise DeepLabError(f"{what} folder {folder} {why_not(folder, 'folder')}")
     jobs = max(1, min(int(jobs), len(ids)))
     n_chunks = 1 if jobs == 1 else min(len(ids), jobs * 8)
     chunks = [ids[k::n_chunks] for k in range(n_chunks)]
