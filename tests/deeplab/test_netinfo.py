@@ -332,8 +332,8 @@ def test_netinfo_never_reads_data_input_replaces_data_layers(tmp_path, capsys):
             run_main(netinfo_tool.main, [str(path), "--phase", "TRAIN"])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
-        assert err == (f"error: layer {name!r} ({kind}): its top shapes come from {what}, which netinfo does "
-                       f"not read; pass --input N,C,H,W\n")
+        assert err == (f"error: {path}:2: layer {name!r} ({kind}): its top shapes come from {what}, which "
+                       f"netinfo does not read; pass --input N,C,H,W\n")  # FILE:LINE as the caffe command
     assert netinfo_tool.main([str(lenet), "--phase", "TRAIN", "--input", "2,1,28,28"]) == 0
     assert "loss" in capsys.readouterr().out
 
