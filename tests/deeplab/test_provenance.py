@@ -164,6 +164,14 @@ def test_make_eval_with_other_weights_redoes_the_stages(tiny, tmp_path):
     new = json.loads((res / "eval_dcnn.json").read_text())
     assert json.loads(stamp.read_text())["inputs"]["weights"] == file_digest(w1)
     assert new["confusion"] != old["confusion"]
+    # Issue 24: a changed image (same name and size) redoes its id, and the evaluation after it.
+    image = tmp_path / "data" / "images" / "im1.png"
+    before = os.stat(res / "eval_dcnn.json").st_mtime_ns
+    image.write_bytes((tmp_path / "data" / "images" / "im2.png").read_bytes())
+    os.utime(image, ns=(before, before + 10 ** 9))
+    r = make(tmp_path, w1, str(res / "eval_dcnn.json"))
+    assert r.returncode == 0, r.stderr
+    assert "1 written, 3 already done" in r.stderr and os.stat(res / "eval_dcnn.json").st_mtime_ns != before
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
