@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 
 from caffe.util.files import WriteError, check_output_dir, remove_stale_temps, write_bytes_atomic
 
@@ -191,9 +192,13 @@ class Provenance:
         self._lock = lock
         self.entries: dict[str, dict] = entries if entries is not None else {}
         self._journal: int | None = None
+        self._writing = threading.Lock()  # extraction notes ids from its writer threads
 
     def __getstate__(self):  # workers get the binding, never the lock or the journal
-        return {**self.__dict__, "_lock": None, "_journal": None}
+        return {**self.__dict__, "_lock": None, "_journal": None, "_writing": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _writing=threading.Lock())
 
     def fresh(self, path: str | os.PathLike) -> bool:
         """True when ``path`` exists and was written after the record (from these inputs)."""
@@ -214,6 +219,11 @@ class Provenance:
         ``extra`` fields are kept for later stages, e.g. the image's path)."""
         entry = json.loads(_canonical({"key": key, "inputs": inputs, **extra}))
         line = (_canonical(entry) + "\n").encode()
+        with self._writing:
+            self._append(line)
+        self.entries[key] = entry
+
+    def _append(self, line: bytes) -> None:
         if self._journal is None:
             try:
                 self._journal = os.open(os.path.join(self.folder, JOURNAL), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
@@ -224,7 +234,6 @@ class Provenance:
             os.write(self._journal, line)
         except OSError as e:
             raise WriteError(f"cannot write {os.path.join(self.folder, JOURNAL)}: {e.strerror or e}") from None
-        self.entries[key] = entry
 
     def close(self) -> None:
         """Leave the folder; the last run leaving it rewrites the journal one line per id, in
