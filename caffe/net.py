@@ -319,8 +319,10 @@ class Net(nn.Module):
         caller = {_storage(v) for v in blobs.values() if torch.is_tensor(v)}
         keep_all = outputs == "all"
         keep = frozenset(self.output_names if outputs is None or keep_all else outputs) | frozenset(self.loss_weights)
-        plan = None if keep_all else self._plan(keep)
         grad = torch.is_grad_enabled()
+        if not grad:
+            return self._forward_planned(blobs, caller, keep, keep_all, outputs)
+        plan = None if keep_all else self._plan(keep)
         for i, layer in enumerate(self.layers):
             if layer.is_data:
                 continue
@@ -344,6 +346,20 @@ class Net(nn.Module):
         if outputs is not None and not keep_all:
             return {k: blobs[k] for k in keep if k in blobs}
         return blobs
+
+    def _forward_planned(self, blobs: dict, caller: set, keep: frozenset, keep_all: bool, outputs) -> dict:
+        """The forward without gradients (caffe/inference.py): planned once per kept set;
+        on the CPU, convolutions and poolings run on channels_last blobs unless
+        ``self.channels_last`` is False; returned blobs are contiguous NCHW."""
+        from . import inference
+        key = (keep, keep_all)
+        steps = self._infer_plans.get(key) if hasattr(self, "_infer_plans") else None
+        if steps is None:
+            self.__dict__.setdefault("_infer_plans", {})[key] = steps = inference.plan(self, keep, keep_all)
+        blobs = inference.run(self, steps, blobs, caller, getattr(self, "channels_last", True))
+        if outputs is not None and not keep_all:
+            blobs = {k: blobs[k] for k in keep if k in blobs}
+        return inference.nchw(blobs)
 
     @staticmethod
     def _may_overwrite(layer: Layer, bottoms: list, blobs: dict, caller: set) -> bool:
