@@ -48,16 +48,12 @@ def _quiet_cv2() -> int | None:
 
 def _worker_start(parent: int, initializer, initargs) -> None:
     """Every worker process: die with the parent, SIGTERM's default action (the parent's
-    handler is for the parent), one OpenCV thread (the workers are the parallelism), then the
-    caller's initializer."""
+    handler is for the parent), one torch and one OpenCV thread (the workers are the
+    parallelism), then the caller's initializer."""
     _die_with_parent(parent)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
+    from caffe.threads import worker_init
+    worker_init()     # one torch thread, one OpenCV thread
     if initializer is not None:
         initializer(*initargs)
 

@@ -238,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_main(main_fn, argv: list[str] | None = None, user_errors: tuple = (CaffeError,)) -> None:
     """Run a command's ``main``; a user error (``user_errors``: CaffeError here, the pipeline adds
     the CRF library's) prints ``error: ...`` on one line and exits 2, Ctrl-C exits 130. Every
-    command of the project (deeplab's too) ends here."""
+    command of the project (deeplab's too) ends here, after the thread policy (caffe.threads)."""
+    from .. import threads
+    threads.configure()
     try:
         code = main_fn(argv)
     except user_errors as e:

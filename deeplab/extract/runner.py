@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from caffe.threads import reader_init
 from caffe.util.files import remove_stale_temps
 from caffe.util.images import read_image
 
@@ -201,7 +202,7 @@ def extract(net: ScoreNet, items: list[ListItem], outputs: Outputs, batch: int =
         return stamps, net.prepare(load_image(item, list_name))
 
     writer = _Writer(outputs, net.zoom, net.offset, threads=max(1, workers // 2), limit=4 * batch)
-    reader = Pool(workers, threads=True, name="extract-read")
+    reader = Pool(workers, threads=True, name="extract-read", initializer=reader_init)
     bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
     buckets: dict[tuple[int, int], list] = {}
 
