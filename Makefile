@@ -79,6 +79,7 @@ DEMO_EXP := synthetic/LargeFOV-small
 BENCH_OUT := exper/bench
 
 .PHONY: install test proto clean-venv demo train extract crf eval search report bench netinfo \
+        bench-peers-env bench-peers bench-threads \
         data-synthetic data-camvid data-voc12 init-vgg16 FORCE \
         camvid-gpu-pack camvid-gpu-dry-run camvid-gpu-receive
 
@@ -225,6 +226,21 @@ demo: install data-synthetic
 	@echo "report: exper/$(DEMO_EXP)/report.html"
 
 # ------------------------------------------------------------------ benchmarks (not tests)
+## bench-peers: the engine vs OpenCV 4 dnn, the hand-written module and onnxruntime (bench/bench_peers.py).
+## OpenCV 4.x lives in its own environment (.venv-peers): OpenCV 5, the project's, reads no Caffe files.
+PEERS := .venv-peers
+bench-peers-env: $(PEERS)/.installed
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --disable-pip-version-check 'opencv-python-headless<4.11' numpy
+	touch $@
+bench-peers: install bench-peers-env
+	@mkdir -p $(BENCH_OUT)
+	$(PY) bench/bench_peers.py --busy $(PEERS_ARGS) | tee $(BENCH_OUT)/peers.txt
+bench-threads: install
+	@mkdir -p $(BENCH_OUT)
+	$(PY) bench/bench_threads.py | tee $(BENCH_OUT)/threads.txt
+
 ## Each prints its own time against a reference measured in the same run; outputs in exper/bench/.
 bench: install
 	mkdir -p $(BENCH_OUT)

@@ -44,8 +44,8 @@ def main(argv=None) -> int:
             y = net.forward(args.blob)
             times.append(time.perf_counter() - t)
     except cv2.error as e:
-        msg = str(e).strip().splitlines()
-        print(json.dumps({"error": msg[-1] if msg else "cv2.error"}))
+        msg = [line for line in str(e).strip().splitlines() if "error:" in line] or [str(e).strip() or "cv2.error"]
+        print(json.dumps({"error": msg[0]}))
         return 0
     np.save(args.out, np.asarray(y, np.float32))
     print(json.dumps({"opencv": cv2.__version__, "threads": cv2.getNumThreads(), "times": times}))

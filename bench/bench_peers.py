@@ -1,0 +1,222 @@
+"""The engine against what a Caffe user would run instead, same net, same input, same run.
+
+Columns (forward time in ms, median of --reps after one warm-up; each net has random weights,
+bench/peer_nets.py):
+  engine    caffe.net.Net, TEST, inference mode (the project's thread policy, caffe/threads.py)
+  opencv    OpenCV 4.x dnn reading the deploy prototxt + caffemodel (cv2.dnn.readNetFromCaffe),
+            run by bench/peer_opencv.py in the side environment .venv-peers (`make
+            bench-peers-env`; OpenCV 5, the project's, has no Caffe importer). "-" where that
+            OpenCV cannot read the net (its message is printed).
+  handmade  bench/reference.py's hand-written LargeFOV module, channels_last (largefov only)
+  onnxrt    the net exported by caffe.export to ONNX, on onnxruntime's CPU provider
+  caffe     a Caffe build's `caffe time -forward_only` (only with --caffe PATH; its own timer)
+Each peer's ratio is peer / engine (> 1: the engine is faster); its output is checked against
+the engine's (max |diff| / max |engine output|, printed; above 1e-3 is flagged "DIFFERS").
+Every net runs at 1 thread and at all the process's cores, and with --busy also while a
+second process spins on core 0. Not a test; other load on the machine shows in the numbers.
+
+  make bench-peers-env        # once: .venv-peers with opencv-python-headless<4.11
+  .venv/bin/python bench/bench_peers.py [--nets largefov:321,narrow,fcn8s:500,...] [--reps 3]
+      [--threads 1,all] [--busy] [--caffe /path/to/caffe]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from caffe import threads  # noqa: E402
+
+threads.configure()        # before torch loads: the policy the project's commands run with
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
+
+import peer_nets  # noqa: E402
+from bench_threads import spin  # noqa: E402
+
+PEERS_PYTHON = os.path.join(ROOT, ".venv-peers", "bin", "python")
+DEFAULT_NETS = "largefov:321,largefov:513,narrow:321,fcn8s:500,segnet:360x480,resnet50:224,enet:512x1024"
+
+
+def parse_net(item: str) -> tuple[str, tuple[int, int]]:
+    name, _, size = item.partition(":")
+    if not size:
+        return name, peer_nets.NETS[name]
+    h, _, w = size.partition("x")
+    return name, (int(h), int(w or h))
+
+
+def median_ms(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def rel_diff(got: np.ndarray, want: np.ndarray) -> float:
+    got = np.asarray(got, np.float32).reshape(want.shape)
+    return float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1e-12)
+
+
+class Case:
+    """One net at one input size: the engine's net, its files for the peers, the peers."""
+
+    def __init__(self, name: str, hw, tmp: str, with_onnx: bool):
+        self.name, self.hw = name, hw
+        self.net, self.x, self.blob = peer_nets.build(name, hw)
+        with torch.inference_mode():
+            self.want = self.net({"data": self.x}, outputs=[self.blob])[self.blob].numpy()
+        self.dir = tempfile.mkdtemp(prefix=f"{name}-", dir=tmp)
+        self.prototxt = os.path.join(self.dir, "deploy.prototxt")
+        with open(self.prototxt, "w") as f:
+            f.write(text_format.MessageToString(peer_nets.deploy_param(name, hw)))
+        self.weights = os.path.join(self.dir, "net.caffemodel")
+        self.net.save(self.weights)
+        self.input = os.path.join(self.dir, "input.npy")
+        np.save(self.input, self.x.numpy())
+        self.onnx = None
+        if with_onnx:
+            from caffe import export as ex
+            self.onnx = os.path.join(self.dir, "net.onnx")
+            try:
+                ex.export(self.net, onnx=self.onnx)
+            except Exception as e:   # an exporter failure is a result here, not a crash
+                print(f"  {name}: ONNX export failed: {str(e).splitlines()[0]}")
+                self.onnx = None
+        self.handmade = None
+        if name == "largefov":
+            from reference import LargeFOV
+            self.handmade = LargeFOV(21).eval()
+            self.handmade.load_from_net(self.net)
+            self.handmade.to(memory_format=torch.channels_last)     # as bench_engine.py runs it
+
+    def engine(self) -> np.ndarray:
+        with torch.inference_mode():
+            return self.net({"data": self.x}, outputs=[self.blob])[self.blob]
+
+    def run_handmade(self):
+        with torch.inference_mode():
+            return self.handmade.upsample(self.handmade(self.x.contiguous(memory_format=torch.channels_last)))
+
+
+def opencv(case: Case, n_threads: int, reps: int, python: str) -> tuple[float | None, str]:
+    """(median ms or None, note) from the OpenCV 4 worker."""
+    if not os.path.exists(python):
+        return None, "no .venv-peers (make bench-peers-env)"
+    out = os.path.join(case.dir, "opencv.npy")
+    proc = subprocess.run([python, os.path.join(ROOT, "bench", "peer_opencv.py"), case.prototxt, case.weights,
+                           case.input, case.blob, out, "--threads", str(n_threads), "--reps", str(reps)],
+                          capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode or not lines:
+        return None, (proc.stderr.strip().splitlines() or ["failed"])[-1]
+    res = json.loads(lines[-1])
+    if "error" in res:
+        return None, res["error"]
+    return statistics.median(res["times"]) * 1e3, f"diff {rel_diff(np.load(out), case.want):.1e}"
+
+
+def caffe_time(case: Case, binary: str, reps: int) -> tuple[float | None, str]:
+    """A Caffe build's `caffe time` average forward pass (its own thread settings)."""
+    proc = subprocess.run([binary, "time", f"-model={case.prototxt}", f"-weights={case.weights}",
+                           f"-iterations={reps}", "-forward_only"], capture_output=True, text=True)
+    m = re.search(r"Average Forward pass:\s*([0-9.]+)\s*ms", proc.stderr + proc.stdout)
+    if not m:
+        return None, (proc.stderr.strip().splitlines() or ["failed"])[-1]
+    return float(m.group(1)), "its own timer"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nets", default=DEFAULT_NETS, help=f"name[:H[xW]], comma separated (default {DEFAULT_NETS})")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", default="1,all", help="thread counts, 'all' = the process's cores (default 1,all)")
+    ap.add_argument("--busy", action="store_true", help="also measure with a process spinning on core 0")
+    ap.add_argument("--opencv-python", default=PEERS_PYTHON, help="python of the OpenCV 4 environment")
+    ap.add_argument("--caffe", help="a Caffe build's `caffe` binary, for a `caffe time` column")
+    ap.add_argument("--no-onnx", dest="onnx", action="store_false")
+    args = ap.parse_args(argv)
+    cores = threads.available_cores()
+    counts = sorted({cores if t == "all" else int(t) for t in args.threads.split(",")})
+    ort = None
+    if args.onnx:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            print("onnxruntime is not installed: no onnxrt column")
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    amx = "AMX" if "amx" in lscpu else "no AMX"
+    print(f"CPU: {cores} cores available ({amx}); torch {torch.__version__}"
+          + (f", onnxruntime {ort.__version__}" if ort else "")
+          + f"; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; median of {args.reps} forwards (ms); "
+          "ratio = peer / engine (> 1: engine faster)")
+    head = f"{'net':<10} {'input':>9} {'thr':>3} {'load':<4} {'engine':>8} {'opencv':>8} {'ratio':>5} " \
+           f"{'handmade':>8} {'ratio':>5} {'onnxrt':>8} {'ratio':>5}" + (f" {'caffe':>8} {'ratio':>5}" if args.caffe else "")
+    print(head)
+    notes = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for item in args.nets.split(","):
+            name, hw = parse_net(item)
+            case = Case(name, hw, tmp, ort is not None)
+            session = None
+            if ort is not None and case.onnx:
+                session_for = {}
+                for n in counts:
+                    o = ort.SessionOptions()
+                    o.intra_op_num_threads = n
+                    session_for[n] = ort.InferenceSession(case.onnx, o, providers=["CPUExecutionProvider"])
+                session = session_for
+                got = session[counts[0]].run([case.blob], {"data": case.x.numpy()})[0]
+                notes.append(f"{name} {hw[0]}x{hw[1]}: onnxrt diff {rel_diff(got, case.want):.1e}")
+            if case.handmade is not None:
+                notes.append(f"{name} {hw[0]}x{hw[1]}: handmade diff "
+                             f"{rel_diff(case.run_handmade().numpy(), case.want):.1e}")
+            for busy in ((False, True) if args.busy else (False,)):
+                hog = spin() if busy else None
+                try:
+                    for n in counts:
+                        torch.set_num_threads(n)
+                        e = median_ms(case.engine, args.reps)
+                        cv, note = opencv(case, n, args.reps, args.opencv_python)
+                        if n == counts[0] and not busy:
+                            notes.append(f"{name} {hw[0]}x{hw[1]}: opencv {note}")
+                        hm = median_ms(case.run_handmade, args.reps) if case.handmade is not None else None
+                        ox = None
+                        if session is not None:
+                            feed = {"data": case.x.numpy()}
+                            ox = median_ms(lambda: session[n].run([case.blob], feed), args.reps)
+                        cells = [cv, hm, ox]
+                        if args.caffe:
+                            cf, cnote = caffe_time(case, args.caffe, args.reps) if n == counts[0] else (None, "")
+                            cells.append(cf)
+                        row = f"{name:<10} {hw[0]:>4}x{hw[1]:<4} {n:>3} {'busy' if busy else 'idle':<4} {e:8.1f}"
+                        for v in cells:
+                            row += f" {v:8.1f} {v / e:5.2f}" if v is not None else f" {'-':>8} {'':>5}"
+                        print(row, flush=True)
+                finally:
+                    if hog is not None:
+                        hog.kill()
+                        hog.wait()
+    for line in notes:
+        flag = re.search(r"diff ([0-9.e+-]+)", line)
+        print(line + ("  DIFFERS" if flag and float(flag.group(1)) > 1e-3 else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
