@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="refuse a weights file with layers the net lacks (default: a warning, as Caffe ignores them)")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory layout")
+    p.add_argument("--backend", choices=("engine", "onnxruntime"), default="engine",
+                   help="engine (default), or onnxruntime: the net exported to ONNX once (cached under a digest "
+                        "of net and weights, --onnx-cache) and run by onnxruntime, float32 on the CPU")
+    p.add_argument("--onnx-cache", default=None, metavar="DIR",
+                   help="folder for --backend onnxruntime's exported files (default: <temp>/deeplab-onnx)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -104,12 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     mapping = parse_set(args.set)
     net = ScoreNet(args.model, args.weights, blob=args.blob, mapping=mapping, device=device_for(args.gpu),
                    amp=args.amp, want_mat=args.format == "mat", channels_last=not args.no_channels_last,
-                   strict=args.strict)
+                   strict=args.strict, backend=args.backend, onnx_cache=args.onnx_cache)
     palette = label_palette(net.blob, net.num_classes, args.classes) if args.labels_out else None
     check_layout(net, args.format, args.labels_out)
     inputs = {"weights": file_digest(args.weights), "net": net.identity(), "blob": net.blob, "format": args.format,
               "dtype": args.dtype if args.format == "npy" else "float32", "amp": args.amp,
               "palette": None if palette is None else text_digest(palette.tobytes())}
+    if args.backend != "engine":      # recorded, and a change of backend redoes the outputs
+        inputs["backend"] = args.backend
     info = {"weights": args.weights, "model": args.model, "set": mapping, "list": args.list, "root": args.root}
     with contextlib.ExitStack() as held:
         records = {args.out: held.enter_context(open_output(args.out, "extract", inputs, info))}

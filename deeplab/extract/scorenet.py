@@ -156,7 +156,8 @@ class ScoreNet:
     """
 
     def __init__(self, model, weights=None, blob: str | None = None, mapping=None, device="cpu",
-                 amp: str | None = None, want_mat: bool = False, channels_last: bool = True, strict: bool = False):
+                 amp: str | None = None, want_mat: bool = False, channels_last: bool = True, strict: bool = False,
+                 backend: str = "engine", onnx_cache: str | None = None):
         param = parse_net(model, mapping)
         if not len(param.layer):
             raise DeepLabError(f"{model} defines no layers (an empty file, or not a net prototxt?)")
@@ -197,6 +198,16 @@ class ScoreNet:
         if amp is not None and amp not in _AMP:
             raise DeepLabError(f"--amp must be bf16 or fp16, got {amp!r}")
         self.amp = _AMP.get(amp) if amp else None
+        self.backend = backend
+        self.onnx = None
+        if backend == "onnxruntime":   # the same net, exported (deeplab/extract/onnx_backend.py)
+            if self.device.type != "cpu" or self.amp is not None:
+                raise DeepLabError("--backend onnxruntime runs float32 on the CPU: drop --gpu and --amp")
+            from .onnx_backend import OnnxRunner
+            self.onnx = OnnxRunner(self, [self.blob] + ([self.mat_blob] if self.mat_blob else []), onnx_cache,
+                                   threads=torch.get_num_threads())
+        elif backend != "engine":
+            raise DeepLabError(f"--backend must be engine or onnxruntime, got {backend!r}")
 
     def _load_weights(self, weights, model, net_layers: set[str], strict: bool) -> None:
         """Copy ``weights`` into the pruned net and check them (see the class doc)."""
@@ -305,10 +316,13 @@ class ScoreNet:
         """Run an N x H x W x 3 float32 canvas batch; return the score blob (N x C x h x w float32)
         and, with ``want_mat``, the zoomed blob over the whole canvas (else None)."""
         x = torch.from_numpy(batch_nhwc).permute(0, 3, 1, 2)  # NCHW view, channels_last strides
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         outputs = [self.blob] + ([self.mat_blob] if self.mat_blob else [])
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            blobs = self.net({self.input_name: x}, outputs=outputs)
+        if self.onnx is not None:
+            blobs = {k: torch.from_numpy(v) for k, v in self.onnx.run(x.numpy()).items()}
+        else:
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                blobs = self.net({self.input_name: x}, outputs=outputs)
         scores = blobs[self.blob].float()
         mat = None
         if self.want_mat:
