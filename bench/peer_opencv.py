@@ -5,7 +5,8 @@ bench-peers-env``: opencv-python-headless<4.11 and numpy, never a project depend
 removed the Caffe importer), so it imports nothing from this project. Reads a deploy prototxt
 and its caffemodel with cv2.dnn.readNetFromCaffe, runs the input (an .npy file) once to warm
 up and once more per repetition, writes the output blob to an .npy file and prints one JSON
-line: {"opencv": version, "threads": n, "times": [seconds...]}, or {"error": message} when
+line: {"opencv": version, "threads": n, "times": [seconds...], "peak_rss_mib": the process's
+peak resident memory}, or {"error": message} when
 OpenCV cannot read or run the net.
 
   .venv-peers/bin/python bench/peer_opencv.py PROTOTXT CAFFEMODEL INPUT.npy OUTPUT_BLOB OUT.npy \
@@ -48,7 +49,10 @@ def main(argv=None) -> int:
         print(json.dumps({"error": msg[0]}))
         return 0
     np.save(args.out, np.asarray(y, np.float32))
-    print(json.dumps({"opencv": cv2.__version__, "threads": cv2.getNumThreads(), "times": times}))
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024      # KiB on Linux
+    print(json.dumps({"opencv": cv2.__version__, "threads": cv2.getNumThreads(), "times": times,
+                      "peak_rss_mib": peak}))
     return 0
 
 
