@@ -50,8 +50,6 @@ def test_caffe_never_loads_deeplab():
 
 
 def test_readme_layout_is_the_generated_one():
-    import re
     import layout
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- layout: python tools/layout.py -->\n(.*?)\n<!-- /layout -->", readme, re.S)
-    assert block and block.group(1) == layout.table(), "README's layout is stale: paste `python tools/layout.py`"
+    block = layout.readme_block((REPO / "README.md").read_text())
+    assert block == layout.table(), "README's layout is stale: python tools/layout.py --readme"

@@ -1,7 +1,8 @@
 """README's layout table, generated from the tree: one row per package folder of ``caffe``,
 ``deeplab`` and ``densecrf`` with the first sentence of its docstring and its modules.
 
-    python tools/layout.py          # print the table (README holds it between layout markers)
+    python tools/layout.py            # print the table
+    python tools/layout.py --readme   # rewrite it in README.md, between the layout markers
 """
 from __future__ import annotations
 
@@ -40,6 +41,18 @@ def table(root: pathlib.Path = REPO) -> str:
     return "\n".join(["| folder | holds | modules and folders |", "|---|---|---|"] + rows(root))
 
 
+MARKERS = re.compile(r"(<!-- layout: python tools/layout.py -->\n)(.*?)(\n<!-- /layout -->)", re.S)
+
+
+def readme_block(text: str) -> str | None:
+    """The table README.md holds between the layout markers (None without them)."""
+    m = MARKERS.search(text)
+    return m.group(2) if m else None
+
+
 if __name__ == "__main__":
-    print(table())
-    sys.exit(0)
+    if sys.argv[1:] == ["--readme"]:
+        readme = REPO / "README.md"
+        readme.write_text(MARKERS.sub(lambda m: m.group(1) + table() + m.group(3), readme.read_text()))
+    else:
+        print(table())

@@ -12,14 +12,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 
-from caffe.util.files import check_output_dir, why_not
-from deeplab import DeepLabError
-from deeplab.cli import Terminated, parse_set, parse_shard, run_main, shard
-from deeplab.provenance import file_digest, open_output, text_digest
+from deeplab.cli import Terminated, parse_set, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,51 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Build the score net, extract every listed image, print what was done."""
     args = build_parser().parse_args(argv)
-    from deeplab.extract.runner import Outputs, check_layout, extract, label_palette
-    from deeplab.lists import read_items
-    from caffe.common import device_for
-    from deeplab.extract.scorenet import ScoreNet
+    from deeplab.extract.runner import ExtractJob, extract_list
 
-    for what, path in (("--model", args.model), ("--weights", args.weights), ("--list", args.list)):
-        if not os.path.isfile(path):
-            raise DeepLabError(f"{what} {path} {why_not(path)}")
-    if args.workers < 1:
-        raise DeepLabError(f"--workers must be >= 1, got {args.workers}")
-    check_output_dir(args.out, "--out folder")
-    if args.labels_out:
-        check_output_dir(args.labels_out, "--labels-out folder")
-    k, n = parse_shard(args.shard)
-    items = shard(read_items(args.list, args.root), args.shard)
-    mapping = parse_set(args.set)
-    net = ScoreNet(args.model, args.weights, blob=args.blob, mapping=mapping, device=device_for(args.gpu),
-                   amp=args.amp, want_mat=args.format == "mat", channels_last=not args.no_channels_last,
-                   strict=args.strict, backend=args.backend, onnx_cache=args.onnx_cache)
-    palette = label_palette(net.blob, net.num_classes, args.classes) if args.labels_out else None
-    check_layout(net, args.format, args.labels_out)
-    inputs = {"weights": file_digest(args.weights), "net": net.identity(), "blob": net.blob, "format": args.format,
-              "dtype": args.dtype if args.format == "npy" else "float32", "amp": args.amp,
-              "palette": None if palette is None else text_digest(palette.tobytes())}
-    if args.backend != "engine":      # recorded, and a change of backend redoes the outputs
-        inputs["backend"] = args.backend
-    info = {"weights": args.weights, "model": args.model, "set": mapping, "list": args.list, "root": args.root}
-    with contextlib.ExitStack() as held:
-        records = {args.out: held.enter_context(open_output(args.out, "extract", inputs, info))}
-        if args.labels_out:
-            same = os.path.realpath(args.labels_out) == os.path.realpath(args.out)
-            records[args.labels_out] = records[args.out] if same else held.enter_context(
-                open_output(args.labels_out, "extract", inputs, info, what="--labels-out"))
-        outputs = Outputs(args.out, args.format, args.dtype, args.labels_out, palette, records=records)
-        stats: dict = {}
-        try:
-            extract(net, items, outputs, batch=args.batch, workers=args.workers, force=args.force,
-                    list_name=args.list, progress=not args.quiet, stats=stats)
-        except KeyboardInterrupt as e:
-            print(f"{'SIGTERM' if isinstance(e, Terminated) else 'interrupted'}: {stats.get('done', 0)} written, "
-                  f"{stats.get('skipped', 0)} already done of {len(items)} images -> {args.out}; the same command "
-                  f"does the rest", file=sys.stderr)
-            raise
-    print(f"{stats['done']} written, {stats['skipped']} already done ({len(items)} images"
-          f"{'' if n == 1 else f' in shard {k + 1}/{n}'}; blob {net.blob}, stride {net.zoom}) -> {args.out}",
+    job = ExtractJob(model=args.model, weights=args.weights, list=args.list, root=args.root, out=args.out,
+                     labels_out=args.labels_out, classes=args.classes, format=args.format, dtype=args.dtype,
+                     blob=args.blob, mapping=parse_set(args.set), gpu=args.gpu, amp=args.amp,
+                     channels_last=not args.no_channels_last, strict=args.strict, backend=args.backend,
+                     onnx_cache=args.onnx_cache, batch=args.batch, workers=args.workers, force=args.force,
+                     shard=args.shard, progress=not args.quiet)
+    stats: dict = {}
+    try:
+        extract_list(job, stats)
+    except KeyboardInterrupt as e:
+        print(f"{'SIGTERM' if isinstance(e, Terminated) else 'interrupted'}: {stats.get('done', 0)} written, "
+              f"{stats.get('skipped', 0)} already done of {stats.get('images', 0)} images -> {args.out}; the same "
+              f"command does the rest", file=sys.stderr)
+        raise
+    k, n = stats["shard"]
+    print(f"{stats['done']} written, {stats['skipped']} already done ({stats['images']} images"
+          f"{'' if n == 1 else f' in shard {k + 1}/{n}'}; blob {stats['blob']}, stride {stats['zoom']}) -> {args.out}",
           file=sys.stderr)
     return 0
 

@@ -10,9 +10,10 @@ argmax labels at full resolution.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -266,3 +267,77 @@ def _take(pending: deque, net: ScoreNet, buckets: dict, batch: int, run) -> None
         run(key)
     elif sum(len(g) for g in buckets.values()) > 2 * batch:
         run(max(buckets, key=lambda k: len(buckets[k])))
+
+
+@dataclass
+class ExtractJob:
+    """One extraction run: what ``deeplab-extract`` is asked (its flags, by name)."""
+
+    model: str
+    weights: str
+    list: str
+    out: str
+    root: str = ""
+    labels_out: str | None = None
+    classes: str | None = None
+    format: str = "npy"
+    dtype: str = "float16"
+    blob: str | None = None
+    mapping: dict = field(default_factory=dict)
+    gpu: int | None = None
+    amp: str | None = None
+    channels_last: bool = True
+    strict: bool = False
+    backend: str = "engine"
+    onnx_cache: str | None = None
+    batch: int = 1
+    workers: int = 2
+    force: bool = False
+    shard: str | None = None
+    progress: bool = True
+
+
+def extract_list(job: ExtractJob, stats: dict | None = None) -> dict:
+    """Check the job's inputs, build its score net, hold its output folders and extract every
+    listed image (of the shard). ``stats`` (returned) fills as it goes: done, skipped, images,
+    blob, zoom, shard (k, n)."""
+    from caffe.common import device_for
+    from caffe.util.files import check_output_dir, why_not
+
+    from ..cli import parse_shard, shard
+    from ..provenance import file_digest, open_output, text_digest
+
+    stats = {} if stats is None else stats
+    for what, path in (("--model", job.model), ("--weights", job.weights), ("--list", job.list)):
+        if not os.path.isfile(path):
+            raise DeepLabError(f"{what} {path} {why_not(path)}")
+    if job.workers < 1:
+        raise DeepLabError(f"--workers must be >= 1, got {job.workers}")
+    check_output_dir(job.out, "--out folder")
+    if job.labels_out:
+        check_output_dir(job.labels_out, "--labels-out folder")
+    stats["shard"] = parse_shard(job.shard)
+    items = shard(read_items(job.list, job.root), job.shard)
+    stats["images"] = len(items)
+    net = ScoreNet(job.model, job.weights, blob=job.blob, mapping=job.mapping, device=device_for(job.gpu),
+                   amp=job.amp, want_mat=job.format == "mat", channels_last=job.channels_last,
+                   strict=job.strict, backend=job.backend, onnx_cache=job.onnx_cache)
+    stats["blob"], stats["zoom"] = net.blob, net.zoom
+    palette = label_palette(net.blob, net.num_classes, job.classes) if job.labels_out else None
+    check_layout(net, job.format, job.labels_out)
+    inputs = {"weights": file_digest(job.weights), "net": net.identity(), "blob": net.blob, "format": job.format,
+              "dtype": job.dtype if job.format == "npy" else "float32", "amp": job.amp,
+              "palette": None if palette is None else text_digest(palette.tobytes())}
+    if job.backend != "engine":      # recorded, and a change of backend redoes the outputs
+        inputs["backend"] = job.backend
+    info = {"weights": job.weights, "model": job.model, "set": job.mapping, "list": job.list, "root": job.root}
+    with contextlib.ExitStack() as held:
+        records = {job.out: held.enter_context(open_output(job.out, "extract", inputs, info))}
+        if job.labels_out:
+            same = os.path.realpath(job.labels_out) == os.path.realpath(job.out)
+            records[job.labels_out] = records[job.out] if same else held.enter_context(
+                open_output(job.labels_out, "extract", inputs, info, what="--labels-out"))
+        outputs = Outputs(job.out, job.format, job.dtype, job.labels_out, palette, records=records)
+        extract(net, items, outputs, batch=job.batch, workers=job.workers, force=job.force,
+                list_name=job.list, progress=job.progress, stats=stats)
+    return stats

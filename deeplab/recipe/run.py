@@ -83,7 +83,7 @@ def run(pack: str, conf: str, out: str, work: str, *, gpu: int | None, amp: str 
     loaders are sized to /dev/shm. Extraction runs in float32 whatever ``amp`` is (autocast is
     for training; score maps are saved as float16). ``dry_run``: the same steps with 2
     iterations and the first 3 images of each set (a check of the script on a CPU)."""
-    from ..commands import extract as extract_cmd
+    from ..extract.runner import ExtractJob, extract_list
     from caffe.tool.training import TrainOptions, train
     from ..labels import load_classes
     for name in ("solver", "train", "test"):
@@ -166,9 +166,13 @@ def run(pack: str, conf: str, out: str, work: str, *, gpu: int | None, amp: str 
                  "--batch", str(batch), "--workers", str(max(1, workers)), "--quiet"]
                 + (["--gpu", str(gpu)] if gpu is not None else [])
                 + labels + _mapping(conf, exp, data, set_name))
-        commands.append(["deeplab-extract"] + argv)
-        if extract_cmd.main(argv):
-            raise DeepLabError(f"extraction of {set_name} failed")
+        commands.append(["deeplab-extract"] + argv)   # what ran, as the command that does the same
+        settings = labels + _mapping(conf, exp, data, set_name)
+        extract_list(ExtractJob(
+            model=os.path.join(conf, "test.prototxt"), weights=final, list=os.path.join(data, "list", f"{set_name}.txt"),
+            root=data, out=os.path.join(back, "features", set_name),
+            labels_out=os.path.join(back, "res", set_name, "dcnn"), classes=classes, batch=batch,
+            workers=max(1, workers), progress=False, gpu=gpu, mapping=parse_set(settings[1::2])))
     timings["extract_s"] = time.time() - t
     t = time.time()
     omitted: list[str] = []
