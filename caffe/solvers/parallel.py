@@ -74,13 +74,24 @@ def setup(use_cuda: bool, gpu_ids: list[int] | None = None) -> Dist:
     return Dist(rank, world, local, device)
 
 
-def cleanup() -> None:
-    """Leave the process group."""
-    if dist.is_initialized():
+def cleanup(success: bool = True) -> None:
+    """Leave the process group the same way on every exit path. After a successful run every
+    process first waits at a barrier, so none tears down gloo's connections (and their
+    threads) while another still talks over them; after a failure there is no barrier (the
+    other processes may never arrive). Then the group is destroyed. Call it after every
+    DistributedDataParallel wrapper over the group is gone (its reducer holds the group)."""
+    if not dist.is_initialized():
+        return
+    try:
+        if success:
+            if dist.get_backend() == "nccl":
+                dist.barrier(device_ids=[torch.cuda.current_device()])
+            else:
+                dist.barrier()
+    finally:
         dist.destroy_process_group()
 
 
-@torch.no_grad()
 @torch.no_grad()
 def broadcast_params(tensors: list[torch.Tensor]) -> None:
     """Give every process rank 0's values (initial weights, restored history)."""

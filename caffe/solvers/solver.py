@@ -33,24 +33,51 @@ SIGNAL_EFFECTS = ("stop", "snapshot", "none")
 # ------------------------------------------------------------------ log lines
 class CaffeLog:
     """Writes glog-formatted lines (``I1125 10:00:00.000000 12345 solver.cpp:228] ...``)
-    to a file and to stderr (through tqdm so a progress bar stays intact)."""
+    to a file and to stderr (through tqdm so a progress bar stays intact).
+
+    As glog does with a log file it cannot create or write (a folder in the way, no
+    permission, a full disk): the problem is reported once on stderr, the file is dropped
+    (removed if nothing reached it) and logging goes on on stderr; the work goes on."""
 
     def __init__(self, path: str | None = None, stderr: bool = True):
         self.file = None
-        if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self.file = open(path, "a", buffering=1)
-            self.file.write(time.strftime("Log file created at: %Y/%m/%d %H:%M:%S\n"))
+        self.path = path
         self.stderr = stderr
         self.pid = os.getpid()
+        if path:
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                self.file = open(path, "a", buffering=1)
+                self.file.write(time.strftime("Log file created at: %Y/%m/%d %H:%M:%S\n"))
+            except OSError as e:
+                self._drop(e)
 
-    def __call__(self, where: str, message: str, level: str = "I") -> None:
+    def _line(self, where: str, message: str, level: str) -> str:
         now = time.time()
         t = time.localtime(now)
-        line = (f"{level}{t.tm_mon:02d}{t.tm_mday:02d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}."
+        return (f"{level}{t.tm_mon:02d}{t.tm_mday:02d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}."
                 f"{int((now % 1) * 1e6):06d} {self.pid:5d} {where}] {message}")
+
+    def _drop(self, error: OSError) -> None:
+        """Report a log file that cannot be written, once, and stop writing it."""
+        from ..util.files import _reason
+        f, self.file = self.file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
+        drop_empty_log(self.path)
+        print(self._line("logging.cc:0", f"Could not write the log file {self.path} ({_reason(error)}): "
+                                         "logging to stderr only", "W"), file=sys.stderr, flush=True)
+
+    def __call__(self, where: str, message: str, level: str = "I") -> None:
+        line = self._line(where, message, level)
         if self.file:
-            self.file.write(line + "\n")
+            try:
+                self.file.write(line + "\n")
+            except OSError as e:
+                self._drop(e)
         if self.stderr:
             from tqdm import tqdm
             tqdm.write(line, file=sys.stderr)
@@ -58,8 +85,27 @@ class CaffeLog:
     def close(self) -> None:
         """Close the log file."""
         if self.file:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError as e:
+                self.file = None
+                self._drop(e)
             self.file = None
+
+
+def drop_empty_log(path: str | None) -> None:
+    """Remove the log file ``path`` if it is empty, and a ``caffe.INFO`` link beside it that
+    points to it (glog's link to the latest log)."""
+    if not path:
+        return
+    try:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            os.unlink(path)
+        link = os.path.join(os.path.dirname(path) or ".", "caffe.INFO")
+        if os.path.islink(link) and os.readlink(link) == os.path.basename(path) and not os.path.exists(path):
+            os.unlink(link)
+    except OSError:
+        pass
 
 
 def _g(x: float) -> str:
@@ -186,6 +232,14 @@ class Solver:
             return net
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True)
+
+    def release(self) -> None:
+        """Drop the DistributedDataParallel wrapper (and with it its reducer's hold on the
+        process group), so the group can then be destroyed deterministically."""
+        if self.model is not self.net:
+            self.model = self.net
+            import gc
+            gc.collect()
 
     def forward_backward(self) -> torch.Tensor:
         """The ``iter_size`` passes of the current iteration; returns their mean loss. Gradients

@@ -106,25 +106,34 @@ def parse_flags(argv: list[str]) -> tuple[list[str], dict[str, object]]:
     return rest, flags
 
 
-def glog_path(log_dir: str) -> str:
-    """A new log file in ``log_dir`` named as glog names them; ``caffe.INFO`` links to it."""
+def glog_path(log_dir: str) -> str | None:
+    """A new log file in ``log_dir`` named as glog names them; ``caffe.INFO`` links to it.
+    A folder that cannot hold it (below a file, not writable, a full disk) is reported once
+    on stderr and None returned: as glog, the run goes on logging to stderr only."""
     import getpass
     import socket
     import time
-    os.makedirs(log_dir, exist_ok=True)
+    from ..util.files import WriteError, check_output_dir
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "invalid-user"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"caffe.{socket.gethostname()}.{user}.log.INFO.{stamp}.{os.getpid()}"
+    try:
+        check_output_dir(log_dir, "log folder")
+    except WriteError as e:
+        from ..solvers.solver import CaffeLog
+        CaffeLog(None)("logging.cc:0", f"COULD NOT CREATE LOGFILE {name}: {e}; logging to stderr only", "W")
+        return None
     link = os.path.join(log_dir, "caffe.INFO")
     try:
         tmp = f"{link}.{os.getpid()}.tmp"
         os.symlink(name, tmp)
         os.replace(tmp, link)
-    except OSError:
-        pass  # the link is a convenience (glog too goes on without it)
+    except OSError:   # the link is a convenience (glog too goes on without it)
+        if os.path.islink(tmp):
+            os.unlink(tmp)
     return os.path.join(log_dir, name)
 
 

@@ -107,7 +107,7 @@ def train(solver_path: str, options: TrainOptions | None = None) -> bool:
         check_output_file(options.log_file, "log file")
     d = distributed.setup(bool(gpus), gpus or None)
     log = CaffeLog(options.log_file, stderr=options.log_stderr) if d.rank == 0 else None
-    solver, feeds = None, []
+    solver, feeds, success = None, [], False
     try:
         if log:
             if warning:
@@ -165,12 +165,15 @@ def train(solver_path: str, options: TrainOptions | None = None) -> bool:
         solver.solve(options.snapshot)
         if log:
             log("caffe.cpp:250", "Optimization Done.")
+        success = True
     finally:
         for f in feeds:
             f.close()
         if log:
             log.close()
-        distributed.cleanup()
+        if solver is not None:
+            solver.release()   # the DistributedDataParallel wrapper goes before its process group
+        distributed.cleanup(success)
     return not solver.stopped_early
 
 
