@@ -79,8 +79,9 @@ def plan_backward(net) -> None:
     # both say so. The engine detaches the other bottoms; pycaffe writes diffs only here.
     net.bottom_receives_diff = [[bottom_need[i][j] and split_need.get(v, True) for j, v in enumerate(bottoms)]
                                 for i, (_, bottoms, _) in enumerate(net._values)]
+    learned = _learned_blobs(net)
     for layer, i in net._owned:   # Caffe computes no diff for lr_mult 0 unless force_backward
-        layer.blobs[i].requires_grad_(net.force_backward or _shared_lr(net, layer.blobs[i]))
+        layer.blobs[i].requires_grad_(net.force_backward or id(layer.blobs[i]) in learned)
 
 
 def _refusal(layer, bottom_need: list) -> str | None:
@@ -100,6 +101,7 @@ def _lr_mult(layer, k: int) -> float:
     return float(specs[k].lr_mult) if k < len(specs) else 1.0
 
 
-def _shared_lr(net, blob) -> bool:
-    """Whether any layer sharing ``blob`` learns it (lr_mult != 0)."""
-    return any(b is blob and _lr_mult(layer, k) != 0 for layer in net.layers for k, b in enumerate(layer.blobs))
+def _learned_blobs(net) -> set[int]:
+    """The ids of the learnable blobs that some layer sharing them learns (lr_mult != 0), in
+    one pass over the layers."""
+    return {id(b) for layer in net.layers for k, b in enumerate(layer.blobs) if _lr_mult(layer, k) != 0}
