@@ -179,7 +179,7 @@ def _mapped(path: str | os.PathLike) -> Iterator[tuple[bytes | mmap.mmap, str]]:
 def _check_not_hdf5(buf: bytes, path: str) -> None:
     if buf[:8] == b"\x89HDF\r\n\x1a\n":
         raise CaffeError(f"{path}: is an HDF5 file; HDF5 weights load through Net.copy_from / --weights, "
-                         "HDF5 solver states are not supported (snapshot_format: BINARYPROTO, Caffe's default)")
+                         "an HDF5 solver state is read by its name's .h5 suffix, as Caffe does (*.solverstate.h5)")
 
 
 def _parse_layer(buf: bytes, start: int, end: int, v1: bool) -> LayerBlobs:

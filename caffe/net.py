@@ -177,6 +177,7 @@ class Net(nn.Module):
             layer.top_shapes = [input_shapes.get(t, s) for t, s in zip(names, layer.top_shapes)]
             self.input_names.extend(t for t in names if not t.startswith(AUTOMATIC))
         self._check_labels(layer)
+        check_top_shapes(layer, names)
         top_ids = []
         for i, (t, s) in enumerate(zip(names, layer.top_shapes)):
             if t not in self.blob_shapes:
@@ -330,6 +331,7 @@ class Net(nn.Module):
                 bottoms = [blobs[b] for b in layer.bottom_names]
             except KeyError as e:
                 raise CaffeError(f"layer {layer.name!r}: input blob {e.args[0]!r} was not given") from None
+            layer.check_reshape([tuple(x.shape) for x in bottoms])
             if grad:
                 bottoms = [x.detach() if not flow and torch.is_tensor(x) and x.requires_grad else x
                            for x, flow in zip(bottoms, self.bottom_receives_diff[i])]
@@ -450,6 +452,16 @@ class Net(nn.Module):
                 blob.copy_(torch.from_numpy(arr).to(blob.device, blob.dtype))
             report["copied"].append(src.name)
         return report
+
+
+def check_top_shapes(layer: Layer, names: list[str]) -> None:
+    """Every known dimension of every top must be positive (Input dims 0 or -3, a Padding
+    cutting more than the input has, a kernel larger than its padded input): refused at
+    build time, naming the layer and the top, rather than found by a later layer or shown."""
+    for name, shape in zip(names, layer.top_shapes):
+        if any(d is not None and int(d) <= 0 for d in shape):
+            shown = "x".join("?" if d is None else str(d) for d in shape)
+            raise layer.error(f"top {name!r} would have shape {shown}; every dimension must be positive")
 
 
 def _blob_proto_array(proto) -> np.ndarray:

@@ -73,6 +73,7 @@ class LayerView:
         if layer.is_data or not len(bottom):
             shapes = [tuple(1 if d is None else d for d in s) for s in layer.top_shapes]
         else:
+            layer.check_reshape([tuple(b.data.shape) for b in bottom])
             with torch.no_grad():
                 shapes = [tuple(t.shape) for t in layer(*[torch.empty(b.shape, device="meta") for b in bottom])]
         for blob, shape in zip(top, shapes):

@@ -50,6 +50,7 @@ class Graph:
     def _run(self, net, i: int, record: bool):
         layer = self.layers[i]
         bottoms = [net._blob_at[b].device_data(self.device) for b in layer.bottom_names]
+        layer.check_reshape([tuple(t.shape) for t in bottoms])
         if not record:
             with torch.no_grad():
                 return layer(*bottoms)
@@ -152,6 +153,7 @@ class Graph:
             if layer.is_data or not layer.bottom_names:
                 continue
             bottoms = [torch.empty(net._blob_at[b].shape, device="meta") for b in layer.bottom_names]
+            layer.check_reshape([tuple(t.shape) for t in bottoms])
             try:
                 with torch.no_grad():
                     tops = layer(*bottoms)

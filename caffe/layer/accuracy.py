@@ -19,6 +19,7 @@ class Accuracy(Layer):
     counted as not correct (with one warning). Optional second top: the accuracy per class
     (0 for classes absent from the labels)."""
 
+    num_axes_on_reshape = "setup"
     exact_num_bottom_blobs = 2
     exact_num_top_blobs, min_top_blobs, max_top_blobs = -1, 1, 2
 
@@ -80,6 +81,7 @@ class ArgMax(Layer):
     item's flattened values; ``out_max_val`` adds (no axis) or gives (with axis) the values.
     Ties go to the larger index (Caffe's partial_sort with std::greater on (value, index))."""
 
+    num_axes_on_reshape = "setup"
     exact_num_bottom_blobs = 1
 
     no_gradient_to = {"*": "ArgMax has no backward"}

@@ -57,6 +57,13 @@ class Layer(nn.Module):
     max_top_blobs = -1
     equal_num_bottom_top_blobs = False
     auto_top_blobs = False
+    # What the layer's Caffe Reshape does when a bottom's number of axes differs from the one it
+    # was set up for (``check_reshape``): a message string refuses it with Caffe's words
+    # (BaseConvolutionLayer's "bottom num_axes may not change", Pooling's and LRN's 4 axes);
+    # "setup" reads the axis parameters again for the new count (their Reshape calls
+    # CanonicalAxisIndex again: Softmax, Concat, Slice, ...; only for layers without blobs);
+    # None: nothing depends on it (elementwise layers) or the layer checks it itself.
+    num_axes_on_reshape: str | None = None
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: str = "TEST", top_count: int | None = None):
         super().__init__()
@@ -69,6 +76,7 @@ class Layer(nn.Module):
         self.blobs = nn.ParameterList()
         self.train(str(phase).upper() == "TRAIN")   # Dropout & co. follow the layer's phase
         self.top_shapes = [tuple(s) for s in self.setup([tuple(s) for s in bottom_shapes])]
+        self.bottom_axes = tuple(len(s) for s in bottom_shapes)   # what setup was given
         if len(self.top_shapes) != self.top_count:
             raise self.error(f"declares {len(self.top_shapes)} top shape(s) for {self.top_count} top(s)")
 
@@ -78,6 +86,27 @@ class Layer(nn.Module):
 
     def setup(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return list(bottom_shapes)
+
+    def check_reshape(self, bottom_shapes) -> None:
+        """Caffe's Reshape contract on the bottoms' numbers of axes, called before every run
+        of the layer on bottoms of ``bottom_shapes`` (a pycaffe user may have reshaped them):
+        unchanged counts pass; otherwise ``num_axes_on_reshape`` decides (see there), and a
+        refusal is an error naming the layer and the bottom."""
+        axes = tuple(len(s) for s in bottom_shapes)
+        if axes == self.bottom_axes:
+            return
+        rule = self.num_axes_on_reshape
+        if rule == "setup":
+            built = self.top_shapes
+            self.setup([tuple(s) for s in bottom_shapes])
+            self.top_shapes = built
+        elif rule is not None:
+            names = list(getattr(self, "bottom_names", [])) or [f"bottom {i}" for i in range(len(axes))]
+            changed = [f"{n!r} has shape {tuple(s)}" for n, s, a, b in zip(names, bottom_shapes, axes, self.bottom_axes)
+                       if a != b]
+            raise self.error(f"{rule}: set up for {'/'.join(map(str, self.bottom_axes))}-axis bottoms, but "
+                             f"{', '.join(changed)}")
+        self.bottom_axes = axes
 
     def allow_force_backward(self, bottom: int) -> bool:
         """Caffe's AllowForceBackward: may ``force_backward`` send a gradient into ``bottom``?"""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .base import Layer, register
+from .shape_ops import canonical_axis
 
 PROD, SUM, MAX = 0, 1, 2
 
@@ -52,16 +53,15 @@ class Eltwise(Layer):
 class Concat(Layer):
     """Concatenate bottoms along ``axis`` (or the deprecated ``concat_dim``)."""
 
+    num_axes_on_reshape = "setup"
     min_bottom_blobs = 1
 
     def setup(self, bottom_shapes):
         p = self.param.concat_param
         if p.HasField("concat_dim") and p.HasField("axis"):
             raise self.error("give either axis or concat_dim (deprecated), not both")
-        axis = int(p.concat_dim) if p.HasField("concat_dim") else int(p.axis)
-        if not -len(bottom_shapes[0]) <= axis < len(bottom_shapes[0]):
-            raise self.error(f"axis {axis} is out of range for {len(bottom_shapes[0])}-axis bottoms")
-        self.axis = axis % len(bottom_shapes[0])
+        self.axis = canonical_axis(p.concat_dim if p.HasField("concat_dim") else p.axis, len(bottom_shapes[0]),
+                                   self, "concat_dim" if p.HasField("concat_dim") else "axis")
         out = list(bottom_shapes[0])
         for i, s in enumerate(bottom_shapes[1:], 1):
             for ax, (x, y) in enumerate(zip(bottom_shapes[0], s)):

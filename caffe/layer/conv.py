@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Layer, register
+from .shape_ops import canonical_axis
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -31,10 +32,7 @@ def conv_out(size, kernel, pad, stride, dilation):
 
 def channel_axis(layer, axis: int, shape) -> int:
     """Blob::CanonicalAxisIndex of convolution_param.axis for ``shape``."""
-    n = len(shape)
-    if not -n <= axis < n:
-        raise layer.error(f"convolution_param axis {axis} is out of range for {n}-axis bottom {tuple(shape)}")
-    return axis % n
+    return canonical_axis(axis, len(shape), layer, "convolution_param axis")
 
 
 def _per_axis(layer, p, what, field, spatial_axes, default):
@@ -166,6 +164,7 @@ class Convolution(Layer):
     num_output x C/group x kernel... As Caffe's BaseConvolutionLayer, several bottoms of one
     shape are each convolved with the same weights, top i from bottom i."""
 
+    num_axes_on_reshape = "bottom num_axes may not change"
     min_bottom_blobs = 1
     exact_num_top_blobs = -1
     min_top_blobs = 1

@@ -90,6 +90,7 @@ class DenseCRF(Layer):
     of the batch for every image (dc:333, no offset for n); here each image's own.
     """
 
+    num_axes_on_reshape = "input must have 4 axes, corresponding to (num, channels, height, width)"
     min_bottom_blobs = 2   # the fork's header: MinBottomBlobs 2, ExactNumTopBlobs 1
 
     def setup(self, bottom_shapes):
@@ -216,6 +217,7 @@ class MultiStageMeanfield(Layer):
     and are ignored. Batches: every image gets its own bilateral lattice (ms:179-192).
     """
 
+    num_axes_on_reshape = "input must have 4 axes, corresponding to (num, channels, height, width)"
     exact_num_bottom_blobs = 3
 
     def setup(self, bottom_shapes):

@@ -51,6 +51,7 @@ class Deconvolution(Layer):
     C_in x (num_output / group) x kernel..., as Caffe stores them; optional bias. Like
     Caffe's BaseConvolutionLayer it maps each of several same-shaped bottoms to its top."""
 
+    num_axes_on_reshape = "bottom num_axes may not change"
     min_bottom_blobs = 1
     exact_num_top_blobs, min_top_blobs = -1, 1
     equal_num_bottom_top_blobs = True
@@ -84,6 +85,7 @@ class Im2col(Layer):
     batch axes x (C k1 k2 ...) x O1 x O2 ..., channel major, then the kernel axes in order
     (Caffe's im2col / im2col_nd order)."""
 
+    num_axes_on_reshape = "bottom num_axes may not change"
     exact_num_bottom_blobs = 1
 
     def setup(self, bottom_shapes):

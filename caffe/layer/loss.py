@@ -30,10 +30,11 @@ def repeated_or_optional(msg, field):
 class Softmax(Layer):
     """Softmax over ``softmax_param.axis`` (default 1, the channels)."""
 
+    num_axes_on_reshape = "setup"
     exact_num_bottom_blobs = 1
 
     def setup(self, bottom_shapes):
-        self.axis = int(self.param.softmax_param.axis) % len(bottom_shapes[0])
+        self.axis = canonical_axis(self.param.softmax_param.axis, len(bottom_shapes[0]), self)
         return list(bottom_shapes)
 
     def forward(self, x):
@@ -58,16 +59,14 @@ class SoftmaxWithLoss(LossLayer):
     ``weight_by_label_freqs`` is ignored, as there.
     """
 
+    num_axes_on_reshape = "setup"
     exact_num_top_blobs = -1
     min_top_blobs = 1
     max_top_blobs = 2
 
     def setup(self, bottom_shapes):
         lp = self.param.loss_param
-        axes, axis = len(bottom_shapes[0]), int(self.param.softmax_param.axis)
-        if not -axes <= axis < axes:
-            raise self.error(f"softmax_param axis {axis} is out of range for {axes}-axis scores {bottom_shapes[0]}")
-        self.axis = axis % axes
+        self.axis = canonical_axis(self.param.softmax_param.axis, len(bottom_shapes[0]), self)
         self.ignore = None
         if lp.HasField("ignore_label"):
             self.ignore = int(lp.ignore_label)

@@ -127,6 +127,7 @@ class LRN(Layer):
     channels)^-beta. WITHIN_CHANNEL: y = x (1 + alpha * mean of x^2 over the n x n window,
     zero-padded)^-beta (Caffe's composition of Power, AVE Pooling and Power; k unused)."""
 
+    num_axes_on_reshape = "input must have 4 axes, corresponding to (num, channels, height, width)"
     exact_num_bottom_blobs = 1
 
     def setup(self, bottom_shapes):

@@ -50,6 +50,7 @@ class Pooling(Layer):
     maximum in its input plane (-1 for a window holding no input). STOCHASTIC (no padding)
     follows BVLC's GPU kernels (its CPU code is not implemented): see ``_stochastic``."""
 
+    num_axes_on_reshape = "input must have 4 axes, corresponding to (num, channels, height, width)"
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = -1
     min_top_blobs = 1

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Layer, register
+from .shape_ops import canonical_axis
 
 
 def interp_out(size, p):
@@ -30,6 +31,7 @@ class Interp(Layer):
     samples input position i * (in - 1) / (out - 1). pad_beg/pad_end (<= 0) crop the input
     first. Size from zoom_factor, shrink_factor, both, or height and width."""
 
+    num_axes_on_reshape = "input must have 4 axes, corresponding to (num, channels, height, width)"
     min_bottom_blobs = 1
     max_bottom_blobs = 2
 
@@ -128,12 +130,13 @@ class Padding(Layer):
 class Crop(Layer):
     """Caffe's Crop: cut bottom 0 to bottom 1's shape from ``axis`` on, at ``offset``."""
 
+    num_axes_on_reshape = "setup"
     exact_num_bottom_blobs = 2
 
     def setup(self, bottom_shapes):
         p = self.param.crop_param
         a, b = bottom_shapes
-        self.axis = int(p.axis) % len(a)
+        self.axis = canonical_axis(p.axis, len(a), self)
         dims = len(a) - self.axis
         offsets = list(p.offset)
         if len(offsets) not in (0, 1, dims):
@@ -184,6 +187,7 @@ class Upsample(Layer):
     unless scale_h and scale_w are given; pad_out needs scale 2), fixed at the first shape
     seen, as the fork computes it once. An index outside the top plane is an error."""
 
+    num_axes_on_reshape = "input must have 4 axes, corresponding to (num, channels, height, width)"
     exact_num_bottom_blobs = 2
 
     def setup(self, bottom_shapes):

@@ -8,11 +8,13 @@ import torch
 from .base import Layer, register
 
 
-def canonical_axis(axis: int, num_axes: int, layer) -> int:
-    """Caffe's CanonicalAxisIndex: -num_axes <= axis < num_axes, negatives count from the end."""
+def canonical_axis(axis: int, num_axes: int, layer, what: str = "axis") -> int:
+    """Caffe's Blob::CanonicalAxisIndex, the one axis check of every layer with an axis
+    parameter: -num_axes <= axis < num_axes, negatives count from the end; else an error
+    naming the layer and ``what`` (the parameter) — never a wrapped axis."""
     axis = int(axis)
     if not -num_axes <= axis < num_axes:
-        raise layer.error(f"axis {axis} out of range for a {num_axes}-D blob")
+        raise layer.error(f"{what} {axis} out of range for a {num_axes}-D blob")
     return axis % num_axes
 
 
@@ -54,6 +56,7 @@ def _flatten_shape(shape, start, end):
 class Flatten(Layer):
     """Collapses axes ``axis`` (default 1) .. ``end_axis`` (default -1, inclusive) into one."""
 
+    num_axes_on_reshape = "setup"
     exact_num_bottom_blobs = 1
 
     def setup(self, bottom_shapes):
@@ -132,6 +135,7 @@ class Slice(Layer):
     """Cuts the bottom along ``axis`` (or the deprecated ``slice_dim``) at ``slice_point``s,
     or into equal parts when none are given."""
 
+    num_axes_on_reshape = "setup"
     exact_num_bottom_blobs = 1
     exact_num_top_blobs, min_top_blobs = -1, 1
 
@@ -181,6 +185,7 @@ class Slice(Layer):
 class Tile(Layer):
     """Repeats the block of axes ``axis``.. (default 1) ``tiles`` times along ``axis``."""
 
+    num_axes_on_reshape = "setup"
     exact_num_bottom_blobs = 1
 
     def setup(self, bottom_shapes):
@@ -261,6 +266,7 @@ class Reduction(Layer):
     times ``coeff`` (default 1); the top keeps the axes before ``axis``. The gradient of
     ASUM is coeff * sign(x), 0 at 0 (Caffe's caffe_cpu_sign)."""
 
+    num_axes_on_reshape = "setup"
     exact_num_bottom_blobs = 1
 
     def setup(self, bottom_shapes):

@@ -19,6 +19,7 @@ class SPP(Layer):
     is that N x C x 1 x 1 pooling; otherwise each level is flattened and the levels are
     concatenated: N x C * sum(4^i)."""
 
+    num_axes_on_reshape = "input must have 4 axes, corresponding to (num, channels, height, width)"
     exact_num_bottom_blobs = 1
 
     def setup(self, bottom_shapes):

@@ -494,23 +494,43 @@ class Solver:
         return f"{self.param.snapshot_prefix}_iter_{self.iter}{ext}"
 
     def snapshot(self) -> None:
-        """Write ``.caffemodel`` and ``.solverstate`` (rank 0 only, atomically)."""
+        """Solver::Snapshot (rank 0 only, atomically): with ``snapshot_format: BINARYPROTO``
+        (the default) ``.caffemodel`` + ``.solverstate``; with ``HDF5`` ``.caffemodel.h5`` (the
+        net's HDF5 weights, diffs too with ``snapshot_diff``) + ``.solverstate.h5``."""
         if self.rank != 0:
+            return
+        history = [h.detach().float().cpu().numpy() for h in self.sgd.history]
+        if self.param.snapshot_format == self.param.HDF5:
+            from ..util.hdf5 import save_hdf5, save_solverstate_hdf5
+            model = self.snapshot_filename(".caffemodel.h5")
+            self._info("solver.cpp:479", f"Snapshotting to HDF5 file {model}")
+            owned = {id(layer.blobs[i]) for layer, i in self.net._owned}
+            diff = bool(self.param.snapshot_diff)
+            save_hdf5(model, [(layer.name, [b.detach().float().cpu().numpy() if id(b) in owned else None
+                                            for b in layer.blobs],
+                               [_grad(b) for b in layer.blobs] if diff else None) for layer in self.net.layers])
+            state_path = self.snapshot_filename(".solverstate.h5")
+            self._info("sgd_solver.cpp:290", f"Snapshotting solver state to HDF5 file {state_path}")
+            save_solverstate_hdf5(state_path, SolverState(self.iter, model, history, self.current_step))
             return
         model = self.snapshot_filename(".caffemodel")
         self._info("solver.cpp:454", f"Snapshotting to binary proto file {model}")
         self.net.save(model)
         state_path = self.snapshot_filename(".solverstate")
         self._info("sgd_solver.cpp:273", f"Snapshotting solver state to binary proto file {state_path}")
-        history = [h.detach().float().cpu().numpy() for h in self.sgd.history]
         save_solverstate(state_path, SolverState(self.iter, model, history, self.current_step))
 
     @torch.no_grad()
     def restore(self, path: str) -> None:
         """Resume from a ``.solverstate``: iteration, current_step, momentum history and
         the weights of its learned_net (relative to the working directory as in Caffe,
-        else beside the solverstate)."""
-        state = load_solverstate(path)
+        else beside the solverstate). A path ending in ``.h5`` is an HDF5 solver state, as
+        Solver::Restore decides."""
+        if str(path).endswith(".h5"):
+            from ..util.hdf5 import load_solverstate_hdf5
+            state = load_solverstate_hdf5(path)
+        else:
+            state = load_solverstate(path)
         if state.learned_net:
             model = state.learned_net
             if not os.path.isabs(model) and not os.path.exists(model):
@@ -556,6 +576,12 @@ def share_weights(train_net, test_net) -> None:
                 raise CaffeError(f"layer {layer.name!r}: blob {i} has shape {tuple(layer.blobs[i].shape)} in the "
                                    f"test net but {tuple(b.shape)} in the train net")
             layer.blobs[i] = b
+
+
+def _grad(param) -> np.ndarray:
+    """A learnable blob's diff as float32 (zeros where none was computed)."""
+    g = param.grad
+    return np.zeros(tuple(param.shape), np.float32) if g is None else g.detach().float().cpu().numpy()
 
 
 def _bar(enabled: bool, start: int, total: int):

@@ -71,8 +71,17 @@ def _need(ok: bool, message: str) -> None:
         raise CaffeError(f"solver: {message}")
 
 
+FINITE_FIELDS = ("base_lr", "momentum", "momentum2", "weight_decay", "gamma", "power", "delta", "rms_decay",
+                 "clip_gradients")
+
+
 def check_solver(param) -> None:
-    """Caffe's solver parameter checks, as one-line errors."""
+    """Caffe's solver parameter checks, as one-line errors. A real-valued field that is not a
+    finite number (``base_lr: nan``, ``momentum: inf``) is refused naming the field, before
+    it could only show up later as a diverging loss."""
+    for name in FINITE_FIELDS:
+        value = float(getattr(param, name))
+        _need(np.isfinite(value), f"{name} is {value:g}; it must be a finite number")
     _need(param.type in TYPES or param.type == "", f"unknown solver type {param.type!r} (one of {', '.join(TYPES)})")
     if param.type in ("AdaGrad", "RMSProp"):  # Caffe's CHECKs in their constructors
         _need(param.momentum == 0, f"momentum cannot be used with {param.type}")

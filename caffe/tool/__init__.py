@@ -48,6 +48,9 @@ FLAGS: dict[str, tuple[object, str]] = {
 }
 
 
+INT32 = (-2 ** 31, 2 ** 31 - 1)   # the range gflags accepts for an int32 flag
+
+
 def usage() -> str:
     """The usage message with every flag, as gflags prints it."""
     lines = [USAGE, "  Flags from tools/caffe.cpp:"]
@@ -100,7 +103,9 @@ def parse_flags(argv: list[str]) -> tuple[list[str], dict[str, object]]:
             try:
                 flags[name] = int(value)
             except ValueError:
-                raise CaffeError(f"illegal value '{value}' specified for int32 flag '{name}'") from None
+                flags[name] = None
+            if flags[name] is None or not INT32[0] <= flags[name] <= INT32[1]:   # gflags' range check too
+                raise CaffeError(f"illegal value '{value}' specified for int32 flag '{name}'")
         else:
             flags[name] = value
     return rest, flags

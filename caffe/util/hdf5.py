@@ -80,3 +80,41 @@ def load_hdf5(path: str | os.PathLike) -> list[LayerBlobs]:
                 blobs.append(np.asarray(group[str(len(blobs))], dtype=np.float32))
             out.append(LayerBlobs(name, "", blobs))
     return out
+
+
+def save_solverstate_hdf5(path: str | os.PathLike, state) -> None:
+    """Write a SolverState as BVLC's SGDSolver::SnapshotSolverStateToHDF5 does: scalar int
+    datasets ``iter`` and ``current_step``, a string dataset ``learned_net``, and a group
+    ``history`` with one float32 dataset per history blob (``0``, ``1``, ...). Atomic."""
+    h5py = _h5py()
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("iter", data=np.int32(state.iter))
+            f.create_dataset("learned_net", data=np.bytes_(state.learned_net.encode()))
+            f.create_dataset("current_step", data=np.int32(state.current_step))
+            history = f.create_group("history")
+            for i, h in enumerate(state.history):
+                history.create_dataset(str(i), data=np.asarray(h, np.float32))
+
+
+def load_solverstate_hdf5(path: str | os.PathLike):
+    """Read an HDF5 solver state (SGDSolver::RestoreSolverStateFromHDF5's layout) as a
+    SolverState; ``learned_net`` is optional there, as in Caffe."""
+    from ..model_io import SolverState
+    h5py = _h5py()
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise CaffeError(f"{path}: no such file") from None
+    except OSError as e:
+        raise CaffeError(f"{path}: not an HDF5 solver state ({e})") from None
+    with f:
+        missing = [k for k in ("iter", "current_step", "history") if k not in f]
+        if missing:
+            raise CaffeError(f"{path}: has no {', '.join(missing)}; not a Caffe HDF5 solver state")
+        learned = f["learned_net"][()] if "learned_net" in f else b""
+        learned = learned.decode() if isinstance(learned, bytes) else str(learned)
+        group, history = f["history"], []
+        while str(len(history)) in group:
+            history.append(np.asarray(group[str(len(history))], dtype=np.float32))
+        return SolverState(int(f["iter"][()]), learned, history, int(f["current_step"][()]))

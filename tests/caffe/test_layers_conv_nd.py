@@ -273,7 +273,7 @@ def test_three_d_net_forward_and_backward():
     ("Convolution", "kernel_size: 3 stride_h: 2", (1, 1, 4, 4), "both stride_h and stride_w are required"),
     ("Convolution", "kernel_size: 3 hole: 2", (1, 1, 9, 9, 9), r"hole \(the DeepLab fork's dilation\) is 2-D only"),
     ("Im2col", "kernel_size: 3 axis: 3", (1, 1, 4, 4), "needs at least one spatial axis after the channel axis 3"),
-    ("Convolution", "kernel_size: 3 axis: 4", (1, 1, 4, 4), r"convolution_param axis 4 is out of range for 4-axis"),
+    ("Convolution", "kernel_size: 3 axis: 4", (1, 1, 4, 4), r"convolution_param axis 4 out of range for a 4-D blob"),
     ("Convolution", "kernel_size: 3 kernel_size: 3 kernel_size: 5", (1, 1, 4, 4, 4),
      r"input 4x4x4 is smaller than the dilated kernel; output would be 2x2x0"),
     ("Deconvolution", "kernel_size: 2 pad: 2", (1, 1, 2), r"output would be -1: pad is too large"),

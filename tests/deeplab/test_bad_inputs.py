@@ -249,6 +249,11 @@ def changed_after_extraction(root):
     os.utime(path, ns=(before, before + 10 ** 9))
 
 
+def net_case(root, layer='name: "r" type: "ReLU" bottom: "data" top: "r"', dims="dim: 1 dim: 3 dim: 8 dim: 8"):
+    """netinfo on a net of one Input (``dims``) and one layer."""
+    return "netinfo", [str(proto(root, f'input: "data"\ninput_shape {{ {dims} }}\nlayer {{ {layer} }}\n'))]
+
+
 def do(setup, make):
     """A case whose damage ``setup(root)`` precedes the command ``make(root)``."""
     def case(root):
@@ -353,6 +358,20 @@ CASES = {
     "eval/empty list": (do(empty_list, ev), "lists no images", 2),
     "eval/unknown flag": (lambda r: ev(r, "--bogus"), "unrecognized arguments", 2),
     # the others
+    # issue 24 items 3 and 8: an axis out of range, a non-positive shape (netinfo printed 1x0x-3x8)
+    "netinfo/Softmax axis 5": (lambda r: net_case(r, 'name: "p" type: "Softmax" bottom: "data" top: "p" '
+                                                     'softmax_param { axis: 5 }'),
+                               "layer 'p' (Softmax): axis 5 out of range for a 4-D blob", 2),
+    "netinfo/Crop axis 5": (lambda r: net_case(r, 'name: "c" type: "Crop" bottom: "data" bottom: "data" top: "c" '
+                                                  'crop_param { axis: 5 }'),
+                            "layer 'c' (Crop): axis 5 out of range", 2),
+    "netinfo/Input dim 0": (lambda r: net_case(r, dims="dim: 1 dim: 0 dim: 8 dim: 8"),
+                            "top 'data' would have shape 1x0x8x8; every dimension must be positive", 2),
+    "netinfo/Input dim -3": (lambda r: net_case(r, dims="dim: 1 dim: 3 dim: -3 dim: 8"),
+                             "would have shape 1x3x-3x8", 2),
+    "netinfo/Padding below zero": (lambda r: net_case(r, 'name: "pad" type: "Padding" bottom: "data" top: "p" '
+                                                         'padding_param { pad_beg: -9 }'),
+                                   "layer 'pad' (Padding): top 'p' would have shape 1x3x-1x-1", 2),
     "netinfo/empty prototxt": (lambda r: ("netinfo", [str(proto(r, ""))]), "defines no layers", 2),
     "netinfo/binary prototxt": (lambda r: ("netinfo", [str(proto(r, b"\xff\xfe\x00", binary=True))]),
                                 "cannot read", 2),
