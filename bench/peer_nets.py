@@ -2,7 +2,7 @@
 
 Each is a TEST-phase NetParameter with an Input layer in front (what OpenCV's Caffe importer
 and ``caffe time`` read), its input shape and the blob compared between engines; weights are
-random (bench/reference.py's randomize, or tests/test_export.py's for BatchNorm, BN, Scale
+random (bench/reference.py's randomize, or tests/caffe/test_export.py's for BatchNorm, BN, Scale
 and PReLU), so nothing is downloaded:
 
   largefov   the release's DeepLab-LargeFOV test net (prototxt/voc12), up to fc8 and Interp x8
@@ -80,7 +80,7 @@ def deploy_param(name: str, hw: tuple[int, int]):
 @torch.no_grad()
 def randomize(net, seed: int = 0) -> None:
     """Random blobs that keep activations in range (He-normal convolutions; BatchNorm
-    statistics, BN/Scale/PReLU parameters near their roles), as tests/test_export.py."""
+    statistics, BN/Scale/PReLU parameters near their roles), as tests/caffe/test_export.py."""
     gen = torch.Generator().manual_seed(seed)
 
     def rand(shape, lo, hi):
