@@ -60,17 +60,20 @@ def save_hdf5(path: str | os.PathLike, layers: list[tuple[str, list[np.ndarray |
                         d.create_dataset(str(i), data=np.asarray(grad, np.float32))
 
 
-def load_hdf5(path: str | os.PathLike) -> list[LayerBlobs]:
-    """The ``data`` group of an HDF5 weights file as LayerBlobs (layer type unknown: "").
-    A layer's blobs run 0, 1, ... up to the first missing index (a shared blob is missing)."""
-    h5py = _h5py()
+def _open(path: str | os.PathLike, what: str):
+    """An HDF5 file opened for reading; a missing or unreadable one is a CaffeError naming it."""
     try:
-        f = h5py.File(path, "r")
+        return _h5py().File(path, "r")
     except FileNotFoundError:
         raise CaffeError(f"{path}: no such file") from None
     except OSError as e:
-        raise CaffeError(f"{path}: not an HDF5 weights file ({e})") from None
-    with f:
+        raise CaffeError(f"{path}: not {what} ({e})") from None
+
+
+def load_hdf5(path: str | os.PathLike) -> list[LayerBlobs]:
+    """The ``data`` group of an HDF5 weights file as LayerBlobs (layer type unknown: "").
+    A layer's blobs run 0, 1, ... up to the first missing index (a shared blob is missing)."""
+    with _open(path, "an HDF5 weights file") as f:
         if "data" not in f:
             raise CaffeError(f"{path}: has no 'data' group; not Caffe HDF5 weights")
         out = []
@@ -101,14 +104,7 @@ def load_solverstate_hdf5(path: str | os.PathLike):
     """Read an HDF5 solver state (SGDSolver::RestoreSolverStateFromHDF5's layout) as a
     SolverState; ``learned_net`` is optional there, as in Caffe."""
     from ..model_io import SolverState
-    h5py = _h5py()
-    try:
-        f = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise CaffeError(f"{path}: no such file") from None
-    except OSError as e:
-        raise CaffeError(f"{path}: not an HDF5 solver state ({e})") from None
-    with f:
+    with _open(path, "an HDF5 solver state") as f:
         missing = [k for k in ("iter", "current_step", "history") if k not in f]
         if missing:
             raise CaffeError(f"{path}: has no {', '.join(missing)}; not a Caffe HDF5 solver state")

@@ -125,9 +125,10 @@ def test_convolution_refuses_a_bottom_whose_axis_count_changed(tmp_path):
     assert net.forward()["prob"].shape == (2, 4, 5, 5)
 
 
-def test_the_engine_net_checks_the_contract_too():
+@pytest.mark.parametrize("grad", [True, False])   # without gradients the planned forward runs
+def test_the_engine_net_checks_the_contract_too(grad):
     net = Net(INPUT + CONV_SOFTMAX, "TEST")
-    with pytest.raises(CaffeError, match="bottom num_axes may not change"):
+    with torch.set_grad_enabled(grad), pytest.raises(CaffeError, match="bottom num_axes may not change"):
         net({"data": torch.randn(3, 8, 8)})
 
 
