@@ -25,3 +25,23 @@ def shared_path(*parts: str) -> pathlib.Path:
 def shared():
     """The ../shared folder (skip where absent, fail under CI)."""
     return shared_path()
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """The torch device of a device-parametrised test: the CPU always, and
+    ``cuda:$CAFFE_TEST_GPU`` (default 0) where torch sees CUDA, skipped ("no CUDA") elsewhere.
+    Tests that take it carry the ``device`` marker (``pytest -m device``: tools/gpu_check.sh)."""
+    import torch
+    if request.param == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    return torch.device("cuda", int(os.environ.get("CAFFE_TEST_GPU", "0")))
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that takes the ``device`` fixture with ``device``."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
