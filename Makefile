@@ -81,7 +81,7 @@ BENCH_OUT := exper/bench
 .PHONY: install test proto clean-venv demo train extract crf eval search report bench netinfo \
         bench-peers-env bench-peers bench-threads \
         data-synthetic data-camvid data-voc12 init-vgg16 FORCE \
-        camvid-gpu-pack camvid-gpu-dry-run camvid-gpu-receive
+        camvid-gpu-pack camvid-gpu-dry-run camvid-gpu-receive gpu-check-dry-run
 
 install: $(VENV)/.installed
 
@@ -212,6 +212,19 @@ camvid-gpu-dry-run: camvid-gpu-pack $(GPU_SIM)/.installed
 	PYTHON=$(GPU_SIM)/bin/python GPU= AMP= OUT=$(GPU_DRY)/out WORK=$(GPU_DRY)/work WORK_MINUTES=30 \
 	    CHECK_VERSIONS=1 RECIPE_ARGS=--dry-run tools/gpu_recipe.sh
 	$(PY) tools/recipe.py receive --results $(GPU_DRY)/out --exper $(GPU_DRY)/exper
+
+## gpu-check-dry-run checks tools/gpu_check.sh's GPU plan (GPU=0, PLAN_ONLY=1: each step under its own
+## timeout, every bench's arguments parse with its own parser, cuda:0 named as torch accepts it), then runs
+## the script here on the CPU (GPU empty): the device-parametrised tests' CPU cases run, the CUDA steps
+## say "skipped: no CUDA" in $(GPU_CHECK_DRY)/out/gpu_check.txt. GPU_CHECK_PYTHON picks the Python.
+GPU_CHECK_DRY := exper/gpu-check-dry-run
+GPU_CHECK_PYTHON ?= $(PY)
+gpu-check-dry-run: | install
+	rm -rf $(GPU_CHECK_DRY) && mkdir -p $(GPU_CHECK_DRY)
+	OUT='$$OUT' GPU=0 PLAN_ONLY=1 PYTHON=python3 tools/gpu_check.sh > $(GPU_CHECK_DRY)/plan-gpu0.txt
+	$(PY) -m deeplab.recipe.gpu_check $(GPU_CHECK_DRY)/plan-gpu0.txt --gpu 0
+	OUT=$(GPU_CHECK_DRY)/out GPU= PYTHON=$(GPU_CHECK_PYTHON) tools/gpu_check.sh
+	grep -q "^== crf-throughput: skipped: no CUDA" $(GPU_CHECK_DRY)/out/gpu_check.txt
 
 camvid-gpu-receive: | install
 	$(PY) tools/recipe.py receive --results $(RESULTS) --exper $(GPU_EXPER)

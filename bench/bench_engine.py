@@ -52,7 +52,8 @@ def timed(fn, x, device) -> float:
     return time.perf_counter() - t
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (tools/gpu_check.sh's plan is checked with it)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="513,321", help="square input sizes, comma separated (default 513,321)")
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions of each, interleaved (default 5)")
@@ -60,6 +61,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                     help="keep NCHW memory layout (default: channels_last for both)")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -157,13 +157,19 @@ def pipeline(device: torch.device, n_images: int, batch: int, amp: str | None) -
           f"ratio {fps * fwd / (forwards * batch):5.3f}")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (tools/gpu_check.sh's plan is checked with it)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3, help="interleaved timed repetitions (default 3)")
     ap.add_argument("--images", type=int, default=3, help="images for the pipeline run (default 3)")
     ap.add_argument("--batch", type=int, default=1, help="images per forward on the CPU (default 1)")
     ap.add_argument("--gpu-batch", type=int, default=8, help="images per forward on a GPU (default 8)")
     ap.add_argument("--cpu-only", action="store_true", help="skip the GPU runs even where CUDA is available")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     print(f"paper: DeepLab 306x306 -> 39x39 at {PAPER_FPS:g} frames/s on a 2014 GPU (this test net pads pool4 "

@@ -86,7 +86,8 @@ def reference(net, device, channels_last: bool):
     return model, torch.optim.SGD(groups, lr=0.001, momentum=0.9)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (tools/gpu_check.sh's plan is checked with it)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=2, help="images per iteration (default 2)")
     ap.add_argument("--crop", type=int, default=321, help="crop size (default 321)")
@@ -98,6 +99,11 @@ def main(argv=None) -> int:
     ap.add_argument("--pipeline", action="store_true", help="feed both from the ImageSegData loader over "
                                                               "generated JPEGs (data pipeline included)")
     ap.add_argument("--workers", type=int, default=2, help="loader processes with --pipeline (default 2)")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
