@@ -70,7 +70,10 @@ def check_plan(lines: list[str], gpu: int) -> list[list[str]]:
             seen.add("tests")
         elif script is not None:
             name = os.path.basename(rest[script])
-            args = bench_parser(name).parse_args(rest[script + 1:])
+            try:
+                args = bench_parser(name).parse_args(rest[script + 1:])
+            except SystemExit:   # (argparse printed why)
+                raise DeepLabError(f"{name} refuses these arguments: {shlex.join(argv)}") from None
             if name == "bench_extract.py":
                 if env.get("CUDA_VISIBLE_DEVICES") != str(gpu) or args.cpu_only:
                     raise DeepLabError(f"the extraction bench does not run on GPU {gpu}: {shlex.join(argv)}")
