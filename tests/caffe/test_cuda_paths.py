@@ -6,22 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
 
-from caffe.layer import make_layer
-from caffe.proto import caffe_pb2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def layer(text, *bottom_shapes, phase="TEST"):
-    return make_layer(text_format.Parse(text, caffe_pb2.LayerParameter()), bottom_shapes, phase)
+from test_layers_crf import layer, one_thread  # noqa: F401  (one_thread: an autouse fixture)
 
 
 @pytest.fixture

@@ -8,13 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from google.protobuf import text_format
 
 import caffe
 from conftest import FIXTURES
-from caffe.layer import make_layer
+from test_cuda_paths import crf_inputs, layer
 from caffe.net import Net
-from caffe.proto import caffe_pb2
 from deeplab.extract.scorenet import ScoreNet
 
 NET = """
@@ -48,10 +46,6 @@ def exact_float32():
     yield
     torch.backends.cudnn.allow_tf32 = conv
     torch.set_float32_matmul_precision(matmul)
-
-
-def layer(text, *bottom_shapes):
-    return make_layer(text_format.Parse(text, caffe_pb2.LayerParameter()), bottom_shapes, "TEST")
 
 
 def close(got: torch.Tensor, want: torch.Tensor, tol: float = 1e-5) -> bool:
@@ -98,11 +92,6 @@ def test_max_pool_mask_and_upsample_under_autocast(device):
     # SegNet's Upsample puts each value back where its window's maximum was: the top-left cells
     assert torch.equal(z.float().cpu().nonzero(), z_ref.nonzero())
     assert z_ref[0, 0, ::2, ::2].eq(1).all() and z_ref.sum() == (h // 2) * (w // 2)
-
-
-def crf_inputs(n=2, c=3, h=9, w=11, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, c, h, w, generator=g) * 3, torch.randint(0, 256, (n, 3, h, w), generator=g).float()
 
 
 def test_dense_crf_and_meanfield_run_in_float32_under_autocast(device):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES
+from test_caffe_tool import fill
 from test_train import make_dataset, weights
 from caffe import CaffeError, tool
 from caffe.net import Net
@@ -23,15 +24,6 @@ from caffe.net import Net
 TINY = FIXTURES / "tiny"
 CAFFE = shutil.which("caffe", path=os.path.dirname(sys.executable))
 INPUT = 'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
-
-
-def fill(src, dst, **values):
-    """Replace each ${NAME} of ``src`` by its value, into ``dst``."""
-    text = src.read_text()
-    for k, v in values.items():
-        text = text.replace("${" + k + "}", str(v))
-    dst.write_text(text)
-    return dst
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ ONNX values and weights, the plain nn.Module and the refusals are checked too.
 """
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ from caffe import CaffeError
 from caffe import export as ex
 from caffe.net import Net
 from caffe.prototxt import parse_net
+from bench.peer_nets import randomize  # the one role-aware randomizer (bench_export and the peers bench use it)
 from conftest import FIXTURES, REPO
 
 ort = pytest.importorskip("onnxruntime")
@@ -50,31 +50,6 @@ def set_input(param, shape):
 
 
 @torch.no_grad()
-def randomize(net, seed=0):
-    """Random blobs that keep activations in range: He-normal weights, small biases;
-    BatchNorm statistics with a scale factor, Scale/BN/PReLU parameters near their roles."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(shape, lo, hi):
-        return torch.rand(shape, generator=gen) * (hi - lo) + lo
-    for layer in net.layers:
-        b = layer.blobs
-        if layer.type == "BatchNorm":
-            b[2].fill_(2.0)
-            b[0].copy_(torch.randn(b[0].shape, generator=gen) * 0.2)     # mean x 2
-            b[1].copy_(rand(b[1].shape, 1.0, 4.0))                        # var x 2
-        elif layer.type in ("Scale", "BN") and len(b):
-            b[0].copy_(rand(b[0].shape, 0.5, 1.5))
-            if len(b) > 1:
-                b[1].copy_(torch.randn(b[1].shape, generator=gen) * 0.1)
-        elif layer.type == "PReLU":
-            b[0].copy_(rand(b[0].shape, 0.0, 0.5))
-        elif len(b):
-            b[0].copy_(torch.randn(b[0].shape, generator=gen) * math.sqrt(2.0 / max(b[0][0].numel(), 1)))
-            if len(b) > 1:
-                b[1].copy_(torch.randn(b[1].shape, generator=gen) * 0.01)
-
-
 def agree(net, tmp_path, inputs, other_sizes=()):
     """Export ``net`` to ONNX; onnxruntime and OpenCV give the engine's outputs (to float32
     round-off: 1e-4 of the output's largest magnitude). ``other_sizes``: inputs of other
