@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -38,19 +39,19 @@ class ForkCase:
     files: bool = False               # the net reads DATA_DIR (the cwd while it runs)
 
 
-class NetDriver:
+class NetDriver(Protocol):
     """What :func:`run_fork_case` needs from a Caffe: ``open(path)`` builds the net (TEST phase);
     ``data/diff(blob)`` are writable float32 arrays; ``param_data/param_diff(layer, i)`` likewise
     for a layer's learnable blobs; ``forward()``; ``backward()`` uses the top diffs as set."""
 
-    def open(self, path: str) -> None: raise NotImplementedError
-    def data(self, blob: str) -> np.ndarray: raise NotImplementedError
-    def diff(self, blob: str) -> np.ndarray: raise NotImplementedError
-    def param_data(self, layer: str, i: int) -> np.ndarray: raise NotImplementedError
-    def param_diff(self, layer: str, i: int) -> np.ndarray: raise NotImplementedError
-    def num_params(self, layer: str) -> int: raise NotImplementedError
-    def forward(self) -> None: raise NotImplementedError
-    def backward(self) -> None: raise NotImplementedError
+    def open(self, path: str) -> None: ...
+    def data(self, blob: str) -> np.ndarray: ...
+    def diff(self, blob: str) -> np.ndarray: ...
+    def param_data(self, layer: str, i: int) -> np.ndarray: ...
+    def param_diff(self, layer: str, i: int) -> np.ndarray: ...
+    def num_params(self, layer: str) -> int: ...
+    def forward(self) -> None: ...
+    def backward(self) -> None: ...
 
 
 def net_text(case: ForkCase) -> str:
