@@ -92,12 +92,7 @@ def run(net, steps: list[Step], blobs: dict, caller: set, channels_last: bool) -
             for k, (name, x) in enumerate(zip(step.bottoms, bottoms)):
                 if convert(x):
                     bottoms[k] = blobs[name] = x.contiguous(memory_format=fmt)   # later readers reuse it
-        layer.check_reshape([tuple(x.shape) for x in bottoms])   # Caffe's Reshape contract, as Net.forward
-        layer.in_place = step.in_place and may_overwrite(layer, bottoms, blobs, caller)
-        try:
-            tops = layer(*bottoms)
-        finally:
-            layer.in_place = False
+        tops = layer.run(bottoms, in_place=step.in_place and may_overwrite(layer, bottoms, blobs, caller))
         for t, v in zip(step.tops, tops):
             blobs[t] = v
         for b in step.free:

@@ -331,15 +331,10 @@ class Net(nn.Module):
                 bottoms = [blobs[b] for b in layer.bottom_names]
             except KeyError as e:
                 raise CaffeError(f"layer {layer.name!r}: input blob {e.args[0]!r} was not given") from None
-            layer.check_reshape([tuple(x.shape) for x in bottoms])
             if grad:
                 bottoms = [x.detach() if not flow and torch.is_tensor(x) and x.requires_grad else x
                            for x, flow in zip(bottoms, self.bottom_receives_diff[i])]
-            layer.in_place = not grad and self._may_overwrite(layer, bottoms, blobs, caller)
-            try:
-                tops = layer(*bottoms)
-            finally:
-                layer.in_place = False
+            tops = layer.run(bottoms, in_place=not grad and self._may_overwrite(layer, bottoms, blobs, caller))
             for t, v in zip(layer.top_names, tops):
                 blobs[t] = v
             if plan is not None:

@@ -50,13 +50,12 @@ class Graph:
     def _run(self, net, i: int, record: bool):
         layer = self.layers[i]
         bottoms = [net._blob_at[b].device_data(self.device) for b in layer.bottom_names]
-        layer.check_reshape([tuple(t.shape) for t in bottoms])
         if not record:
             with torch.no_grad():
-                return layer(*bottoms)
+                return layer.run(bottoms)
         leaves = [t.detach().requires_grad_(need) for t, need in zip(bottoms, self.bottom_need[i])]
         with torch.enable_grad():
-            tops = layer(*leaves)
+            tops = layer.run(leaves)
         self.saved[i] = (leaves, tops)
         return tops
 

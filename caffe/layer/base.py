@@ -87,6 +87,16 @@ class Layer(nn.Module):
     def setup(self, bottom_shapes: list[Shape]) -> list[Shape]:
         return list(bottom_shapes)
 
+    def run(self, bottoms, in_place: bool = False) -> tuple:
+        """One run of the layer inside a net: Caffe's Reshape contract on the bottoms
+        (``check_reshape``), then ``forward``, overwriting bottom 0 only when ``in_place``."""
+        self.check_reshape([tuple(x.shape) for x in bottoms])
+        self.in_place = in_place
+        try:
+            return self(*bottoms)
+        finally:
+            self.in_place = False
+
     def check_reshape(self, bottom_shapes) -> None:
         """Caffe's Reshape contract on the bottoms' numbers of axes, called before every run
         of the layer on bottoms of ``bottom_shapes`` (a pycaffe user may have reshaped them):
