@@ -215,15 +215,27 @@ camvid-gpu-dry-run: camvid-gpu-pack $(GPU_SIM)/.installed
 
 ## gpu-check-dry-run checks tools/gpu_check.sh's GPU plan (GPU=0, PLAN_ONLY=1: each step under its own
 ## timeout, every bench's arguments parse with its own parser, cuda:0 named as torch accepts it), then runs
-## the script here on the CPU (GPU empty): the device-parametrised tests' CPU cases run, the CUDA steps
-## say "skipped: no CUDA" in $(GPU_CHECK_DRY)/out/gpu_check.txt. GPU_CHECK_PYTHON picks the Python.
+## the script here on the CPU (GPU empty) as the GPU machine would: in .venv-gpu-check-sim, the GPU image's
+## versions (.venv-gpu-sim's Python 3.12, torch 2.11, numpy 2.5, through a .pth, plus what else of the image the
+## tests import: pytest, matplotlib, h5py, scikit-image, onnx 1.23.1, onnxruntime 1.30.0, onnxscript 0.7.2)
+## with protobuf and tqdm only from the pack's wheels. The device-parametrised tests' CPU cases run; the
+## CUDA steps say "skipped: no CUDA" in $(GPU_CHECK_DRY)/out/gpu_check.txt. GPU_CHECK_PYTHON picks
+## another Python (e.g. GPU_CHECK_PYTHON=$(PY) for this project's venv).
 GPU_CHECK_DRY := exper/gpu-check-dry-run
-GPU_CHECK_PYTHON ?= $(PY)
-gpu-check-dry-run: | install
+GPU_CHECK_SIM := .venv-gpu-check-sim
+GPU_CHECK_PYTHON ?= $(GPU_CHECK_SIM)/bin/python
+$(GPU_CHECK_SIM)/.installed: $(GPU_SIM)/.installed
+	$(GPU_SIM_PYTHON) -m venv $(GPU_CHECK_SIM)
+	$(GPU_CHECK_SIM)/bin/python -c 'import site, sys; print(site.getsitepackages()[0])' > $(GPU_CHECK_SIM)/site
+	$(GPU_SIM)/bin/python -c 'import site; print(site.getsitepackages()[0])' > "$$(cat $(GPU_CHECK_SIM)/site)/gpu_sim.pth"
+	$(GPU_CHECK_SIM)/bin/python -m pip install -q --disable-pip-version-check pytest matplotlib h5py scikit-image \
+	    onnx==1.23.1 onnxruntime==1.30.0 onnxscript==0.7.2
+	touch $@
+gpu-check-dry-run: camvid-gpu-pack $(if $(filter $(GPU_CHECK_SIM)/bin/python,$(GPU_CHECK_PYTHON)),$(GPU_CHECK_SIM)/.installed)
 	rm -rf $(GPU_CHECK_DRY) && mkdir -p $(GPU_CHECK_DRY)
 	OUT='$$OUT' GPU=0 PLAN_ONLY=1 PYTHON=python3 tools/gpu_check.sh > $(GPU_CHECK_DRY)/plan-gpu0.txt
 	$(PY) -m deeplab.recipe.gpu_check $(GPU_CHECK_DRY)/plan-gpu0.txt --gpu 0
-	OUT=$(GPU_CHECK_DRY)/out GPU= PYTHON=$(GPU_CHECK_PYTHON) tools/gpu_check.sh
+	OUT=$(GPU_CHECK_DRY)/out GPU= PYTHON=$(GPU_CHECK_PYTHON) WHEELS=$(GPU_PACK)/wheels tools/gpu_check.sh
 	grep -q "^== crf-throughput: skipped: no CUDA" $(GPU_CHECK_DRY)/out/gpu_check.txt
 
 camvid-gpu-receive: | install
