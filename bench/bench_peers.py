@@ -9,7 +9,8 @@ bench/peer_nets.py):
             OpenCV cannot read the net (its message is printed).
   handmade  bench/reference.py's hand-written LargeFOV module, channels_last (largefov only)
   onnxrt    the net exported by caffe.export to ONNX, on onnxruntime's CPU provider
-  caffe     a Caffe build's `caffe time -forward_only` (only with --caffe PATH; its own timer)
+  caffe     a Caffe build's `caffe time` (only with --caffe PATH; its own timer, OpenBLAS threads as
+            the row's): BVLC's with -forward_only; a V1-era build (the DeepLab fork) in V1 syntax
 Each peer's ratio is peer / engine (> 1: the engine is faster); its output is checked against
 the engine's (max |diff| / max |engine output|, printed; above 1e-3 is flagged "DIFFERS").
 Every net runs at 1 thread and at all the process's cores, and with --busy also while a
@@ -98,6 +99,8 @@ class Case:
             except Exception as e:   # an exporter failure is a result here, not a crash
                 print(f"  {name}: ONNX export failed: {str(e).splitlines()[0]}")
                 self.onnx = None
+        self.caffe_args = None       # (model, flags, note) once caffe_time found what the build reads
+        self.caffe_peak_mib = None
         self.handmade = None
         if name == "largefov":
             from reference import LargeFOV
@@ -131,14 +134,56 @@ def opencv(case: Case, n_threads: int, reps: int, python: str) -> tuple[float | 
     return statistics.median(res["times"]) * 1e3, f"diff {rel_diff(np.load(out), case.want):.1e}"
 
 
-def caffe_time(case: Case, binary: str, reps: int) -> tuple[float | None, str]:
-    """A Caffe build's `caffe time` average forward pass (its own thread settings)."""
-    proc = subprocess.run([binary, "time", f"-model={case.prototxt}", f"-weights={case.weights}",
-                           f"-iterations={reps}", "-forward_only"], capture_output=True, text=True)
-    m = re.search(r"Average Forward pass:\s*([0-9.]+)\s*ms", proc.stderr + proc.stdout)
-    if not m:
-        return None, (proc.stderr.strip().splitlines() or ["failed"])[-1]
-    return float(m.group(1)), "its own timer"
+# runs a command and prints its peak resident set size (KiB) as the last line
+_MAXRSS = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); "
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)")
+
+
+def caffe_time(case: Case, binary: str, n_threads: int, reps: int) -> tuple[float | None, str, float | None]:
+    """(ms, note, peak MiB): a Caffe build's `caffe time` average forward pass at ``n_threads``
+    BLAS threads and the process's peak resident memory (with its fillers' weights: `caffe time`
+    loads none). BVLC's binary reads the deploy net as is and
+    runs ``-forward_only``; a V1-era build such as the DeepLab fork (no such flag) gets the net
+    in V1 syntax (peer_nets.v1_param) and times forward and backward, of which the "Average
+    Forward pass" is read; a final Interp the build lacks is left out."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(n_threads), OMP_NUM_THREADS=str(n_threads),
+               MKL_NUM_THREADS=str(n_threads))
+
+    def run(model, flags):
+        proc = subprocess.run([sys.executable, "-c", _MAXRSS, binary, "time", f"-model={model}",
+                               f"-iterations={reps}"] + flags, capture_output=True, text=True, env=env)
+        out, _, maxrss = (proc.stderr + proc.stdout).rstrip().rpartition("\n")
+        m = re.search(r"Average Forward pass:\s*([0-9.]+)\s*ms", out)
+        case.caffe_peak_mib = int(maxrss) / 1024 if m else None
+        return (float(m.group(1)) if m else None), out
+
+    def failed(out):
+        return None, ([line for line in out.splitlines() if line.strip()] or ["failed"])[-1], None
+    if case.caffe_args is None:                  # first call: find what this build reads
+        param, flags, v1, notes = peer_nets.deploy_param(case.name, case.hw), ["-forward_only"], False, []
+        for _ in range(3):
+            model = os.path.join(case.dir, "caffe_time.prototxt")
+            try:
+                text = text_format.MessageToString(peer_nets.v1_param(param) if v1 else param)
+            except ValueError as e:
+                return None, str(e), None
+            with open(model, "w") as f:
+                f.write(text)
+            ms, out = run(model, flags)
+            if ms is not None:
+                case.caffe_args = (model, flags, ", ".join(notes) or "its own timer")
+                return ms, case.caffe_args[2], case.caffe_peak_mib
+            if "unknown command line flag" in out and not v1:
+                flags, v1 = [], True
+                notes.append("V1 syntax, forward of forward+backward runs")
+            elif re.search(r"[Uu]nknown layer type|registry.count\(type\) == 1", out) and param.layer[-1].type == "Interp":
+                del param.layer[-1]
+                notes.append("without the final Interp")
+            else:
+                break
+        return failed(out)
+    ms, out = run(*case.caffe_args[:2])
+    return failed(out) if ms is None else (ms, case.caffe_args[2], case.caffe_peak_mib)
 
 
 def main(argv=None) -> int:
@@ -202,7 +247,9 @@ def main(argv=None) -> int:
                             ox = median_ms(lambda: session[n].run([case.blob], feed), args.reps)
                         cells = [cv, hm, ox]
                         if args.caffe:
-                            cf, cnote = caffe_time(case, args.caffe, args.reps) if n == counts[0] else (None, "")
+                            cf, cnote, _ = caffe_time(case, args.caffe, n, args.reps)
+                            if n == counts[0] and not busy:
+                                notes.append(f"{name} {hw[0]}x{hw[1]}: caffe {cnote}")
                             cells.append(cf)
                         row = f"{name:<10} {hw[0]:>4}x{hw[1]:<4} {n:>3} {'busy' if busy else 'idle':<4} {e:8.1f}"
                         for v in cells:

@@ -29,7 +29,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from caffe import export as ex  # noqa: E402
-from caffe.prototxt import parse_net  # noqa: E402
+from caffe.prototxt import V1_TYPE_NAMES, parse_net  # noqa: E402
+from caffe.proto import caffe_pb2 as pb  # noqa: E402
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 LARGEFOV = os.path.join(ROOT, "prototxt", "voc12", "DeepLab-LargeFOV", "test.prototxt")
@@ -112,3 +113,43 @@ def build(name: str, hw: tuple[int, int] | None = None):
     scale = 1.0 if name == "enet" else 40.0     # ENet's softmax saturates on large inputs
     x = torch.randn((1, 3) + hw, generator=torch.Generator().manual_seed(1)) * scale
     return net, x, net.output_names[0]
+
+
+_V1_TYPE = {name: value for value, name in V1_TYPE_NAMES.items() if name}
+_V1_PARAMS = ("convolution_param", "pooling_param", "dropout_param", "inner_product_param",
+              "eltwise_param", "concat_param", "relu_param", "softmax_param", "interp_param")
+
+
+def v1_param(param):
+    """The deploy net ``param`` in the V1 syntax of 2014-15 Caffe builds such as the DeepLab
+    fork (``layers { type: CONVOLUTION }``, the input as net-level ``input``/``input_dim``,
+    dilation as the fork's ``hole``). ValueError names a layer the V1 syntax cannot say."""
+    v1 = pb.NetParameter(name=param.name)
+    for lp in param.layer:
+        if lp.type == "Input":
+            for top, shape in zip(lp.top, lp.input_param.shape):
+                v1.input.append(top)
+                v1.input_dim.extend(shape.dim)
+            continue
+        if lp.type not in _V1_TYPE:
+            raise ValueError(f"layer {lp.name!r}: type {lp.type} has no V1 name")
+        layer = v1.layers.add(name=lp.name, type=_V1_TYPE[lp.type], bottom=lp.bottom, top=lp.top)
+        for field in _V1_PARAMS:
+            if lp.HasField(field):
+                getattr(layer, field).CopyFrom(getattr(lp, field))
+        conv = layer.convolution_param
+        if layer.HasField("convolution_param"):
+            dilation = list(conv.dilation)
+            if dilation:
+                if len(set(dilation)) > 1:
+                    raise ValueError(f"layer {lp.name!r}: per-axis dilation has no V1 form")
+                del conv.dilation[:]
+                conv.hole = dilation[0]
+            for name in ("kernel_size", "stride", "pad"):      # V1 fields are scalars
+                values = list(getattr(conv, name))
+                if len(set(values)) > 1:
+                    raise ValueError(f"layer {lp.name!r}: per-axis {name} has no V1 form")
+                if values:
+                    del getattr(conv, name)[:]
+                    getattr(conv, name).append(values[0])
+    return v1
