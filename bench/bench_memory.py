@@ -6,8 +6,8 @@ once (the warm-up) and then --reps more times, and reports its peak resident set
 blob (intermediates are dropped after their last reader, caffe/inference.py), and, for
 comparison, with every blob kept (``outputs="all"``, what pycaffe's ``net.blobs`` shows);
 OpenCV through bench/peer_opencv.py in .venv-peers (``make bench-peers-env``); with --caffe, a
-Caffe build's ``caffe time`` of the same deploy net (bench_peers.caffe_time: BVLC's runs
-``-forward_only``; its diffs are never touched, so never allocated). Also prints
+Caffe build's ``caffe test`` of the same deploy net and weights (TEST-phase forwards only,
+bench_peers.caffe_test_peak_mib). Also prints
 each process's resident memory before the forward (Python, the library, the weights), so the
 forward's own share shows. Not a test.
 
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--net", default="largefov:513")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--opencv-python", default=os.path.join(ROOT, ".venv-peers", "bin", "python"))
-    ap.add_argument("--caffe", help="a Caffe build's `caffe` binary, for a `caffe time` row")
+    ap.add_argument("--caffe", help="a Caffe build's `caffe` binary, for a `caffe test` row")
     args = ap.parse_args(argv)
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import bench_peers
@@ -84,8 +84,10 @@ def main(argv=None) -> int:
         else:
             print("no .venv-peers (make bench-peers-env): no OpenCV row")
         if args.caffe:
-            ms, note, peak = bench_peers.caffe_time(case, args.caffe, 1, args.reps)
-            rows.append((f"Caffe `caffe time` ({note})", {"peak_rss_mib": peak} if ms else {"error": note}))
+            peak, note = bench_peers.caffe_test_peak_mib(case, args.caffe, args.reps)
+            rows.append(("Caffe (caffe test)", {"peak_rss_mib": peak} if peak else {"error": note}))
+            if peak:
+                print(f"Caffe: {args.caffe}, the net {note}")
     print(f"{'':<26} {'before forward':>14} {'peak':>8}")
     for label, res in rows:
         if "error" in res:

@@ -9,8 +9,9 @@ bench/peer_nets.py):
             OpenCV cannot read the net (its message is printed).
   handmade  bench/reference.py's hand-written LargeFOV module, channels_last (largefov only)
   onnxrt    the net exported by caffe.export to ONNX, on onnxruntime's CPU provider
-  caffe     a Caffe build's `caffe time` (only with --caffe PATH; its own timer, OpenBLAS threads as
-            the row's): BVLC's with -forward_only; a V1-era build (the DeepLab fork) in V1 syntax
+  caffe     a Caffe build's `caffe time` "Average Forward pass" (only with --caffe PATH; its own
+            timer, OpenBLAS threads as the row's): BVLC's with -phase=TEST; a V1-era build (the
+            DeepLab fork) in V1 syntax; its output is not compared (`caffe time` prints none)
 Each peer's ratio is peer / engine (> 1: the engine is faster); its output is checked against
 the engine's (max |diff| / max |engine output|, printed; above 1e-3 is flagged "DIFFERS").
 Every net runs at 1 thread and at all the process's cores, and with --busy also while a
@@ -99,8 +100,7 @@ class Case:
             except Exception as e:   # an exporter failure is a result here, not a crash
                 print(f"  {name}: ONNX export failed: {str(e).splitlines()[0]}")
                 self.onnx = None
-        self.caffe_args = None       # (model, flags, note) once caffe_time found what the build reads
-        self.caffe_peak_mib = None
+        self.caffe_form = None       # (NetParameter, V1?, flags, note): what a Caffe build reads (caffe_form)
         self.handmade = None
         if name == "largefov":
             from reference import LargeFOV
@@ -139,51 +139,82 @@ _MAXRSS = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:]); 
            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)")
 
 
-def caffe_time(case: Case, binary: str, n_threads: int, reps: int) -> tuple[float | None, str, float | None]:
-    """(ms, note, peak MiB): a Caffe build's `caffe time` average forward pass at ``n_threads``
-    BLAS threads and the process's peak resident memory (with its fillers' weights: `caffe time`
-    loads none). BVLC's binary reads the deploy net as is and
-    runs ``-forward_only``; a V1-era build such as the DeepLab fork (no such flag) gets the net
-    in V1 syntax (peer_nets.v1_param) and times forward and backward, of which the "Average
-    Forward pass" is read; a final Interp the build lacks is left out."""
+def _run_caffe(binary: str, args: list, n_threads: int) -> tuple[str, float]:
+    """(output, peak MiB) of ``binary args`` at ``n_threads`` BLAS threads."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(n_threads), OMP_NUM_THREADS=str(n_threads),
                MKL_NUM_THREADS=str(n_threads))
+    proc = subprocess.run([sys.executable, "-c", _MAXRSS, binary] + args, capture_output=True, text=True, env=env)
+    out, _, maxrss = (proc.stderr + proc.stdout).rstrip().rpartition("\n")
+    return out, int(maxrss) / 1024 if maxrss.isdigit() else float("nan")
 
-    def run(model, flags):
-        proc = subprocess.run([sys.executable, "-c", _MAXRSS, binary, "time", f"-model={model}",
-                               f"-iterations={reps}"] + flags, capture_output=True, text=True, env=env)
-        out, _, maxrss = (proc.stderr + proc.stdout).rstrip().rpartition("\n")
-        m = re.search(r"Average Forward pass:\s*([0-9.]+)\s*ms", out)
-        case.caffe_peak_mib = int(maxrss) / 1024 if m else None
-        return (float(m.group(1)) if m else None), out
 
-    def failed(out):
-        return None, ([line for line in out.splitlines() if line.strip()] or ["failed"])[-1], None
-    if case.caffe_args is None:                  # first call: find what this build reads
-        param, flags, v1, notes = peer_nets.deploy_param(case.name, case.hw), ["-forward_only"], False, []
-        for _ in range(3):
-            model = os.path.join(case.dir, "caffe_time.prototxt")
-            try:
-                text = text_format.MessageToString(peer_nets.v1_param(param) if v1 else param)
-            except ValueError as e:
-                return None, str(e), None
-            with open(model, "w") as f:
-                f.write(text)
-            ms, out = run(model, flags)
-            if ms is not None:
-                case.caffe_args = (model, flags, ", ".join(notes) or "its own timer")
-                return ms, case.caffe_args[2], case.caffe_peak_mib
-            if "unknown command line flag" in out and not v1:
-                flags, v1 = [], True
-                notes.append("V1 syntax, forward of forward+backward runs")
-            elif re.search(r"[Uu]nknown layer type|registry.count\(type\) == 1", out) and param.layer[-1].type == "Interp":
-                del param.layer[-1]
-                notes.append("without the final Interp")
-            else:
-                break
-        return failed(out)
-    ms, out = run(*case.caffe_args[:2])
-    return failed(out) if ms is None else (ms, case.caffe_args[2], case.caffe_peak_mib)
+def _last_line(out: str) -> str:
+    return ([line for line in out.splitlines() if line.strip()] or ["failed"])[-1]
+
+
+def caffe_form(case: Case, binary: str) -> str | None:
+    """Find the form of the deploy net this Caffe build reads; None or the reason it reads none.
+    BVLC's build reads it as is, with ``-phase=TEST``; a V1-era build such as the DeepLab fork
+    (no -phase flag) gets it in V1 syntax (peer_nets.v1_param); a final Interp the build lacks
+    is left out. Sets ``case.caffe_form`` to (NetParameter, V1?, flags, note)."""
+    param, flags, v1, notes = peer_nets.deploy_param(case.name, case.hw), ["-phase=TEST"], False, []
+    model = os.path.join(case.dir, "caffe_probe.prototxt")
+    for _ in range(3):
+        try:
+            text = text_format.MessageToString(peer_nets.v1_param(param) if v1 else param)
+        except ValueError as e:
+            return str(e)
+        with open(model, "w") as f:
+            f.write(text)
+        out, _ = _run_caffe(binary, ["time", f"-model={model}", "-iterations=1"] + flags, 1)
+        if "Average Forward pass" in out:
+            case.caffe_form = (param, v1, flags, ", ".join(notes) or "as the engine's")
+            return None
+        if "unknown command line flag" in out and not v1:
+            flags, v1 = [], True
+            notes.append("V1 syntax, TRAIN phase")
+        elif (param.layer[-1].type == "Interp"
+              and re.search(r"[Uu]nknown layer type|registry.count\(type\) == 1|no field named \"interp_param\"", out)):
+            del param.layer[-1]
+            notes.append("without the final Interp")
+        else:
+            return _last_line(out)
+    return _last_line(out)
+
+
+def _caffe_model(case: Case, name: str, param) -> str:
+    path = os.path.join(case.dir, name)
+    with open(path, "w") as f:
+        f.write(text_format.MessageToString(peer_nets.v1_param(param) if case.caffe_form[1] else param))
+    return path
+
+
+def caffe_time(case: Case, binary: str, n_threads: int, reps: int) -> tuple[float | None, str]:
+    """(ms, note): a Caffe build's `caffe time` "Average Forward pass" at ``n_threads`` BLAS
+    threads (`caffe time` runs forward and backward with its fillers' weights; values do not
+    change its time)."""
+    if case.caffe_form is None and (why := caffe_form(case, binary)):
+        return None, why
+    param, _, flags, note = case.caffe_form
+    out, _ = _run_caffe(binary, ["time", "-model=" + _caffe_model(case, "caffe_time.prototxt", param),
+                                 f"-iterations={reps}"] + flags, n_threads)
+    m = re.search(r"Average Forward pass:\s*([0-9.]+)\s*ms", out)
+    return (float(m.group(1)), note) if m else (None, _last_line(out))
+
+
+def caffe_test_peak_mib(case: Case, binary: str, reps: int) -> tuple[float | None, str]:
+    """(peak MiB, note) of a Caffe build's `caffe test` of the deploy net: TEST-phase forwards
+    only (no diffs), the output consumed by a Silence layer so that `caffe test` prints no
+    per-element scores."""
+    if case.caffe_form is None and (why := caffe_form(case, binary)):
+        return None, why
+    param, _, flags, note = case.caffe_form
+    silenced = type(param)()
+    silenced.CopyFrom(param)
+    silenced.layer.add(name="silence", type="Silence", bottom=[silenced.layer[-1].top[0]])
+    out, peak = _run_caffe(binary, ["test", "-model=" + _caffe_model(case, "caffe_test.prototxt", silenced),
+                                    f"-weights={case.weights}", f"-iterations={1 + reps}"] + flags, 1)
+    return (peak, note) if "Loss: " in out else (None, _last_line(out))
 
 
 def main(argv=None) -> int:
@@ -247,7 +278,7 @@ def main(argv=None) -> int:
                             ox = median_ms(lambda: session[n].run([case.blob], feed), args.reps)
                         cells = [cv, hm, ox]
                         if args.caffe:
-                            cf, cnote, _ = caffe_time(case, args.caffe, n, args.reps)
+                            cf, cnote = caffe_time(case, args.caffe, n, args.reps)
                             if n == counts[0] and not busy:
                                 notes.append(f"{name} {hw[0]}x{hw[1]}: caffe {cnote}")
                             cells.append(cf)
