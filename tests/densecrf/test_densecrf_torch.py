@@ -105,6 +105,26 @@ def test_lattice_approximates_dense_gaussian():
     assert err < 0.02, err
 
 
+def test_lattice_built_on_two_threads_equals_one_thread():
+    # With several intra-op threads the build's independent numpy steps (axes, blur
+    # operators) run on a thread pool: the same lattice, bit for bit.
+    f = torch.randn(2000, 5) * 2
+    one = PermutohedralLattice(f)
+    torch.set_num_threads(2)
+    try:
+        two = PermutohedralLattice(f)
+        steps_two = two._blur_steps(torch.float32, False)
+    finally:
+        torch.set_num_threads(1)
+    for a, b in [(one.offsets, two.offsets), (one.weights, two.weights), (one._nbrs, two._nbrs),
+                 *zip(one._splat, two._splat)]:
+        assert torch.equal(a, b)
+    for sa, sb in zip(one._blur_steps(torch.float32, False), steps_two, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(sa, sb))
+    x = torch.rand(2000, 8)
+    assert torch.equal(one.filter(x), two.filter(x))
+
+
 def test_lattice_too_wide_keys_use_the_row_path(monkeypatch):
     # Keys too wide for one int64 take the row-by-row path: the same lattice as the packed one.
     import densecrf.lattice as lattice_module
