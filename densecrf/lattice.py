@@ -294,11 +294,12 @@ def _index(rem0: torch.Tensor, rank: torch.Tensor, coord_of_rank: torch.Tensor, 
     new_of_old[m] = m
     sizes = _take(torch.diff(starts, append=torch.tensor([order.numel()], device=dev)), old_of_new)
     new_starts = torch.cumsum(sizes, 0) - sizes
-    shift = torch.repeat_interleave(_take(starts, old_of_new) - new_starts, sizes)
-    order = _take(order, shift.add_(torch.arange(order.numel(), device=dev)))
-    offsets = _put(order, torch.repeat_interleave(ids[:m], sizes))
 
-    nbrs = torch.full((d + 1, 2, m + 1), m, dtype=torch.long, device=dev)
+    def renumber() -> tuple[torch.Tensor, torch.Tensor]:
+        # The splat order grouped by new vertex number, and each entry's vertex (offsets).
+        shift = torch.repeat_interleave(_take(starts, old_of_new) - new_starts, sizes)
+        new_order = _take(order, shift.add_(torch.arange(order.numel(), device=dev)))
+        return new_order, _put(new_order, torch.repeat_interleave(ids[:m], sizes))
 
     def along(j: int) -> torch.Tensor:
         # Along axis j: n1 = every coordinate -1 and coordinate j + d; n2 the opposite, so
@@ -309,7 +310,11 @@ def _index(rem0: torch.Tensor, rank: torch.Tensor, coord_of_rank: torch.Tensor, 
             delta[j] = d
         return _take(new_of_old, _take(lookup(delta), old_of_new))
 
-    for j, n1 in enumerate(_map(along, range(d + 1), dev)):
+    # The renumbering and the d+1 searches are independent: one thread-pool round.
+    done = _map(lambda task: task(), [renumber] + [lambda j=j: along(j) for j in range(d + 1)], dev)
+    (order, offsets), found = done[0], done[1:]
+    nbrs = torch.full((d + 1, 2, m + 1), m, dtype=torch.long, device=dev)
+    for j, n1 in enumerate(found):
         nbrs[j, 0, :m] = n1
         nbrs[j, 1].scatter_(0, n1, ids[:m])  # entries aimed at m land on the padding entry ...
         nbrs[j, 1, m] = m  # ... which stays "missing"
