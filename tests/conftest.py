@@ -45,3 +45,13 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "device" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(autouse=True)
+def _float32_commands_and_private_cache(monkeypatch, tmp_path_factory):
+    """The training and extraction commands default to ``--amp auto`` (caffe.precision), which
+    may choose bf16 on one machine and float32 on another: tests run them in float32
+    (``DEEPLAB_AMP``; their expected numbers are float32's) unless a test says otherwise, and a
+    probe's cache goes to a temporary folder, never the user's."""
+    monkeypatch.setenv("DEEPLAB_AMP", "fp32")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))

@@ -31,7 +31,7 @@ class TrainOptions:
     log_file: str | None = None    # also append the log lines here
     log_stderr: bool = True
     progress: bool = True
-    amp: str | None = None         # None, "bf16" or "fp16"
+    amp: str | None = None         # None/"fp32"/"none" (float32), "bf16", "fp16", or "auto" (caffe.precision)
     channels_last: bool = False
     workers: int = 0               # data loading processes per training process
     sigint_effect: str = "stop"
@@ -52,8 +52,9 @@ def check_options(options: TrainOptions) -> None:
             raise CaffeError(f"{name} must be one of {', '.join(SIGNAL_EFFECTS)}; got {getattr(options, name)!r}")
     if options.time_budget is not None and not options.time_budget > 0:
         raise CaffeError(f"time budget must be > 0 seconds, got {options.time_budget}")
-    if options.amp not in (None, "bf16", "fp16"):
-        raise CaffeError(f"amp must be bf16 or fp16, got {options.amp!r}")
+    from ..precision import AMP_CHOICES
+    if options.amp not in (None,) + AMP_CHOICES:
+        raise CaffeError(f"amp must be one of {', '.join(AMP_CHOICES)}; got {options.amp!r}")
 
 
 def choose_gpus(options: TrainOptions, param) -> tuple[list[int], str | None]:
@@ -147,6 +148,9 @@ def train(solver_path: str, options: TrainOptions | None = None) -> bool:
                 net.to(d.device, memory_format=torch.channels_last)
             else:
                 net.to(d.device)
+        from ..precision import resolve_amp
+        amp = resolve_amp(options.amp, train_net, d.device, channels_last=options.channels_last,
+                          say=(lambda line: log("precision.py:0", line)) if log else None)
         if d.world > 1:
             distributed.broadcast_params([p.param for p in train_net.learnable_params()])
         pin = d.device.startswith("cuda")
@@ -154,7 +158,7 @@ def train(solver_path: str, options: TrainOptions | None = None) -> bool:
         if d.rank == 0:
             feeds += [NetFeed(t, seed, 0, 1, min(options.workers, 1), pin) for t in tests]
         solver = Solver(param, train_net, feeds[0], tests if d.rank == 0 else [], feeds[1:], seed=seed,
-                        device=d.device, dist=d, log=log, amp=options.amp, channels_last=options.channels_last,
+                        device=d.device, dist=d, log=log, amp=amp, channels_last=options.channels_last,
                         progress=options.progress)
         solver.sigint_effect, solver.sighup_effect = options.sigint_effect, options.sighup_effect
         solver.time_budget = options.time_budget
