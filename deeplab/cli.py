@@ -9,6 +9,7 @@ import sys
 import threading
 
 from caffe import tool
+from caffe.precision import AMP_CHOICES
 
 from . import USER_ERRORS, DeepLabError
 
@@ -54,6 +55,15 @@ def parse_set(items: list[str] | None) -> dict[str, str]:
             raise DeepLabError(f"--set expects NAME=VALUE, got {item!r}")
         out[name.strip()] = value
     return out
+
+
+def default_amp() -> str:
+    """``--amp``'s default for training and extraction: ``$DEEPLAB_AMP`` where set (one of
+    AMP_CHOICES, e.g. fp32 on a machine whose numbers must not depend on a probe), else auto."""
+    value = os.environ.get("DEEPLAB_AMP") or "auto"
+    if value not in AMP_CHOICES:
+        raise DeepLabError(f"DEEPLAB_AMP={value!r}: must be one of {', '.join(AMP_CHOICES)}")
+    return value
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deeplab.cli import Terminated, parse_set, run_main
+from deeplab.cli import AMP_CHOICES, Terminated, default_amp, parse_set, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "'index name R G B' lines); its class count must match the blob's channels. Without it "
                         "the PNGs get VOC's colour map, for any class count up to 256")
     p.add_argument("--gpu", type=int, default=None, metavar="ID", help="CUDA device (default: CPU; -1 = CPU)")
-    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
-                   help="autocast the forward to bfloat16/float16 (meant for GPUs; scores come back as float32)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default=default_amp(),
+                   help="autocast the forward (scores come back as float32): auto (default; $DEEPLAB_AMP overrides "
+                        "it) times the net's largest convolution in float32 and bf16 once per machine on the CPU and "
+                        "takes the faster (one line on stderr; cached in ~/.cache/deeplab/precision.json), float32 on "
+                        "CUDA; fp32 (or none) forces float32; bf16 or fp16 autocast. The precision used is recorded: "
+                        "a rerun that comes to another redoes the outputs")
     p.add_argument("--batch", type=int, default=1, help="images per forward (same canvas size; default 1)")
     p.add_argument("--workers", type=int, default=2, help="threads reading images ahead of the net (default 2)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",

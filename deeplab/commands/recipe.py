@@ -18,7 +18,7 @@ import shlex
 import sys
 
 from deeplab import DeepLabError
-from deeplab.cli import run_main
+from deeplab.cli import AMP_CHOICES, default_amp, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="where archives, train.log and recipe.json go")
     r.add_argument("--work", required=True, help="scratch folder (data, snapshots)")
     r.add_argument("--gpu", type=int, default=None, help="CUDA device (default: the CPU)")
-    r.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast for training and extraction")
+    r.add_argument("--amp", choices=AMP_CHOICES, default=default_amp(),
+                   help="autocast for training (default auto: see deeplab-train --amp; float32 on CUDA); "
+                        "extraction runs in float32")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format for training")
     r.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="data loading processes")
     r.add_argument("--minutes", type=float, default=None, help="training time budget (deeplab-train --time-budget)")

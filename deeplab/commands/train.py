@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from deeplab.cli import parse_set, run_main
+from deeplab.cli import AMP_CHOICES, default_amp, parse_set, run_main
 
 PATHS_NOTE = ("Paths inside the solver and net prototxts (net, train_net, test_net, snapshot_prefix, "
               "ImageSegData source and root_folder) are relative to the working directory, as in Caffe.")
@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (default: the solver's random_seed, else random); "
                                             "weights init, data order, crops, mirrors and dropout follow it")
     p.add_argument("--log-file", metavar="FILE", help="also append the log lines to FILE (e.g. EXP/log/train.log)")
-    p.add_argument("--amp", choices=("bf16", "fp16"), help="mixed precision autocast (weights stay float32)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default=default_amp(),
+                   help="mixed precision autocast (weights stay float32): auto (default; $DEEPLAB_AMP overrides it) "
+                        "times the net's largest convolution in float32 and bf16 once per machine on the CPU and "
+                        "takes the faster (logged; cached in ~/.cache/deeplab/precision.json), float32 on CUDA; "
+                        "fp32 (or none) forces float32; bf16 or fp16 autocast")
     p.add_argument("--channels-last", action="store_true", help="use the channels_last memory format")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="data loading processes per training process (default %(default)s; 0 = in-process)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -321,12 +322,13 @@ def extract_list(job: ExtractJob, stats: dict | None = None) -> dict:
     stats["images"] = len(items)
     net = ScoreNet(job.model, job.weights, blob=job.blob, mapping=job.mapping, device=device_for(job.gpu),
                    amp=job.amp, want_mat=job.format == "mat", channels_last=job.channels_last,
-                   strict=job.strict, backend=job.backend, onnx_cache=job.onnx_cache)
+                   strict=job.strict, backend=job.backend, onnx_cache=job.onnx_cache,
+                   say=lambda line: print(line, file=sys.stderr))
     stats["blob"], stats["zoom"] = net.blob, net.zoom
     palette = label_palette(net.blob, net.num_classes, job.classes) if job.labels_out else None
     check_layout(net, job.format, job.labels_out)
     inputs = {"weights": file_digest(job.weights), "net": net.identity(), "blob": net.blob, "format": job.format,
-              "dtype": job.dtype if job.format == "npy" else "float32", "amp": job.amp,
+              "dtype": job.dtype if job.format == "npy" else "float32", "amp": net.precision,
               "palette": None if palette is None else text_digest(palette.tobytes())}
     if job.backend != "engine":      # recorded, and a change of backend redoes the outputs
         inputs["backend"] = job.backend

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .. import USER_ERRORS, DeepLabError
 from caffe.net import PHASES, Net, filter_layers
+from caffe.precision import AMP_CHOICES, resolve_amp
 from caffe.prototxt import parse_net
 from .scoremaps import rows_needed
 
@@ -152,12 +153,14 @@ class ScoreNet:
     ``.npy`` sidecar records. Weights: every layer the scores need must get them (scores from
     fillers would be silently wrong); layers of the weights file that the net lacks are ignored
     with a warning, as Caffe does, or refused with ``strict``; NaN/Inf weights are an error
-    naming the layer.
+    naming the layer. ``amp``: None, "fp32" or "none" (float32), "bf16" or "fp16" autocast, or
+    "auto" (caffe.precision.resolve_amp: on the CPU the faster of the two for this net, its one
+    line said through ``say``); ``precision`` is what it came to ("bf16", "fp16" or None).
     """
 
     def __init__(self, model, weights=None, blob: str | None = None, mapping=None, device="cpu",
                  amp: str | None = None, want_mat: bool = False, channels_last: bool = True, strict: bool = False,
-                 backend: str = "engine", onnx_cache: str | None = None):
+                 backend: str = "engine", onnx_cache: str | None = None, say=None):
         param = parse_net(model, mapping)
         if not len(param.layer):
             raise DeepLabError(f"{model} defines no layers (an empty file, or not a net prototxt?)")
@@ -195,10 +198,14 @@ class ScoreNet:
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.net.eval()
-        if amp is not None and amp not in _AMP:
-            raise DeepLabError(f"--amp must be bf16 or fp16, got {amp!r}")
-        self.amp = _AMP.get(amp) if amp else None
+        if amp is not None and amp not in AMP_CHOICES:
+            raise DeepLabError(f"--amp must be one of {', '.join(AMP_CHOICES)}; got {amp!r}")
         self.backend = backend
+        if backend == "onnxruntime" and amp == "auto":
+            amp = None    # onnxruntime runs float32
+        # The autocast the forward runs under, by name (None: float32); "auto" measured here.
+        self.precision = resolve_amp(amp, self.net, self.device, channels_last=channels_last, say=say)
+        self.amp = _AMP.get(self.precision) if self.precision else None
         self.onnx = None
         if backend == "onnxruntime":   # the same net, exported (deeplab/extract/onnx_backend.py)
             if self.device.type != "cpu" or self.amp is not None:

@@ -428,3 +428,29 @@ def test_release_nets_dump_fc8_with_their_offset(variant, offset):
     blob = default_blob(layers)
     assert blob == "fc8_voc12"
     assert mat_write_chain(layers, blob) == ("fc8_crop" if offset else "fc8_interp", offset)
+
+
+def test_amp_auto_resolves_and_a_changed_precision_redoes_the_outputs(data, tmp_path, monkeypatch, capsys):
+    """The precision extraction used is recorded: a rerun that comes to another one (forced
+    float32, or the probe's choice) is not skipped as "same inputs"."""
+    from caffe import precision
+    from deeplab.provenance import read_record
+    from test_precision import FakeTimer
+    monkeypatch.delenv("DEEPLAB_AMP")
+    monkeypatch.setattr(precision, "ConvTimer",
+                        lambda: FakeTimer(fixed={"fp32": 0, "bf16": 0}, per_mac={"fp32": 2e-9, "bf16": 1e-9}))
+    out = tmp_path / "out"
+    assert run(data, out) == 0
+    err = capsys.readouterr().err
+    assert "precision (--amp auto): bf16 autocast; largest convolution" in err and "4 written" in err
+    assert read_record(out)["inputs"]["amp"] == "bf16"
+    assert run(data, out, "--amp", "fp32") == 0
+    err = capsys.readouterr().err
+    assert "made from other inputs (amp: bf16 -> null)" in err and "4 written, 0 already done" in err
+    assert "precision (--amp auto)" not in err
+    assert read_record(out)["inputs"]["amp"] is None          # as float32 runs recorded it before auto
+    assert run(data, out, "--amp", "fp32") == 0
+    assert "0 written, 4 already done" in capsys.readouterr().err
+    assert run(data, out) == 0                                   # auto again: the cached choice, bf16
+    err = capsys.readouterr().err
+    assert "cached in" in err and "4 written, 0 already done" in err

@@ -237,3 +237,32 @@ def test_kill_9_then_the_same_command_ends_as_an_uninterrupted_run(data, tmp_pat
             ref = ref.replace(b"ref_iter_6", b"run_iter_6")
         assert run == ref, ext
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+@pytest.mark.parametrize("flag, expect", [(None, "bf16"), ("fp32", None), ("none", None), ("bf16", "bf16")])
+def test_amp_auto_is_the_default_and_fp32_forces_float32(data, tmp_path, monkeypatch, flag, expect):
+    """Without --amp (and without DEEPLAB_AMP) the precision is measured: here a fake timer says
+    bf16 is faster, so the solver autocasts to bf16 and the log says why in one line."""
+    from caffe import precision
+    from caffe.solvers import solver as solver_mod
+    from test_precision import FakeTimer
+    monkeypatch.delenv("DEEPLAB_AMP")
+    monkeypatch.setattr(precision, "ConvTimer",
+                        lambda: FakeTimer(fixed={"fp32": 0, "bf16": 0}, per_mac={"fp32": 2e-9, "bf16": 1e-9}))
+    got = []
+    real = solver_mod.Solver.__init__
+
+    def init(self, *a, **k):
+        got.append(k["amp"])
+        real(self, *a, **k)
+    monkeypatch.setattr(solver_mod.Solver, "__init__", init)
+    log = tmp_path / "train.log"
+    assert train.main(argv(data, tmp_path / "p", 1, extra=["--log-file", str(log)]
+                           + (["--amp", flag] if flag else []))) == 0
+    assert got == [expect]
+    lines = [m for m in log.read_text().splitlines() if "precision (--amp auto)" in m]
+    if flag is None:
+        assert len(lines) == 1 and "bf16 autocast; largest convolution" in lines[0]
+        assert "fp32 " in lines[0] and " ms, bf16 " in lines[0]
+    else:
+        assert lines == []
