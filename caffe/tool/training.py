@@ -149,8 +149,13 @@ def train(solver_path: str, options: TrainOptions | None = None) -> bool:
             else:
                 net.to(d.device)
         from ..precision import resolve_amp
-        amp = resolve_amp(options.amp, train_net, d.device, channels_last=options.channels_last,
-                          say=(lambda line: log("precision.py:0", line)) if log else None)
+        amp = options.amp
+        if d.rank == 0 or amp != "auto":
+            amp = resolve_amp(amp, train_net, d.device, channels_last=options.channels_last,
+                              say=(lambda line: log("precision.py:0", line)) if log else None)
+        if options.amp == "auto" and d.world > 1:   # rank 0 measured; every process autocasts alike
+            codes = [None, "bf16", "fp16"]
+            amp = codes[distributed.broadcast_int(codes.index(amp) if d.rank == 0 else 0, d.device)]
         if d.world > 1:
             distributed.broadcast_params([p.param for p in train_net.learnable_params()])
         pin = d.device.startswith("cuda")
