@@ -97,12 +97,10 @@ def worker_init() -> None:
 def reader_init() -> None:
     """A data-loading thread's start (the extraction's image readers): OpenCV's own pool is
     set to one thread, so readers decoding and resizing side by side do not each spread over
-    every core while the net uses them."""
-    import sys
-    cv2 = sys.modules.get("cv2")
-    if cv2 is None:
-        try:
-            import cv2
-        except ImportError:
-            return
+    every core while the net uses them. A plain import: it waits for another thread's import of
+    cv2 to finish, where sys.modules could hand out the half-imported module."""
+    try:
+        import cv2
+    except ImportError:
+        return
     cv2.setNumThreads(1)
