@@ -7,7 +7,8 @@ kernel, stride, pad, dilation and group, on a spatial crop scaled down to about
 ``PROBE_MACS`` multiply-adds) in float32 and under bf16 autocast, in the run's memory format,
 and picks the faster. A bf16 that is hopeless is given up on early: it is first timed on a
 16x smaller input, and skipped when that already says it is ``GIVE_UP`` times slower than
-float32. The whole probe takes a few hundred milliseconds on a 2-core machine.
+float32. The whole probe took 0.7-1.1 s on this project's loaded 2-core machine (most of it the
+process's first convolution); a cached answer costs nothing.
 
 The result is kept per machine in ``<cache>/deeplab/precision.json`` (``$XDG_CACHE_HOME``,
 else ``~/.cache``), keyed by the CPU (model name and a digest of its flags), the torch version,
