@@ -12,12 +12,31 @@ pooling or element-wise layer is kept channels_last (``CHANNELS_LAST_TYPES``); a
 layer (Interp, Softmax, Python, MatWrite...) receives the usual contiguous NCHW tensor, and
 every returned blob is contiguous NCHW, as Caffe's blobs are. The values are Caffe's either
 way (the layout changes only the order of float additions inside a convolution).
+
+Convolutions (bench/PEERS.md, Run 3): ``F.conv2d`` on the CPU copies the weights into
+channels_last and oneDNN reorders them into its blocked format on every call (for FCN's
+fc6, 400 MB, most of that layer's time), and single-threaded 1x1 convolutions take torch's
+slower non-oneDNN path. So a 2-D float32 Convolution on the CPU runs as one
+:class:`FusedConv` step: oneDNN's convolution (``mkldnn::_convolution_pointwise``) with the
+weights reordered once and cached, and with what directly follows it folded in where Caffe's
+visible blobs allow — per-channel affine layers (BatchNorm with stored statistics, Scale,
+Bias, the forks' BN) into the weights and bias, then an Eltwise SUM of it and another blob,
+then a ReLU, as oneDNN post-ops. A layer is folded in only when the value before it is read by
+that layer alone and is not a value the caller sees: not the final value of a kept blob
+(every blob with ``keep_all``; in-place chains such as conv -> BatchNorm -> Scale -> ReLU on
+one name keep only their final value, as in Caffe) and not a loss. The folded weights are
+cached against each parameter's identity, memory and version counter, so ``copy_from``, a
+solver step, weight sharing or any in-place write through torch recomputes them. A write
+into a parameter's memory that torch does not see (through a numpy view the caller made)
+must be followed by :func:`invalidate`. Anything else (another device or dtype, autocast,
+bottoms the layer would refuse) runs the original layers one by one.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import CaffeError
 
@@ -41,11 +60,13 @@ class Step:
     free: tuple          # blobs read for the last time here, dropped after the layer
     in_place: bool       # Caffe's in-place top: top 0 is bottom 0 by name
     channels_last: bool  # runs on channels_last 4-D bottoms (CPU)
+    fused: "FusedConv | None" = None   # a convolution and the layers folded into it (runs them all)
 
 
-def plan(net, keep: frozenset, keep_all: bool) -> list[Step]:
+def plan(net, keep: frozenset, keep_all: bool, fuse: bool = True) -> list[Step]:
     """The steps of a forward of ``net`` that keeps the blobs in ``keep`` (every blob with
-    ``keep_all``)."""
+    ``keep_all``); with ``fuse``, CPU convolutions become :class:`FusedConv` steps, each with
+    the layers that may be folded into it."""
     last: dict[str, int] = {}
     for i, layer in enumerate(net.layers):
         for b in layer.bottom_names:
@@ -55,15 +76,184 @@ def plan(net, keep: frozenset, keep_all: bool) -> list[Step]:
         for b, i in last.items():
             if b not in keep:
                 free.setdefault(i, []).append(b)
+    hidden = _hidden_values(net, keep, keep_all) if fuse else None
+    cache = net.__dict__.setdefault("_fused_weights", {})   # shared by the plans of every kept set
     steps = []
-    for i, layer in enumerate(net.layers):
+    i = 0
+    while i < len(net.layers):
+        layer = net.layers[i]
         if layer.is_data:
+            i += 1
+            continue
+        fused = _fusion(net, i, hidden, cache) if fuse else None
+        if fused is not None:
+            end = i + len(fused.layers)
+            frees = tuple(b for k in range(i, end) for b in free.get(k, ()))
+            steps.append(Step(i, layer, fused.bottoms, (fused.top,), frees, False, True, fused))
+            i = end
             continue
         bottoms, tops = tuple(layer.bottom_names), tuple(layer.top_names)
         conv_like = layer.type in CHANNELS_LAST_TYPES and getattr(layer, "axis", 1) == 1
         steps.append(Step(i, layer, bottoms, tops, tuple(free.get(i, ())),
                           bool(tops and bottoms and tops[0] == bottoms[0]), conv_like))
+        i += 1
     return steps
+
+
+def _hidden_values(net, keep: frozenset, keep_all: bool) -> set:
+    """The value ids (caffe.net.Net._values) no caller sees: not the final value of a kept
+    blob (of any blob with ``keep_all``), not a loss top."""
+    seen = {v for name, v in net._version.items() if keep_all or name in keep or name in net.loss_weights}
+    seen |= net._explicit_loss
+    every = {v for _, _, tops in net._values for v in tops}
+    return every - seen
+
+
+def _fusion(net, i: int, hidden: set, cache: dict) -> "FusedConv | None":
+    """The FusedConv starting at layer ``i`` (a 2-D Convolution of one bottom), or None."""
+    conv = net.layers[i]
+    if (conv.type != "Convolution" or len(conv.bottom_names) != 1 or conv.axis != 1 or len(conv.kernel) != 2
+            or conv.bottom_axes != (4,) or not _HAS_ONEDNN):
+        return None
+    chain, affine, add, slope = [conv], [], None, None
+    value = net._values[i][2][0]          # the id of the value the chain holds so far
+    name = conv.top_names[0]
+    j = i + 1
+    while j < len(net.layers) and slope is None:
+        nxt = net.layers[j]
+        if value not in hidden or net._readers.get(value) != [j] or len(nxt.top_names) != 1:
+            break
+        if nxt.type in AFFINE_TYPES and add is None and nxt.bottom_names == [name]:
+            if nxt.channel_affine() is None:
+                break
+            affine.append(nxt)
+        elif nxt.type == "Eltwise" and add is None and _plain_sum(nxt) and nxt.bottom_names.count(name) == 1:
+            add = next(b for b in nxt.bottom_names if b != name)
+        elif nxt.type == "ReLU" and nxt.bottom_names == [name]:
+            slope = nxt.slope
+        else:
+            break
+        chain.append(nxt)
+        value, name = net._values[j][2][0], nxt.top_names[0]
+        j += 1
+    return FusedConv(net.layers[i:j], affine, add, slope, cache)
+
+
+def _plain_sum(layer) -> bool:
+    """An Eltwise SUM of two bottoms with coefficients 1."""
+    from .layer.combine import SUM
+    return layer.op == SUM and len(layer.bottom_names) == 2 and all(c == 1.0 for c in layer.coeff)
+
+
+AFFINE_TYPES = frozenset({"BatchNorm", "BN", "Scale", "Bias"})
+_HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class FusedConv:
+    """A 2-D Convolution and the layers folded into it (``layers``, consecutive in the net):
+    per-channel affine layers, then optionally an Eltwise SUM with the blob ``add``, then
+    optionally a ReLU of ``slope``. Called with the step's bottoms (the convolution's, then
+    ``add``), it returns the last layer's top: on the CPU in float32, one oneDNN convolution
+    with folded, pre-reordered weights and the sum and ReLU as post-ops; otherwise the layers
+    one by one (their values exactly, their errors). ``cache`` holds the folded, reordered
+    weights by (convolution, affine layers), shared between plans."""
+
+    def __init__(self, layers, affine, add, slope, cache: dict):
+        self.layers, self.affine, self.add, self.slope = list(layers), list(affine), add, slope
+        self.cache, self.cache_key = cache, (id(layers[0]),) + tuple(id(layer) for layer in affine)
+        self.conv = self.layers[0]
+        self.bottoms = tuple(self.conv.bottom_names) + ((add,) if add is not None else ())
+        self.top = self.layers[-1].top_names[0]
+        c = self.conv
+        self._geometry = (list(c.pad), list(c.stride), list(c.dilation), c.group)
+        if slope is None:
+            self._unary = ("none", [])
+        else:
+            self._unary = ("relu", []) if slope == 0 else ("leaky_relu", [slope])
+
+    def folded(self) -> tuple:
+        """(weight, bias) of the convolution with the affine layers folded in (float32)."""
+        conv = self.conv
+        w = conv.blobs[0].detach()
+        b = conv.blobs[1].detach() if conv.bias_term else None
+        if not self.affine:
+            return w, b
+        a_all = torch.ones(w.shape[0], dtype=torch.float64)
+        b_all = b.double() if b is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        for layer in self.affine:
+            a, c = layer.channel_affine()
+            a_all, b_all = a_all * a, b_all * a + c
+        w = (w.double() * a_all.reshape(-1, 1, 1, 1)).to(w.dtype)
+        return w, b_all.to(w.dtype)
+
+    def _weights(self, x):
+        key = tuple((id(p), p.data_ptr(), p._version) for p in self.conv.blobs) + \
+            tuple((id(p), p.data_ptr(), p._version) for layer in self.affine for p in layer.blobs)
+        entry = self.cache.get(self.cache_key)
+        if entry is None or entry[0] != key:
+            self.cache.pop(self.cache_key, None)    # (the old weights go before the new are made)
+            w, b = self.folded()
+            pad, stride, dilation, groups = self._geometry
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                w.contiguous().to_mkldnn(), pad, stride, dilation, groups, list(x.shape))
+            entry = self.cache[self.cache_key] = (key, packed, None if b is None else b.contiguous())
+        return entry[1], entry[2]
+
+    def _fast(self, bottoms) -> bool:
+        x = bottoms[0]
+        w = self.conv.blobs[0]
+        if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
+                and x.shape[1] == w.shape[1] * self.conv.group and w.dtype == torch.float32
+                and w.device.type == "cpu" and not torch.is_autocast_enabled("cpu")):
+            return False
+        if self.add is None:
+            return True
+        other = bottoms[1]
+        return (torch.is_tensor(other) and other.dtype == torch.float32 and other.device.type == "cpu"
+                and tuple(other.shape) == self._out_shape(x))
+
+    def _out_shape(self, x) -> tuple:
+        from .layer.conv import conv_out
+        c = self.conv
+        sizes = [conv_out(s, k, p, st, d) for s, k, p, st, d in
+                 zip(x.shape[2:], c.kernel, c.pad, c.stride, c.dilation)]
+        return (x.shape[0], c.blobs[0].shape[0], *sizes)
+
+    def __call__(self, bottoms, fast: bool = True) -> tuple:
+        """The top of the last folded layer, from the step's bottoms."""
+        if not (fast and self._fast(bottoms)):
+            return self.unfused(bottoms)
+        x = bottoms[0]
+        self.conv.check_reshape([tuple(x.shape)])
+        w, b = self._weights(x)
+        pad, stride, dilation, groups = self._geometry
+        unary, scalars = self._unary
+        if self.add is None:
+            return (_POINTWISE(x, w, b, pad, stride, dilation, groups, unary, scalars, ""),)
+        return (_POINTWISE.binary(x, bottoms[1], w, b, pad, stride, dilation, groups, "add", None,
+                                  None if unary == "none" else unary, scalars, ""),)
+
+    def unfused(self, bottoms) -> tuple:
+        """The layers one by one, as the plain plan runs them (their in-place tops overwrite
+        only the chain's own intermediate values)."""
+        given = dict(zip(self.bottoms, bottoms))
+        y = self.conv.run([bottoms[0]])[0]
+        name = self.conv.top_names[0]
+        for layer in self.layers[1:]:
+            args = [y if b == name else given[b] for b in layer.bottom_names]
+            y = layer.run(args, in_place=layer.bottom_names[0] == name and layer.top_names[0] == name)[0]
+            name = layer.top_names[0]
+        return (y,)
+
+
+_POINTWISE = torch.ops.mkldnn._convolution_pointwise if _HAS_ONEDNN else None
+
+
+def invalidate(net) -> None:
+    """Make every planned forward of ``net`` fold its weights again: needed only after a
+    write into a parameter's memory that torch's version counter does not see (e.g. through
+    a numpy view of it); ``copy_from``, solver steps and torch in-place ops are seen."""
+    net.__dict__.get("_fused_weights", {}).clear()
 
 
 def _wants_channels_last(x) -> bool:
@@ -92,7 +282,10 @@ def run(net, steps: list[Step], blobs: dict, caller: set, channels_last: bool) -
             for k, (name, x) in enumerate(zip(step.bottoms, bottoms)):
                 if convert(x):
                     bottoms[k] = blobs[name] = x.contiguous(memory_format=fmt)   # later readers reuse it
-        tops = layer.run(bottoms, in_place=step.in_place and may_overwrite(layer, bottoms, blobs, caller))
+        if step.fused is not None:
+            tops = step.fused(bottoms, fast=channels_last)
+        else:
+            tops = layer.run(bottoms, in_place=step.in_place and may_overwrite(layer, bottoms, blobs, caller))
         for t, v in zip(step.tops, tops):
             blobs[t] = v
         for b in step.free:

@@ -70,6 +70,19 @@ class BatchNorm(Layer):
                 self.blobs[1].mul_(self.fraction).add_(var.detach().to(self.blobs[1].dtype), alpha=correction)
         return ((x - mean.reshape(view)) / torch.sqrt(var + self.eps).reshape(view),)
 
+    def channel_affine(self):
+        """(a, b) per channel with top = a x + b, when the stored statistics are used (a 4-D
+        bottom with use_global_stats); None when the batch's are. For the planned forward's
+        folding into a preceding convolution (caffe/inference.py)."""
+        if not self.use_global or self.blobs[0].dim() != 1:
+            return None
+        s = float(self.blobs[2].detach().reshape(-1)[0])
+        factor = 0.0 if s == 0 else 1.0 / s
+        mean = self.blobs[0].detach().double() * factor
+        var = self.blobs[1].detach().double() * factor
+        a = 1.0 / torch.sqrt(var + self.eps)
+        return a, -mean * a
+
 
 class _MVNFn(torch.autograd.Function):
     """y = (x - mean) / (std + eps) over the last axis of a 2-D view, with Caffe's backward:
@@ -269,3 +282,18 @@ class BN(Layer):
         var = xd.pow(2).mean(dims, keepdim=True) - mean.pow(2)   # E(X^2) - (EX)^2, as the fork
         y = _NormalizeFn.apply(x, scale, shift, mean, (var + SEGNET_EPS).rsqrt())
         return (y, mean.reshape(1, -1, 1, 1), var.reshape(1, -1, 1, 1))[:self.top_count]
+
+    def channel_affine(self):
+        """(a, b) per channel with top = a x + b where the layer uses no batch statistics
+        (SegNet's INFERENCE mode; PSPNet's in TEST or frozen); None otherwise. For the planned
+        forward's folding into a preceding convolution (caffe/inference.py)."""
+        scale, shift = (b.detach().double().reshape(-1) for b in self.blobs[:2])
+        if self.pspnet:
+            if not (self.frozen or self.phase == "TEST"):
+                return None
+            mean, var = (b.detach().double().reshape(-1) for b in self.blobs[2:4])
+            a = scale / torch.sqrt(var + self.eps)
+            return a, shift - mean * a
+        if self.mode != INFERENCE:
+            return None
+        return scale, shift

@@ -5,6 +5,8 @@ bottom[0]'s axes [axis, axis + num_axes) (num_axes -1: to the end; 0: a scalar).
 """
 from __future__ import annotations
 
+import torch
+
 from .base import Layer, register
 from .shape_ops import canonical_axis
 
@@ -64,6 +66,14 @@ class Bias(Layer):
         b = self.blobs[0] if b is None else b
         return (x + _broadcast(b, self.axis, x.dim()),)
 
+    def channel_affine(self):
+        """(a, b) per channel with top = a x + b when the bias is a learnable blob over axis 1
+        alone; None otherwise (caffe/inference.py folds it into a preceding convolution)."""
+        if len(self.bottom_axes) != 1 or self.axis != 1 or self.blobs[0].dim() != 1:
+            return None
+        b = self.blobs[0].detach().double()
+        return torch.ones_like(b), b
+
 
 @register("Scale")
 class Scale(Layer):
@@ -103,3 +113,16 @@ class Scale(Layer):
         if self.bias_term:
             y = y + _broadcast(self.blobs[-1], self.bias_axis, x.dim())
         return (y,)
+
+    def channel_affine(self):
+        """(a, b) per channel with top = a x + b when the factor (and bias) are learnable blobs
+        over axis 1 alone; None otherwise (caffe/inference.py folds it into a preceding
+        convolution)."""
+        if len(self.bottom_axes) != 1 or self.axis != 1 or self.blobs[0].dim() != 1:
+            return None
+        a = self.blobs[0].detach().double()
+        if not self.bias_term:
+            return a, torch.zeros_like(a)
+        if self.bias_axis != 1 or self.blobs[-1].dim() != 1:
+            return None
+        return a, self.blobs[-1].detach().double()
