@@ -12,6 +12,8 @@ bench/peer_nets.py):
   caffe     a Caffe build's `caffe time` "Average Forward pass" (only with --caffe PATH; its own
             timer, OpenBLAS threads as the row's): BVLC's with -phase=TEST; a V1-era build (the
             DeepLab fork) in V1 syntax; its output is not compared (`caffe time` prints none)
+  unfused   the engine with the planned forward's convolution fusion off (net.fuse = False,
+            caffe/inference.py; only with --unfused): before/after in one run
 Each peer's ratio is peer / engine (> 1: the engine is faster); its output is checked against
 the engine's (max |diff| / max |engine output|, printed; above 1e-3 is flagged "DIFFERS").
 Every net runs at 1 thread and at all the process's cores, and with --busy also while a
@@ -19,7 +21,7 @@ second process spins on core 0. Not a test; other load on the machine shows in t
 
   make bench-peers-env        # once: .venv-peers with opencv-python-headless<4.11
   .venv/bin/python bench/bench_peers.py [--nets largefov:321,narrow,fcn8s:500,...] [--reps 3]
-      [--threads 1,all] [--busy] [--caffe /path/to/caffe]
+      [--threads 1,all] [--busy] [--caffe /path/to/caffe] [--unfused]
 """
 from __future__ import annotations
 
@@ -78,9 +80,13 @@ def rel_diff(got: np.ndarray, want: np.ndarray) -> float:
 class Case:
     """One net at one input size: the engine's net, its files for the peers, the peers."""
 
-    def __init__(self, name: str, hw, tmp: str, with_onnx: bool):
+    def __init__(self, name: str, hw, tmp: str, with_onnx: bool, unfused: bool = False):
         self.name, self.hw = name, hw
         self.net, self.x, self.blob = peer_nets.build(name, hw)
+        self.unfused_net = None
+        if unfused:
+            self.unfused_net = peer_nets.build(name, hw)[0]
+            self.unfused_net.fuse = False
         with torch.inference_mode():
             self.want = self.net({"data": self.x}, outputs=[self.blob])[self.blob].numpy()
         self.dir = tempfile.mkdtemp(prefix=f"{name}-", dir=tmp)
@@ -111,6 +117,10 @@ class Case:
     def engine(self) -> np.ndarray:
         with torch.inference_mode():
             return self.net({"data": self.x}, outputs=[self.blob])[self.blob]
+
+    def run_unfused(self):
+        with torch.inference_mode():
+            return self.unfused_net({"data": self.x}, outputs=[self.blob])[self.blob]
 
     def run_handmade(self):
         with torch.inference_mode():
@@ -226,6 +236,7 @@ def main(argv=None) -> int:
     ap.add_argument("--opencv-python", default=PEERS_PYTHON, help="python of the OpenCV 4 environment")
     ap.add_argument("--caffe", help="a Caffe build's `caffe` binary, for a `caffe time` column")
     ap.add_argument("--no-onnx", dest="onnx", action="store_false")
+    ap.add_argument("--unfused", action="store_true", help="add a column: the engine without convolution fusion")
     args = ap.parse_args(argv)
     cores = threads.available_cores()
     counts = sorted({cores if t == "all" else int(t) for t in args.threads.split(",")})
@@ -242,13 +253,16 @@ def main(argv=None) -> int:
           + f"; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; median of {args.reps} forwards (ms); "
           "ratio = peer / engine (> 1: engine faster)")
     head = f"{'net':<10} {'input':>9} {'thr':>3} {'load':<4} {'engine':>8} {'opencv':>8} {'ratio':>5} " \
-           f"{'handmade':>8} {'ratio':>5} {'onnxrt':>8} {'ratio':>5}" + (f" {'caffe':>8} {'ratio':>5}" if args.caffe else "")
+           f"{'handmade':>8} {'ratio':>5} {'onnxrt':>8} {'ratio':>5}" + (f" {'caffe':>8} {'ratio':>5}" if args.caffe else "") \
+        + (f" {'unfused':>8} {'ratio':>5}" if args.unfused else "")
     print(head)
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
         for item in args.nets.split(","):
             name, hw = parse_net(item)
-            case = Case(name, hw, tmp, ort is not None)
+            case = Case(name, hw, tmp, ort is not None, args.unfused)
+            if case.unfused_net is not None:
+                notes.append(f"{name} {hw[0]}x{hw[1]}: unfused diff {rel_diff(case.run_unfused().numpy(), case.want):.1e}")
             session = None
             if ort is not None and case.onnx:
                 session_for = {}
@@ -282,6 +296,8 @@ def main(argv=None) -> int:
                             if n == counts[0] and not busy:
                                 notes.append(f"{name} {hw[0]}x{hw[1]}: caffe {cnote}")
                             cells.append(cf)
+                        if args.unfused:
+                            cells.append(median_ms(case.run_unfused, args.reps))
                         row = f"{name:<10} {hw[0]:>4}x{hw[1]:<4} {n:>3} {'busy' if busy else 'idle':<4} {e:8.1f}"
                         for v in cells:
                             row += f" {v:8.1f} {v / e:5.2f}" if v is not None else f" {'-':>8} {'':>5}"
