@@ -132,8 +132,8 @@ def _fusion(net, i: int, hidden: set, cache: dict) -> "FusedConv | None":
             affine.append(nxt)
         elif nxt.type == "Eltwise" and add is None and _plain_sum(nxt) and nxt.bottom_names.count(name) == 1:
             add = next(b for b in nxt.bottom_names if b != name)
-        elif nxt.type == "ReLU" and nxt.bottom_names == [name]:
-            slope = nxt.slope
+        elif nxt.type == "ReLU" and nxt.bottom_names == [name] and (add is None or nxt.slope == 0):
+            slope = nxt.slope             # (oneDNN's post-op after a sum is the plain ReLU only)
         else:
             break
         chain.append(nxt)
@@ -149,6 +149,7 @@ def _plain_sum(layer) -> bool:
 
 
 AFFINE_TYPES = frozenset({"BatchNorm", "BN", "Scale", "Bias"})
+PACK_POSITIONS = 1024   # output positions (num x height x width) up to which weights are kept reordered
 _HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
@@ -190,19 +191,27 @@ class FusedConv:
         return w, b_all.to(w.dtype)
 
     def _weights(self, x):
+        """(weight, bias) for oneDNN, cached: reordered into oneDNN's blocked format once when
+        the affine layers are folded in (a copy is made anyway) or when the layer has at most
+        ``PACK_POSITIONS`` output positions (there reordering the weights on every call costs a
+        noticeable share of the convolution; bench/PEERS.md, Run 3); otherwise the (folded)
+        weights themselves, with no second copy of them in memory."""
+        _, _, *sizes = self._out_shape(x)
+        pack = bool(self.affine) or x.shape[0] * sizes[0] * sizes[1] <= PACK_POSITIONS
         # oneDNN picks the blocked weight format for the thread count (measured: ResNet-50's
         # weights reordered for 2 threads run 2.4x slower on 1): it is part of the key.
-        key = (torch.get_num_threads(),) + \
+        key = (pack, torch.get_num_threads() if pack else 0) + \
             tuple((id(p), p.data_ptr(), p._version) for p in self.conv.blobs) + \
             tuple((id(p), p.data_ptr(), p._version) for layer in self.affine for p in layer.blobs)
         entry = self.cache.get(self.cache_key)
         if entry is None or entry[0] != key:
             self.cache.pop(self.cache_key, None)    # (the old weights go before the new are made)
             w, b = self.folded()
-            pad, stride, dilation, groups = self._geometry
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                w.contiguous().to_mkldnn(), pad, stride, dilation, groups, list(x.shape))
-            entry = self.cache[self.cache_key] = (key, packed, None if b is None else b.contiguous())
+            if pack:
+                pad, stride, dilation, groups = self._geometry
+                w = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    w.contiguous().to_mkldnn(), pad, stride, dilation, groups, list(x.shape))
+            entry = self.cache[self.cache_key] = (key, w, None if b is None else b.contiguous())
         return entry[1], entry[2]
 
     def _fast(self, bottoms) -> bool:

@@ -71,6 +71,12 @@ FORK_BN = HEAD + conv("c1", "data", "c1") + \
     layer("bias2", "Bias", "c2", "c2")
 
 
+# no affine layers: the convolutions' own weights, reordered or not by the output's size
+CONV_SUM = HEAD + conv("c1", "data", "c1") + layer("r1", "ReLU", "c1", "c1") + \
+    conv("c2", "c1", "c2", 6, 1) + layer("sum", "Eltwise", ["c1", "c2"], "sum") + \
+    layer("r2", "ReLU", "sum", "sum", "relu_param { negative_slope: 0.3 }")
+
+
 def build(text, seed=0):
     torch.manual_seed(seed)
     net = Net(text, "TEST")
@@ -132,6 +138,18 @@ def test_residual_block_sum_and_relu_are_post_ops():
     assert_close(planned(net, x, "all"), recorded(net, x, "all"))
     # with every blob kept, b's final value (after b_sc) is seen: the sum runs on it
     assert folded(net, "all") == {"proj": ["proj_bn", "proj_sc"], "a": ["a_bn", "a_sc", "a_relu"], "b": ["b_bn", "b_sc"]}
+
+
+@needs_onednn
+@pytest.mark.parametrize("pack_positions", [0, 10 ** 6])
+def test_weights_used_as_they_are_or_reordered(monkeypatch, pack_positions):
+    monkeypatch.setattr(inference, "PACK_POSITIONS", pack_positions)
+    net = build(CONV_SUM)
+    x = inputs()
+    assert_close(planned(net, x), recorded(net, x))
+    assert folded(net) == {"c1": ["r1"], "c2": ["sum"]}   # oneDNN's leaky ReLU cannot follow a sum
+    packed = [entry[1].layout == torch._mkldnn for entry in net._fused_weights.values()]
+    assert packed == [bool(pack_positions)] * 2
 
 
 @needs_onednn
