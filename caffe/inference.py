@@ -17,9 +17,9 @@ Convolutions (bench/PEERS.md, Run 3): ``F.conv2d`` on the CPU copies the weights
 channels_last and oneDNN reorders them into its blocked format on every call (for FCN's
 fc6, 400 MB, most of that layer's time), and single-threaded 1x1 convolutions take torch's
 slower non-oneDNN path. So a 2-D float32 Convolution on the CPU runs as one
-:class:`FusedConv` step: oneDNN's convolution (``mkldnn::_convolution_pointwise``) with the
-weights reordered once and cached, and with what directly follows it folded in where Caffe's
-visible blobs allow — per-channel affine layers (BatchNorm with stored statistics, Scale,
+:class:`FusedConv` step: oneDNN's convolution (``mkldnn::_convolution_pointwise``), its
+weights reordered once and cached where that pays (``FusedConv._weights``), and with what
+directly follows it folded in where Caffe's visible blobs allow — per-channel affine layers (BatchNorm with stored statistics, Scale,
 Bias, the forks' BN) into the weights and bias, then an Eltwise SUM of it and another blob,
 then a ReLU, as oneDNN post-ops. A layer is folded in only when the value before it is read by
 that layer alone and is not a value the caller sees: not the final value of a kept blob
@@ -29,14 +29,14 @@ cached against each parameter's identity, memory and version counter, so ``copy_
 solver step, weight sharing or any in-place write through torch recomputes them. A write
 into a parameter's memory that torch does not see (through a numpy view the caller made)
 must be followed by :func:`invalidate`. Anything else (another device or dtype, autocast,
-bottoms the layer would refuse) runs the original layers one by one.
+bottoms the layer would refuse) runs the original layers one by one. pycaffe's Net runs its
+layers one by one itself (caffe/_caffe/graph.py), never this plan: its ``blobs`` are Caffe's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from . import CaffeError
 
