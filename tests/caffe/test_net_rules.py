@@ -170,6 +170,7 @@ def test_in_place_relu_leaves_the_callers_tensor_alone_but_runs_in_place_on_its_
             'kernel_size: 1 bias_term: false weight_filler { type: "constant" value: 1 } } }\n'
             'layer { name: "r2" type: "ReLU" bottom: "c" top: "c" }\n')
     net = Net(text, "TEST")
+    net.fuse = False    # (else r2 is the convolution's ReLU post-op: caffe/inference.py)
     a = torch.tensor([[[[-1.0, 2.0], [3.0, -4.0]]]])
     seen = []
     net.layer("r2").register_forward_pre_hook(lambda m, args: seen.append(m.in_place))
