@@ -92,9 +92,18 @@ class Net(nn.Module):
     not outputs and not usable as bottoms, whose loss counts. Layer names may repeat, as in
     Caffe: ``layer(name)`` is the last of that name (Caffe's layer_names_index_, pycaffe's
     layer_dict), weights are copied into the first (CopyTrainedLayersFrom's search).
+
+    ``compile=True`` (or a torch.compile backend name; True is inductor with frozen weights)
+    runs the TEST forward without autograd through ``torch.compile`` of the net's exported
+    module (caffe/compiled.py): compiled on the first such forward for each set of requested
+    blobs and input shapes (tens of seconds each), at most caffe.compiled.MAX_VARIANTS of them.
+    The planned forward runs instead with autograd on, for ``outputs="all"``, under autocast,
+    for non-float32 inputs and past that limit. A net with a layer caffe.export refuses
+    (Python, DenseCRF, loss...) or a TRAIN net is a CaffeError naming the layers.
     """
 
-    def __init__(self, source, phase="TEST", mapping=None, input_shapes=None, level: int = 0, stages=()):
+    def __init__(self, source, phase="TEST", mapping=None, input_shapes=None, level: int = 0, stages=(),
+                 compile: bool | str = False):
         super().__init__()
         if hasattr(source, "layer"):
             param = source
@@ -139,6 +148,10 @@ class Net(nn.Module):
         plan_backward(self)
         self.train(self.phase == 0)
         self._free_plan: dict[frozenset, list[list[str]]] = {}
+        self.compiled = None
+        if compile:
+            from .compiled import BACKEND, Compiled
+            self.compiled = Compiled(self, BACKEND if compile is True else str(compile))
 
     # ----------------------------------------------------------------- building
     def _add_layer(self, lp, input_shapes: dict, shared: dict) -> None:
@@ -322,6 +335,10 @@ class Net(nn.Module):
         keep = frozenset(self.output_names if outputs is None or keep_all else outputs) | frozenset(self.loss_weights)
         grad = torch.is_grad_enabled()
         if not grad:
+            if self.compiled is not None and not keep_all:
+                got = self.compiled.forward(blobs, keep)
+                if got is not None:
+                    return got
             return self._forward_planned(blobs, caller, keep, keep_all, outputs)
         plan = None if keep_all else self._plan(keep)
         for i, layer in enumerate(self.layers):

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "of net and weights, --onnx-cache) and run by onnxruntime, float32 on the CPU")
     p.add_argument("--onnx-cache", default=None, metavar="DIR",
                    help="folder for --backend onnxruntime's exported files (default: <temp>/deeplab-onnx)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the engine's forward through torch.compile (inductor, frozen weights, float32): "
+                        "tens of seconds per canvas size to compile, then faster on small layers (README's speed "
+                        "section says where it pays)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                      labels_out=args.labels_out, classes=args.classes, format=args.format, dtype=args.dtype,
                      blob=args.blob, mapping=parse_set(args.set), gpu=args.gpu, amp=args.amp,
                      channels_last=not args.no_channels_last, strict=args.strict, backend=args.backend,
-                     onnx_cache=args.onnx_cache, batch=args.batch, workers=args.workers, force=args.force,
+                     onnx_cache=args.onnx_cache, compile=args.compile, batch=args.batch, workers=args.workers, force=args.force,
                      shard=args.shard, progress=not args.quiet)
     stats: dict = {}
     try:

@@ -291,6 +291,7 @@ class ExtractJob:
     strict: bool = False
     backend: str = "engine"
     onnx_cache: str | None = None
+    compile: bool = False
     batch: int = 1
     workers: int = 2
     force: bool = False
@@ -323,7 +324,7 @@ def extract_list(job: ExtractJob, stats: dict | None = None) -> dict:
     net = ScoreNet(job.model, job.weights, blob=job.blob, mapping=job.mapping, device=device_for(job.gpu),
                    amp=job.amp, want_mat=job.format == "mat", channels_last=job.channels_last,
                    strict=job.strict, backend=job.backend, onnx_cache=job.onnx_cache,
-                   say=lambda line: print(line, file=sys.stderr))
+                   say=lambda line: print(line, file=sys.stderr), compile=job.compile)
     stats["blob"], stats["zoom"] = net.blob, net.zoom
     palette = label_palette(net.blob, net.num_classes, job.classes) if job.labels_out else None
     check_layout(net, job.format, job.labels_out)
@@ -332,6 +333,8 @@ def extract_list(job: ExtractJob, stats: dict | None = None) -> dict:
               "palette": None if palette is None else text_digest(palette.tobytes())}
     if job.backend != "engine":      # recorded, and a change of backend redoes the outputs
         inputs["backend"] = job.backend
+    if job.compile:                  # likewise: compiled scores differ from the engine's by round-off
+        inputs["compile"] = True
     info = {"weights": job.weights, "model": job.model, "set": job.mapping, "list": job.list, "root": job.root}
     with contextlib.ExitStack() as held:
         records = {job.out: held.enter_context(open_output(job.out, "extract", inputs, info))}

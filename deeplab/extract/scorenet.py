@@ -156,12 +156,19 @@ class ScoreNet:
     naming the layer. ``amp``: None, "fp32" or "none" (float32), "bf16" or "fp16" autocast, or
     "auto" (caffe.precision.resolve_amp: on the CPU the faster of the two for this net, its one
     line said through ``say``); ``precision`` is what it came to ("bf16", "fp16" or None).
+    ``compile`` (True, or a torch.compile backend name) runs the engine's forward compiled
+    (caffe/compiled.py: float32, so ``auto`` means float32 there; one compile per canvas size,
+    tens of seconds each, at most caffe.compiled.MAX_VARIANTS sizes).
     """
 
     def __init__(self, model, weights=None, blob: str | None = None, mapping=None, device="cpu",
                  amp: str | None = None, want_mat: bool = False, channels_last: bool = True, strict: bool = False,
-                 backend: str = "engine", onnx_cache: str | None = None, say=None):
+                 backend: str = "engine", onnx_cache: str | None = None, say=None, compile: bool | str = False):
         param = parse_net(model, mapping)
+        if compile and (amp not in (None, "auto", "fp32", "none") or backend != "engine"):
+            raise DeepLabError("--compile compiles the engine's float32 forward: drop --amp bf16/fp16 and --backend")
+        if compile:
+            amp = None      # auto and fp32 both mean float32 there
         if not len(param.layer):
             raise DeepLabError(f"{model} defines no layers (an empty file, or not a net prototxt?)")
         layers = filter_layers(param, PHASES["TEST"])
@@ -186,7 +193,7 @@ class ScoreNet:
         self._shape_param = _pruned(param, layers, [self.blob] + ([self.cover_blob] if self.cover_blob else []))
         self._shapes: dict[tuple[int, int], dict | None] = {}
         self.probe = probe = self.crop or 513
-        self.net = Net(self.param, "TEST", input_shapes={self.input_name: (1, 3, probe, probe)})
+        self.net = Net(self.param, "TEST", input_shapes={self.input_name: (1, 3, probe, probe)}, compile=compile)
         self.num_classes = int(self.net.blob_shapes[self.blob][1])
         self.zoom = self._stride(probe, interp)
         self.want_mat = want_mat
