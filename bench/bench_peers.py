@@ -3,6 +3,10 @@
 Columns (forward time in ms, median of --reps after one warm-up; each net has random weights,
 bench/peer_nets.py):
   engine    caffe.net.Net, TEST, inference mode (the project's thread policy, caffe/threads.py)
+  compiled  with --compile: the same net compiled (caffe.compiled.compile_net, caffe/compiled.py:
+            torch.compile, inductor, frozen weights), one compile per thread count; its first call
+            (export + compile + one forward) is printed below the table, the column is steady state;
+            the engine's and the compiled forwards alternate (load hits both alike)
   opencv    OpenCV 4.x dnn reading the deploy prototxt + caffemodel (cv2.dnn.readNetFromCaffe),
             run by bench/peer_opencv.py in the side environment .venv-peers (`make
             bench-peers-env`; OpenCV 5, the project's, has no Caffe importer). "-" where that
@@ -21,7 +25,7 @@ second process spins on core 0. Not a test; other load on the machine shows in t
 
   make bench-peers-env        # once: .venv-peers with opencv-python-headless<4.11
   .venv/bin/python bench/bench_peers.py [--nets largefov:321,narrow,fcn8s:500,...] [--reps 3]
-      [--threads 1,all] [--busy] [--caffe /path/to/caffe] [--unfused]
+      [--threads 1,all] [--busy] [--caffe /path/to/caffe] [--unfused] [--compile]
 """
 from __future__ import annotations
 
@@ -72,6 +76,19 @@ def median_ms(fn, reps: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def interleaved_ms(fns, reps: int) -> list[float]:
+    """Median ms of each of ``fns``, their calls alternating (load hits each alike)."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
 def rel_diff(got: np.ndarray, want: np.ndarray) -> float:
     got = np.asarray(got, np.float32).reshape(want.shape)
     return float(np.abs(got - want).max()) / max(float(np.abs(want).max()), 1e-12)
@@ -80,13 +97,17 @@ def rel_diff(got: np.ndarray, want: np.ndarray) -> float:
 class Case:
     """One net at one input size: the engine's net, its files for the peers, the peers."""
 
-    def __init__(self, name: str, hw, tmp: str, with_onnx: bool, unfused: bool = False):
+    def __init__(self, name: str, hw, tmp: str, with_onnx: bool, unfused: bool = False, compile: bool = False):
         self.name, self.hw = name, hw
         self.net, self.x, self.blob = peer_nets.build(name, hw)
         self.unfused_net = None
         if unfused:
             self.unfused_net = peer_nets.build(name, hw)[0]
             self.unfused_net.fuse = False
+        self.compiled = None
+        if compile:
+            from caffe.compiled import compile_net
+            self.compiled = compile_net(self.net).compiled
         with torch.inference_mode():
             self.want = self.net({"data": self.x}, outputs=[self.blob])[self.blob].numpy()
         self.dir = tempfile.mkdtemp(prefix=f"{name}-", dir=tmp)
@@ -121,6 +142,10 @@ class Case:
     def run_unfused(self):
         with torch.inference_mode():
             return self.unfused_net({"data": self.x}, outputs=[self.blob])[self.blob]
+
+    def run_compiled(self) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.compiled.forward({"data": self.x}, frozenset([self.blob]))[self.blob]
 
     def run_handmade(self):
         with torch.inference_mode():
@@ -237,6 +262,7 @@ def main(argv=None) -> int:
     ap.add_argument("--caffe", help="a Caffe build's `caffe` binary, for a `caffe time` column")
     ap.add_argument("--no-onnx", dest="onnx", action="store_false")
     ap.add_argument("--unfused", action="store_true", help="add a column: the engine without convolution fusion")
+    ap.add_argument("--compile", action="store_true", help="add the engine compiled with torch.compile (inductor)")
     args = ap.parse_args(argv)
     cores = threads.available_cores()
     counts = sorted({cores if t == "all" else int(t) for t in args.threads.split(",")})
@@ -252,7 +278,8 @@ def main(argv=None) -> int:
           + (f", onnxruntime {ort.__version__}" if ort else "")
           + f"; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; median of {args.reps} forwards (ms); "
           "ratio = peer / engine (> 1: engine faster)")
-    head = f"{'net':<10} {'input':>9} {'thr':>3} {'load':<4} {'engine':>8} {'opencv':>8} {'ratio':>5} " \
+    head = f"{'net':<10} {'input':>9} {'thr':>3} {'load':<4} {'engine':>8} " \
+           + (f"{'compiled':>8} {'ratio':>5} " if args.compile else "") + f"{'opencv':>8} {'ratio':>5} " \
            f"{'handmade':>8} {'ratio':>5} {'onnxrt':>8} {'ratio':>5}" + (f" {'caffe':>8} {'ratio':>5}" if args.caffe else "") \
         + (f" {'unfused':>8} {'ratio':>5}" if args.unfused else "")
     print(head)
@@ -260,7 +287,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for item in args.nets.split(","):
             name, hw = parse_net(item)
-            case = Case(name, hw, tmp, ort is not None, args.unfused)
+            case = Case(name, hw, tmp, ort is not None, args.unfused, args.compile)
             if case.unfused_net is not None:
                 notes.append(f"{name} {hw[0]}x{hw[1]}: unfused diff {rel_diff(case.run_unfused().numpy(), case.want):.1e}")
             session = None
@@ -276,12 +303,24 @@ def main(argv=None) -> int:
             if case.handmade is not None:
                 notes.append(f"{name} {hw[0]}x{hw[1]}: handmade diff "
                              f"{rel_diff(case.run_handmade().numpy(), case.want):.1e}")
+            firsts: dict[int, float] = {}
             for busy in ((False, True) if args.busy else (False,)):
                 hog = spin() if busy else None
                 try:
                     for n in counts:
                         torch.set_num_threads(n)
-                        e = median_ms(case.engine, args.reps)
+                        cm = None
+                        if case.compiled is None:
+                            e = median_ms(case.engine, args.reps)
+                        else:
+                            if n not in firsts:     # one compile per thread count
+                                t = time.perf_counter()
+                                got = case.run_compiled().numpy()
+                                firsts[n] = time.perf_counter() - t
+                                notes.append(f"{name} {hw[0]}x{hw[1]}: compiled, {n} thread(s): first call "
+                                             f"{firsts[n]:.1f} s (export + compile + one forward), "
+                                             f"diff {rel_diff(got, case.want):.1e}")
+                            e, cm = interleaved_ms([case.engine, case.run_compiled], args.reps)
                         cv, note = opencv(case, n, args.reps, args.opencv_python)
                         if n == counts[0] and not busy:
                             notes.append(f"{name} {hw[0]}x{hw[1]}: opencv {note}")
@@ -290,7 +329,7 @@ def main(argv=None) -> int:
                         if session is not None:
                             feed = {"data": case.x.numpy()}
                             ox = median_ms(lambda: session[n].run([case.blob], feed), args.reps)
-                        cells = [cv, hm, ox]
+                        cells = ([cm] if case.compiled is not None else []) + [cv, hm, ox]
                         if args.caffe:
                             cf, cnote = caffe_time(case, args.caffe, n, args.reps)
                             if n == counts[0] and not busy:

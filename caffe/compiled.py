@@ -1,4 +1,5 @@
-"""``torch.compile`` of a net's TEST forward: ``caffe.Net(..., compile=True)``.
+"""``torch.compile`` of a net's TEST forward: ``compile_net(net)`` (``caffe time --compile``,
+``deeplab-extract --compile``, ``bench/bench_peers.py --compile``).
 
 The compiled function is the net's exported module (:func:`caffe.export.to_module`, the
 layers as ``torch.export`` traces them, returning the requested blobs) given to
@@ -37,7 +38,7 @@ import torch
 from . import CaffeError
 
 MAX_VARIANTS = 4
-BACKEND = "inductor"    # what compile=True means
+BACKEND = "inductor"    # compile_net's default
 
 
 @dataclass
@@ -50,6 +51,16 @@ class _View:
     input_names: list
     output_names: list
     blob_shapes: dict
+
+
+def compile_net(net, backend: str | None = None):
+    """Give ``net`` (a caffe.net.Net, TEST) a compiled forward (``net.compiled``, compiled lazily
+    on its first forward without autograd; ``backend`` defaults to :data:`BACKEND`) and return
+    it. A TRAIN net or one with a layer caffe.export refuses is a CaffeError naming the layers.
+    (The engine Net imports nothing of this module: caffe.export, which this module needs,
+    builds Nets.)"""
+    net.compiled = Compiled(net, backend or BACKEND)
+    return net
 
 
 def refusals(net) -> list[str]:

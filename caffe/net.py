@@ -93,17 +93,12 @@ class Net(nn.Module):
     Caffe: ``layer(name)`` is the last of that name (Caffe's layer_names_index_, pycaffe's
     layer_dict), weights are copied into the first (CopyTrainedLayersFrom's search).
 
-    ``compile=True`` (or a torch.compile backend name; True is inductor with frozen weights)
-    runs the TEST forward without autograd through ``torch.compile`` of the net's exported
-    module (caffe/compiled.py): compiled on the first such forward for each set of requested
-    blobs and input shapes (tens of seconds each), at most caffe.compiled.MAX_VARIANTS of them.
-    The planned forward runs instead with autograd on, for ``outputs="all"``, under autocast,
-    for non-float32 inputs and past that limit. A net with a layer caffe.export refuses
-    (Python, DenseCRF, loss...) or a TRAIN net is a CaffeError naming the layers.
+    ``caffe.compiled.compile_net(net)`` gives the net a compiled TEST forward (``compiled``,
+    None until then): the forward without autograd then runs ``torch.compile`` of the net's
+    exported module where it can (see caffe/compiled.py for when the planned forward runs).
     """
 
-    def __init__(self, source, phase="TEST", mapping=None, input_shapes=None, level: int = 0, stages=(),
-                 compile: bool | str = False):
+    def __init__(self, source, phase="TEST", mapping=None, input_shapes=None, level: int = 0, stages=()):
         super().__init__()
         if hasattr(source, "layer"):
             param = source
@@ -148,10 +143,7 @@ class Net(nn.Module):
         plan_backward(self)
         self.train(self.phase == 0)
         self._free_plan: dict[frozenset, list[list[str]]] = {}
-        self.compiled = None
-        if compile:
-            from .compiled import BACKEND, Compiled
-            self.compiled = Compiled(self, BACKEND if compile is True else str(compile))
+        self.compiled = None    # caffe.compiled.compile_net: the compiled TEST forward
 
     # ----------------------------------------------------------------- building
     def _add_layer(self, lp, input_shapes: dict, shared: dict) -> None:

@@ -30,7 +30,7 @@ FLAGS: dict[str, tuple[object, str]] = {
                 "available GPUs. The effective training batch size is multiplied by the number of devices."),
     "solver": ("", "The solver definition protocol buffer text file."),
     "model": ("", "The model definition protocol buffer text file."),
-    "phase": ("", "Optional; network phase (TRAIN or TEST). Default TEST for 'test', TRAIN for 'time'."),
+    "phase": ("", "Optional; network phase (TRAIN or TEST). Default TEST for 'test' and 'time --compile', TRAIN for 'time'."),
     "level": (0, "Optional; network level."),
     "stage": ("", "Optional; network stages (not to be confused with phase), separated by ','."),
     "snapshot": ("", "Optional; the snapshot solver state to resume training."),
@@ -45,6 +45,9 @@ FLAGS: dict[str, tuple[object, str]] = {
     "torch": ("", "export: write the model as a torch.export program (.pt2) to this file."),
     "deploy": (False, "export: drop data, loss, accuracy and MatWrite layers, an Input in front."),
     "shape": ("", "export: Input shapes, name:N,C,H,W separated by ';' (default: the data layer's)."),
+    "compile": (False, "time: the TEST forward without autograd compiled by torch.compile (inductor, frozen "
+                       "weights), timed whole: the first (compiling) forward apart, then compiled and uncompiled "
+                       "averages; the phase defaults to TEST."),
 }
 
 
@@ -187,8 +190,9 @@ def time(flags, log) -> int:
     from .timing import time_net
     if not flags["model"]:
         raise CaffeError("need a model definition to time (--model=net.prototxt)")
-    time_net(flags["model"], flags["iterations"], phase=_phase(flags, "TRAIN"), level=flags["level"],
-             stages=_stages(flags), gpus=flags["gpu"] or None, workers=_workers(), log=log)
+    time_net(flags["model"], flags["iterations"], phase=_phase(flags, "TEST" if flags["compile"] else "TRAIN"),
+             level=flags["level"], stages=_stages(flags), gpus=flags["gpu"] or None, workers=_workers(), log=log,
+             compile=flags["compile"])
     return 0
 
 

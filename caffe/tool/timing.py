@@ -8,6 +8,10 @@ the copies' grads become the diffs of the layers below (summed where a blob feed
 layers, Caffe's Split). Loss tops start with their loss_weight as diff. Data layers:
 ImageSegData's forward time is reading its batch; Input blobs are zeros of their shape (Caffe
 times nets "assuming the network does not take any input blobs").
+
+``compile`` (``caffe time --compile``): the TEST forward without autograd, compiled
+(caffe/compiled.py), timed as a whole: the first forward (export, compile, one forward) apart,
+then ``iterations`` compiled forwards, then as many uncompiled (planned) ones on the same inputs.
 """
 from __future__ import annotations
 
@@ -96,9 +100,10 @@ class _Pass:
 
 def time_net(model: str, iterations: int = 50, *, phase: str = "TRAIN", level: int = 0, stages=(),
              gpus: str | None = None, mapping: dict[str, str] | None = None, workers: int = 0,
-             log=None) -> dict[str, float]:
+             log=None, compile: bool = False) -> dict[str, float]:
     """Benchmark ``model`` and log Caffe's lines through ``log(where, message)``; returns the
-    average forward, backward and forward-backward milliseconds per iteration."""
+    average forward, backward and forward-backward milliseconds per iteration (with
+    ``compile``: see :func:`time_compiled`)."""
     from ..net import Net
     from .scoring import select_device
     from ..solvers.solver import _g
@@ -107,8 +112,17 @@ def time_net(model: str, iterations: int = 50, *, phase: str = "TRAIN", level: i
         raise CaffeError(f"iterations must be at least 1, got {iterations}")
     device = select_device(gpus, log)
     net = Net(model, phase, mapping, level=level, stages=[s for s in stages if s]).to(device)
+    if compile:
+        from ..compiled import compile_net
+        compile_net(net)
     batch, feed = _inputs(net, device, workers)
     info = log or (lambda where, message: None)
+    if compile:
+        try:
+            return time_compiled(net, batch, iterations, _Pass(net, device).now, info)
+        finally:
+            if feed is not None:
+                feed.close()
     run = _Pass(net, device)
     n = len(net.layers)
     forward_ms, backward_ms = [0.0] * n, [0.0] * n
@@ -144,5 +158,44 @@ def time_net(model: str, iterations: int = 50, *, phase: str = "TRAIN", level: i
     info("caffe.cpp:410", f"Average Backward pass: {_g(averages['backward'])} ms.")
     info("caffe.cpp:412", f"Average Forward-Backward: {_g(averages['forward_backward'])} ms.")
     info("caffe.cpp:414", f"Total Time: {_g(total)} ms.")
+    info("caffe.cpp:415", "*** Benchmark ends ***")
+    return averages
+
+
+def time_compiled(net, batch, iterations: int, now, info) -> dict[str, float]:
+    """``caffe time --compile``: the compiled TEST forward of ``net`` (caffe.compiled.compile_net)
+    timed as a whole; returns milliseconds: "first" (export, compile, one forward), "forward"
+    (compiled average) and "uncompiled" (the planned forward's average, same inputs)."""
+    from ..solvers.solver import _g
+    info("caffe.cpp:351", f"Performing Forward, compiled ({net.compiled.backend}): the first forward compiles")
+    with torch.inference_mode():
+        start = now()
+        net(batch(0))
+        first = (now() - start) * 1e3
+        if not net.compiled.variants:
+            raise CaffeError(f"net {net.name!r}: the compiled forward does not run on this net's inputs "
+                             "(float32 tensors for every input blob are needed)")
+        info("caffe.cpp:356", f"First forward (export, compile, forward): {_g(first)} ms.")
+        info("caffe.cpp:365", "*** Benchmark begins ***")
+        info("caffe.cpp:366", f"Testing for {iterations} iterations.")
+        averages = {"first": first}
+        compiled, net.compiled = net.compiled, None
+        try:
+            for what, held in (("forward", compiled), ("uncompiled", None)):
+                net.compiled = held
+                total = 0.0
+                for j in range(iterations):
+                    blobs = batch(j + 1)
+                    start = now()
+                    net(blobs)
+                    took = (now() - start) * 1e3
+                    total += took
+                    info("caffe.cpp:394", f"Iteration: {j + 1} {'compiled' if held else 'uncompiled'} "
+                                          f"forward time: {_g(took)} ms.")
+                averages[what] = total / iterations
+        finally:
+            net.compiled = compiled
+    info("caffe.cpp:408", f"Average Forward pass: {_g(averages['forward'])} ms.")
+    info("caffe.cpp:408", f"Average Forward pass uncompiled (planned, no autograd): {_g(averages['uncompiled'])} ms.")
     info("caffe.cpp:415", "*** Benchmark ends ***")
     return averages

@@ -193,7 +193,10 @@ class ScoreNet:
         self._shape_param = _pruned(param, layers, [self.blob] + ([self.cover_blob] if self.cover_blob else []))
         self._shapes: dict[tuple[int, int], dict | None] = {}
         self.probe = probe = self.crop or 513
-        self.net = Net(self.param, "TEST", input_shapes={self.input_name: (1, 3, probe, probe)}, compile=compile)
+        self.net = Net(self.param, "TEST", input_shapes={self.input_name: (1, 3, probe, probe)})
+        if compile:
+            from caffe.compiled import compile_net
+            compile_net(self.net, None if compile is True else str(compile))
         self.num_classes = int(self.net.blob_shapes[self.blob][1])
         self.zoom = self._stride(probe, interp)
         self.want_mat = want_mat

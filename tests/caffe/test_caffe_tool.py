@@ -237,6 +237,26 @@ def test_time_logs_every_layer_and_stage_selects_layers(tmp_path):
     assert float(loss.split()[-1]) == pytest.approx(2 * np.log(3), rel=1e-5)
 
 
+def test_time_compile_times_the_compiled_forward_and_refuses_what_cannot_compile(tmp_path, monkeypatch):
+    from caffe import compiled
+    from test_compiled import NET
+    monkeypatch.setattr(compiled, "BACKEND", "eager")     # the wiring; test_compiled.py compiles with inductor
+    net = tmp_path / "net.prototxt"
+    net.write_text(NET)
+    log_dir = tmp_path / "log"
+    assert tool.main(["time", f"--model={net}", "--iterations=2", "--compile", f"--log_dir={log_dir}"]) == 0
+    text = messages(glog_file(log_dir))
+    assert sum(m.startswith("First forward (export, compile, forward): ") for m in text) == 1
+    assert [m.split(" forward time")[0] for m in text if m.startswith("Iteration: ")] == \
+           ["Iteration: 1 compiled", "Iteration: 2 compiled", "Iteration: 1 uncompiled", "Iteration: 2 uncompiled"]
+    for head in ("Average Forward pass: ", "Average Forward pass uncompiled (planned, no autograd): "):
+        assert sum(m.startswith(head) for m in text) == 1, head
+    staged = tmp_path / "staged.prototxt"
+    staged.write_text(STAGED)
+    with pytest.raises(CaffeError, match=r"cannot be compiled: .*'loss' \(SoftmaxWithLoss\)"):
+        tool.main(["time", f"--model={staged}", "--compile"])
+
+
 def test_layer_by_layer_backward_gives_the_nets_gradients():
     """The timed backward (layer by layer, diffs summed where a blob feeds two layers) leaves
     the same param diffs as autograd over the whole net."""

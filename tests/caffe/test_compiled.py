@@ -1,4 +1,4 @@
-"""caffe.Net(..., compile=True): the compiled TEST forward equals the planned one.
+"""caffe.compiled.compile_net: the compiled TEST forward equals the planned one.
 
 One small net (convolution, ReLU, pooling, Eltwise, Deconvolution, Crop, Concat) is compiled
 once with inductor (frozen weights): its outputs must equal the uncompiled forward's to float32
@@ -15,6 +15,7 @@ import torch
 
 from caffe import CaffeError
 from caffe import compiled as cc
+from caffe.compiled import compile_net
 from caffe.net import Net
 
 NET = """
@@ -61,7 +62,7 @@ def close(got, want):
 
 def test_inductor_equals_the_planned_forward_and_follows_new_weights():
     torch.manual_seed(0)
-    net = Net(NET, compile=True)
+    net = compile_net(Net(NET))
     x = image()
     with torch.inference_mode():
         got = net({"data": x})
@@ -79,13 +80,13 @@ def test_inductor_equals_the_planned_forward_and_follows_new_weights():
 
 @pytest.fixture
 def eager(monkeypatch):
-    """compile=True with torch.compile's eager backend (no code generation)."""
+    """compile_net with torch.compile's eager backend (no code generation)."""
     monkeypatch.setattr(cc, "BACKEND", "eager")
 
 
 def test_when_the_compiled_path_runs(eager):
     torch.manual_seed(1)
-    net = Net(NET, compile=True)
+    net = compile_net(Net(NET))
     x = image(seed=1)
     with torch.enable_grad():
         net({"data": x})
@@ -119,18 +120,18 @@ def test_refused_layers_and_phases_are_one_clear_error():
         .replace("dim: 24 } }", "dim: 24 } shape { dim: 1 dim: 1 dim: 20 dim: 24 } }") \
         + 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" }\n'
     with pytest.raises(CaffeError) as e:
-        Net(lossy, compile=True)
+        compile_net(Net(lossy))
     assert "cannot be compiled" in str(e.value) and "'loss' (SoftmaxWithLoss)" in str(e.value)
     assert "\n" not in str(e.value)
     with pytest.raises(CaffeError, match="compiles the TEST forward"):
-        Net(NET, "TRAIN", compile=True)
+        compile_net(Net(NET, "TRAIN"))
 
 
 def test_a_failing_compiler_is_one_line(monkeypatch):
     import torch._inductor.config as config
     monkeypatch.setattr(config.cpp, "cxx", ("/nonexistent/c++",))
     monkeypatch.setattr(config, "fx_graph_cache", False)
-    net = Net(NET.replace("num_output: 3 kernel_size: 1", "num_output: 2 kernel_size: 1"), compile=True)
+    net = compile_net(Net(NET.replace("num_output: 3 kernel_size: 1", "num_output: 2 kernel_size: 1")))
     with torch.no_grad(), pytest.raises(CaffeError) as e:
         net({"data": image()})
     msg = str(e.value)
