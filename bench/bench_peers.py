@@ -106,8 +106,8 @@ class Case:
             self.unfused_net.fuse = False
         self.compiled = None
         if compile:
-            from caffe.compiled import compile_net
-            self.compiled = compile_net(self.net).compiled
+            from caffe.compiled import Compiled
+            self.compiled = Compiled(self.net)    # what compile_net(net) hooks in; here beside the engine
         with torch.inference_mode():
             self.want = self.net({"data": self.x}, outputs=[self.blob])[self.blob].numpy()
         self.dir = tempfile.mkdtemp(prefix=f"{name}-", dir=tmp)

@@ -5,15 +5,22 @@ The compiled function is the net's exported module (:func:`caffe.export.to_modul
 layers as ``torch.export`` traces them, returning the requested blobs) given to
 ``torch.compile`` with inductor and ``freezing`` (weights folded in as constants, convolution
 weights prepacked for oneDNN). It is made on the first forward without autograd for a set of
-requested blobs, input shapes, dtypes and devices, and the thread count (inductor's CPU
+requested blobs, input shapes and devices, and the thread count (inductor's CPU
 kernels are generated for the count in force), and reused while those stay the same.
 
-What was measured on this project's 2-core CPU (bench/PEERS.md, "Run 3"): freezing is what
-makes compiling pay (the narrow LargeFOV ran 1.07x the planned forward's speed compiled
-without it, ~1.9x with it); shapes are static (``dynamic=False``), one compile per input
-size, since a dynamic-shape compile ran the narrow net at 0.5x the planned forward's speed;
-at most :data:`MAX_VARIANTS` compiles per net, later new sizes run the planned forward.
-A compile takes tens of seconds, paid on the first forward of each variant.
+Measured on this project's 2-core CPU (bench/PEERS.md, "Run 3"): compiled, ResNet-50 at
+224 ran 1.7-1.9x faster than the planned forward, LargeFOV at 321 1.1-1.3x, the narrow
+LargeFOV 1.05x; each compile took 11-48 s. Freezing makes the weights constants: what
+depends on them alone (BatchNorm's mean and scale factors...) is computed once, and
+convolutions become oneDNN's with prepacked weights and the following ReLU fused (the
+generated code calls ``mkldnn._convolution_pointwise``); an unfrozen compile of the narrow
+net was no faster than the planned forward in a trial here. Shapes are static
+(``dynamic=False``): one compile per input size. bench/bench_compile.py's dynamic-shape
+compile compiled twice for three sizes anyway and was no faster per forward, so static shapes
+with a limit of :data:`MAX_VARIANTS` compiles per net; later new sizes run the planned forward.
+
+Not frozen: a net where a BN, BatchNorm or Scale layer reads a Deconvolution's top
+(:data:`SCALING_TYPES`; inductor's folding of that multiplication gave wrong values).
 
 Frozen weights are copies: the compiled variants are dropped and made again when any
 learnable blob of the net changes (its storage or version counter, checked per forward), so
@@ -38,6 +45,11 @@ import torch
 from . import CaffeError
 
 MAX_VARIANTS = 4
+# Layers that multiply per channel by constants: inductor's freezing folds such a multiplication
+# into the convolution before it, and torch 2.13's folding does not check for transposed
+# convolutions (it scales a Deconvolution's weights along their input axis: wrong values, found
+# on ENet's Deconvolution + BN). A net with a Deconvolution read by one of these compiles unfrozen.
+SCALING_TYPES = frozenset({"BN", "BatchNorm", "Scale"})
 BACKEND = "inductor"    # compile_net's default
 
 
@@ -61,6 +73,20 @@ def compile_net(net, backend: str | None = None):
     builds Nets.)"""
     net.compiled = Compiled(net, backend or BACKEND)
     return net
+
+
+def deconvolution_scaled(net) -> str | None:
+    """The first "Deconvolution 'x' -> Type 'y'" of ``net`` where a layer of SCALING_TYPES reads
+    a Deconvolution's top, or None."""
+    producer = {}
+    for layer in net.layers:
+        for b in layer.bottom_names:
+            src = producer.get(b)
+            if src is not None and src.type == "Deconvolution" and layer.type in SCALING_TYPES:
+                return f"Deconvolution {src.name!r} -> {layer.type} {layer.name!r}"
+        for t in layer.top_names:
+            producer[t] = layer
+    return None
 
 
 def refusals(net) -> list[str]:
@@ -95,6 +121,8 @@ class Compiled:
             raise CaffeError(f"net {net.name!r} cannot be compiled: " + "; ".join(bad))
         self.net = net
         self.backend = backend
+        self.unfrozen_because = deconvolution_scaled(net) if backend == "inductor" else None
+        self.freezing = backend == "inductor" and self.unfrozen_because is None
         self.max_variants = max_variants
         self.variants: dict[tuple, object] = {}
         self.first_call_s: dict[tuple, float] = {}   # per variant: its first call (export, compile, one forward)
@@ -167,10 +195,10 @@ class Compiled:
 
     def _config(self):
         """Inductor's settings, in force for every call (Dynamo's guards check them: outside
-        them a call compiles again, unfrozen): freezing. torch.compile's ``options`` did not
+        them a call compiles again, unfrozen): freezing (unless :func:`deconvolution_scaled`). torch.compile's ``options`` did not
         reach it in torch 2.13 (measured no faster than without)."""
         import contextlib
         if self.backend != "inductor":
             return contextlib.nullcontext()
         import torch._inductor.config as config
-        return config.patch(freezing=True)
+        return config.patch(freezing=self.freezing)

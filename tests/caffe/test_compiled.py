@@ -136,3 +136,14 @@ def test_a_failing_compiler_is_one_line(monkeypatch):
         net({"data": image()})
     msg = str(e.value)
     assert "torch.compile (inductor) failed" in msg and "C++ compiler" in msg and "\n" not in msg
+
+
+def test_a_deconvolution_read_by_a_per_channel_scaling_compiles_unfrozen():
+    """torch 2.13's freezing folds a per-channel multiplication into the transposed convolution
+    before it along the wrong weight axis (wrong values on ENet): such nets compile unfrozen."""
+    assert cc.Compiled(Net(NET)).freezing
+    scaled = NET.replace('layer { name: "crop"', 'layer { name: "s" type: "Scale" bottom: "up" top: "up" '
+                                                 'scale_param { bias_term: true } }\nlayer { name: "crop"')
+    c = cc.Compiled(Net(scaled))
+    assert not c.freezing and c.unfrozen_because == "Deconvolution 'up' -> Scale 's'"
+    assert not cc.Compiled(Net(scaled), "eager").freezing
