@@ -8,7 +8,7 @@ weights prepacked for oneDNN). It is made on the first forward without autograd 
 requested blobs, input shapes and devices, and the thread count (inductor's CPU
 kernels are generated for the count in force), and reused while those stay the same.
 
-Measured on this project's 2-core CPU (bench/PEERS.md, "Run 3"): compiled, ResNet-50 at
+Measured on this project's 2-core CPU (bench/PEERS.md, "Run 4"): compiled, ResNet-50 at
 224 ran 1.7-1.9x faster than the planned forward, LargeFOV at 321 1.1-1.3x, the narrow
 LargeFOV 1.05x; each compile took 11-48 s. Freezing makes the weights constants: what
 depends on them alone (BatchNorm's mean and scale factors...) is computed once, and
