@@ -399,10 +399,11 @@ class Net(LegacyNet):
         from ._caffe.batch import forward_backward_all
         return forward_backward_all(self, blobs, diffs, **kwargs)
 
-    def set_input_arrays(self, data, labels) -> None:
-        """Give the net's MemoryData layer its arrays (N x C x H x W data, N labels)."""
+    def set_input_arrays(self, data, labels, data_dims=None) -> None:
+        """Give the net's MemoryData layer its arrays (N x C x H x W data, N labels; and each
+        image's height, width, N x 2, for a MemoryData with a third data_dim top)."""
         from ._caffe.batch import set_input_arrays
-        set_input_arrays(self, data, labels)
+        set_input_arrays(self, data, labels, data_dims)
 
     # -------------------------------------------------------------- callbacks
     def before_forward(self, fn) -> None:

@@ -37,18 +37,32 @@ def fill_data_layer(net, i: int, layer) -> bool:
     return True
 
 
-def set_input_arrays(net, data, labels) -> None:
+def set_input_arrays(net, data, labels, data_dims=None) -> None:
     """Hand ``data`` (N x C x H x W float32, C-contiguous) and ``labels`` (N, or N x 1 x 1 x 1)
     to the net's first layer, a MemoryData layer; N must be a multiple of its batch_size.
-    As BVLC's _caffe.cpp, the arrays are kept, not copied, and each check's message is Caffe's."""
+    As BVLC's _caffe.cpp, the arrays are kept, not copied, and each check's message is Caffe's.
+    A MemoryData with a third top (data_dim, the DeepLab v2 rewrite whose Reset takes
+    datadims) also needs ``data_dims``: each image's (height, width), N x 2 or N x 1 x 1 x 2."""
     layers = net._net.layers
     if not len(layers) or layers[0].type != "MemoryData":
         raise CaffeError("set_input_arrays may only be called if the first layer is a MemoryDataLayer")
+    layer = layers[0]
     if getattr(labels, "ndim", None) == 1:   # pycaffe.py's _Net_set_input_arrays
         labels = np.ascontiguousarray(labels[:, np.newaxis, np.newaxis, np.newaxis])
-    p = layers[0].param.memory_data_param
-    for name, arr, (c, h, w) in (("data array", data, (p.channels, p.height, p.width)),
-                                 ("labels array", labels, (1, 1, 1))):
+    three = len(layer.top_names) == 3
+    if three and data_dims is None:
+        raise CaffeError(f"layer {layer.name!r} (MemoryData) has a third top, {layer.top_names[2]!r}: "
+                         "set_input_arrays needs data_dims too (each image's height, width; N x 2)")
+    if not three and data_dims is not None:
+        raise CaffeError(f"layer {layer.name!r} (MemoryData) has 2 tops: data_dims is only for a third "
+                         "(data_dim) top")
+    if getattr(data_dims, "ndim", None) == 2:
+        data_dims = np.ascontiguousarray(data_dims[:, np.newaxis, np.newaxis, :])
+    p = layer.param.memory_data_param
+    arrays = [("data array", data, (p.channels, p.height, p.width)), ("labels array", labels, (1, 1, 1))]
+    if three:
+        arrays.append(("data_dims array", data_dims, (1, 1, 2)))
+    for name, arr, (c, h, w) in arrays:
         if not isinstance(arr, np.ndarray):
             raise CaffeError(f"{name} must be a numpy array, got {type(arr).__name__}")
         if not arr.flags["C_CONTIGUOUS"]:
@@ -60,24 +74,26 @@ def set_input_arrays(net, data, labels) -> None:
         for axis, want, what in ((1, c, "number of channels"), (2, h, "height"), (3, w, "width")):
             if arr.shape[axis] != want:
                 raise CaffeError(f"{name} has wrong {what} ({arr.shape[axis]}; the layer wants {want})")
-    if data.shape[0] != labels.shape[0]:
-        raise CaffeError("data and labels must have the same first dimension")
+    if data.shape[0] != labels.shape[0] or (three and data.shape[0] != data_dims.shape[0]):
+        raise CaffeError("data and labels must have the same first dimension" + (" (data_dims too)" if three else ""))
     if data.shape[0] % int(p.batch_size):
         raise CaffeError(f"first dimensions of input arrays must be a multiple of batch size ({data.shape[0]} "
                          f"items, batch_size {p.batch_size})")
-    net._memory_data = [data, labels, 0]
+    net._memory_data = [data, labels, 0] + ([data_dims] if three else [])
 
 
 def _memory_data(net, layer) -> None:
     """MemoryDataLayer::Forward: batch_size items from ``pos`` (data N x C x H x W, labels
-    reshaped N x 1 x 1 x 1 as Caffe does), then pos advances and wraps to 0 at the end."""
+    reshaped N x 1 x 1 x 1 as Caffe does, data_dim N x 1 x 1 x 2 where the layer has that
+    third top), then pos advances and wraps to 0 at the end."""
     if net._memory_data is None:
         raise CaffeError(f"layer {layer.name!r} (MemoryData) needs its arrays: call net.set_input_arrays first "
                          "(Caffe: MemoryDataLayer needs to be initialized by calling Reset)")
-    data, labels, pos = net._memory_data
+    data, labels, pos = net._memory_data[:3]
+    arrays = [data, labels] + net._memory_data[3:]
     n = int(layer.param.memory_data_param.batch_size)
-    for name, arr in zip(layer.top_names, (data[pos:pos + n], labels[pos:pos + n])):
-        net._blob_at[name].set_data(arr)
+    for name, arr in zip(layer.top_names, arrays):
+        net._blob_at[name].set_data(arr[pos:pos + n])
     net._memory_data[2] = (pos + n) % len(data)
 
 

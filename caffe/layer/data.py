@@ -103,11 +103,15 @@ class WindowData(_SourceLayer):
 @register("MemoryData")
 class MemoryData(Layer):
     """Arrays handed over by pycaffe's ``Net.set_input_arrays``, batch_size items per forward
-    (caffe._caffe.batch): data N x channels x height x width, label N."""
+    (caffe._caffe.batch): data N x channels x height x width, label N. BVLC Caffe and both
+    DeepLab forks give it exactly these 2 tops; the DeepLab v2 rewrite of
+    yilei0620/DeepLab-V2-Read-Memory-Data (ExactNumTopBlobs 3, for the CRF layer) adds a
+    third, data_dim N x 1 x 1 x 2 (each image's height, width), also accepted here."""
 
     is_data = True
     exact_num_bottom_blobs = 0
-    exact_num_top_blobs = 2
+    exact_num_top_blobs = -1
+    min_top_blobs, max_top_blobs = 2, 3
 
     def setup(self, bottom_shapes):
         p = self.param.memory_data_param
@@ -115,7 +119,7 @@ class MemoryData(Layer):
         if min(shape) <= 0:
             raise self.error("batch_size, channels, height, and width must be specified and positive "
                              f"in memory_data_param (got {'x'.join(map(str, shape))})")
-        return [shape, shape[:1]]
+        return [shape, shape[:1], (shape[0], 1, 1, 2)][:self.top_count]
 
 
 @register("DenseImageData")

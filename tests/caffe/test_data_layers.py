@@ -353,11 +353,51 @@ def test_window_data_errors(tmp_path):
         window_setup(tmp_path, ["3 0.9 0 0 3 3", "0 0.1 0 0 3 3"], transform="mirror: false")
 
 
+MEMORY3 = ('name: "m3" layer { name: "md" type: "MemoryData" top: "data" top: "label" top: "data_dim" '
+           'memory_data_param { batch_size: 2 channels: 1 height: 1 width: 2 } }\n')
+
+
+def test_memory_data_with_a_data_dim_top(tmp_path):
+    """yilei0620/DeepLab-V2-Read-Memory-Data's MemoryData (ExactNumTopBlobs 3): setup gives data_dim
+    batch x 1 x 1 x 2; Forward serves data, labels (batch x 1 x 1 x 1) and each item's (height, width)
+    from pos, which wraps at the end, exactly as data and labels (its Forward_cpu: datadim_ + pos_ * 2)."""
+    path = tmp_path / "m3.prototxt"
+    path.write_text(MEMORY3)
+    net = caffe.Net(str(path), caffe.TEST)
+    assert [net.blobs[b].data.shape for b in ("data", "label", "data_dim")] == [(2, 1, 1, 2), (2,), (2, 1, 1, 2)]
+    data = np.arange(8, dtype=np.float32).reshape(4, 1, 1, 2)
+    labels = np.array([7, 8, 9, 10], np.float32)
+    dims = np.array([[5, 7], [6, 8], [9, 11], [10, 12]], np.float32)   # (height, width) per item
+    with pytest.raises(CaffeError, match="layer 'md' .MemoryData. has a third top, 'data_dim': set_input_arrays "
+                                         "needs data_dims too"):
+        net.set_input_arrays(data, labels)
+    with pytest.raises(CaffeError, match="same first dimension .data_dims too."):
+        net.set_input_arrays(data, labels, dims[:2])
+    net.set_input_arrays(data, labels, dims)
+    seen = []
+    for _ in range(3):
+        net.forward()
+        assert net.blobs["data_dim"].data.shape == (2, 1, 1, 2) and net.blobs["label"].data.shape == (2, 1, 1, 1)
+        seen.append((net.blobs["data"].data.ravel().tolist(), net.blobs["label"].data.ravel().tolist(),
+                     net.blobs["data_dim"].data.reshape(2, 2).tolist()))
+    assert seen == [([0, 1, 2, 3], [7, 8], [[5, 7], [6, 8]]), ([4, 5, 6, 7], [9, 10], [[9, 11], [10, 12]]),
+                    ([0, 1, 2, 3], [7, 8], [[5, 7], [6, 8]])]
+    two = tmp_path / "m2.prototxt"
+    two.write_text(MEMORY)
+    with pytest.raises(CaffeError, match="layer 'md' .MemoryData. has 2 tops: data_dims is only for a third"):
+        caffe.Net(str(two), caffe.TEST).set_input_arrays(data, labels, dims)
+    for tops, message in (('top: "data"', "takes at least 2 top blob.s., got 1"),
+                          ('top: "a" top: "b" top: "c" top: "d"', "takes at most 3 top blob.s., got 4")):
+        with pytest.raises(CaffeError, match=f"layer 'md' .MemoryData.: {message}"):
+            Net(MEMORY3.replace('top: "data" top: "label" top: "data_dim"', tops), "TEST")
+
+
 # ---------------------------------------------------------------- registry and contracts
 def test_new_layer_types_are_registered_with_their_caffe_contracts():
-    # (ExactNumBottomBlobs, MinTopBlobs, MaxTopBlobs, ExactNumTopBlobs) from BVLC's headers
+    # (ExactNumBottomBlobs, MinTopBlobs, MaxTopBlobs, ExactNumTopBlobs) from BVLC's headers;
+    # MemoryData also takes the 3 tops of the DeepLab v2 rewrite (test_memory_data_with_a_data_dim_top)
     contracts = {"Data": (0, 1, 2, -1), "ImageData": (0, -1, -1, 2), "HDF5Data": (0, 1, -1, -1),
-                 "MemoryData": (0, -1, -1, 2), "WindowData": (0, -1, -1, 2), "HDF5Output": (2, -1, -1, 0)}
+                 "MemoryData": (0, 2, 3, -1), "WindowData": (0, -1, -1, 2), "HDF5Output": (2, -1, -1, 0)}
     for name, expected in contracts.items():
         cls = REGISTRY[name]
         assert (cls.exact_num_bottom_blobs, cls.min_top_blobs, cls.max_top_blobs, cls.exact_num_top_blobs) == expected

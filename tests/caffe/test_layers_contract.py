@@ -36,7 +36,8 @@ CAFFE_CONTRACTS = {
     "HDF5Data": (0, -1, -1, -1, 1, -1, False, False),
     "HDF5Output": (2, -1, -1, 0, -1, -1, False, False),
     "ImageData": (0, -1, -1, 2, -1, -1, False, False),
-    "MemoryData": (0, -1, -1, 2, -1, -1, False, False),
+    # BVLC's and both DeepLab forks' memory_data_layer.hpp: exactly 2; yilei0620/DeepLab-V2-Read-Memory-Data's: 3
+    "MemoryData": (0, -1, -1, -1, 2, 3, False, False),
     "WindowData": (0, -1, -1, 2, -1, -1, False, False),
     **{t: NEURON for t in ("AbsVal", "BNLL", "Clip", "Dropout", "ELU", "Exp", "Log", "PReLU", "Power",
                            "ReLU", "Sigmoid", "Swish", "TanH", "Threshold")},
