@@ -136,33 +136,47 @@ class ArgMax(Layer):
 
 @register("SegAccuracy")
 class SegAccuracy(Layer):
-    """The fork's segmentation accuracy on the batch: top = [pixel accuracy, mean class
-    accuracy, mean IoU] (shape 1x1x1x3), over pixels whose label is not an ignore_label.
-    Means are over classes present in the label (accuracy) or in label or prediction (IoU)."""
+    """The fork's segmentation accuracy (seg_accuracy_layer.cpp with util/confusion_matrix.cpp):
+    top = [pixel accuracy, mean class accuracy, mean IoU] (shape 1x1x1x3) of a confusion matrix
+    of labelled pixels (label not an ignore_label; the prediction is the highest score, the
+    highest class among ties). Pixel accuracy is 0 on an empty matrix; class accuracy averages
+    over classes present in the labels (0 if none); IoU averages over all C classes, a class
+    whose intersection equals its union (absent from labels and predictions) counting 1. With
+    ``reset: false`` the matrix accumulates over forwards (cleared only at setup). A label
+    outside 0..C-1 that is not ignored stops the forward, as the fork's LOG(FATAL)."""
 
     exact_num_bottom_blobs = 2
 
     def setup(self, bottom_shapes):
-        self.ignore = repeated_or_optional(self.param.seg_accuracy_param, "ignore_label")
+        p = self.param.seg_accuracy_param
+        self.ignore = repeated_or_optional(p, "ignore_label")
+        self.reset_each_forward = bool(p.reset)
+        self._confusion = None
         return [(1, 1, 1, 3)]
 
     @torch.no_grad()
     def forward(self, scores, label):
         c = scores.shape[1]
-        pred = scores.argmax(dim=1).reshape(-1)
+        pred = (c - 1 - scores.flip(1).argmax(dim=1)).reshape(-1)   # std::greater on (score, class)
         lab = label.reshape(-1).long()
         keep = torch.ones_like(lab, dtype=torch.bool)
         for v in self.ignore:
             keep &= lab != v
-        keep &= (lab >= 0) & (lab < c)
+        bad = keep & ((lab < 0) | (lab >= c))
+        if bool(bad.any()):
+            raise self.error(f"unexpected label {int(lab[bad][0])} (not an ignore_label, outside 0..{c - 1})")
         pred, lab = pred[keep], lab[keep]
-        conf = torch.bincount(lab * c + pred, minlength=c * c).reshape(c, c).double()
+        conf = torch.bincount(lab * c + pred, minlength=c * c).reshape(c, c)
+        if not self.reset_each_forward and self._confusion is not None and self._confusion.shape == conf.shape:
+            conf = conf + self._confusion.to(conf.device)
+        self._confusion = conf
+        conf = conf.double()
         tp = conf.diag()
         gt, pr = conf.sum(1), conf.sum(0)
         total = conf.sum()
         acc = tp.sum() / total if total > 0 else total
         recall = tp[gt > 0] / gt[gt > 0]
         union = gt + pr - tp
-        iou = tp[union > 0] / union[union > 0]
-        vals = [acc, recall.mean() if recall.numel() else acc * 0, iou.mean() if iou.numel() else acc * 0]
+        iou = torch.where(tp == union, torch.ones_like(tp), tp / union.clamp(min=1))
+        vals = [acc, recall.mean() if recall.numel() else acc * 0, iou.mean()]
         return (torch.stack(vals).to(scores.dtype).reshape(1, 1, 1, 3),)

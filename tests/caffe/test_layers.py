@@ -161,6 +161,27 @@ def test_softmax_loss_ignore_and_normalisation_hand_computed():
         assert loss(scores, labels)[0].item() == pytest.approx(-np.log(0.5) / divisor, rel=1e-6), norm
 
 
+def test_seg_accuracy_is_the_forks_confusion_matrix_and_reset_false_accumulates():
+    """The forks' seg_accuracy_layer.cpp + confusion_matrix.cpp, worked out by hand. Pixels (scores
+    over 3 classes, label): ([1,2,0], 1) right; ([3,3,0], 0) a tie, which std::greater on (score,
+    class) gives to class 1: wrong; ([0,0,5], 255) ignored; ([4,0,1], 0) right. Rows 0: [1,1,0],
+    1: [0,1,0], 2: [0,0,0]: accuracy 2/3; recall over present classes (1/2 + 1) / 2; IoU
+    (1/2 + 1/2 + 1) / 3 (class 2's empty union counts 1, over all 3 classes)."""
+    scores = torch.tensor([[1., 3, 0, 4], [2, 3, 0, 0], [0, 0, 5, 1]]).reshape(1, 3, 1, 4)
+    label = torch.tensor([1., 0, 255, 0]).reshape(1, 1, 1, 4)
+    second = torch.tensor([[0., 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]).reshape(1, 3, 1, 4)
+    label2 = torch.tensor([2., 255, 255, 255]).reshape(1, 1, 1, 4)   # one more right pixel of class 2
+    text = 'name: "a" type: "SegAccuracy" bottom: "s" bottom: "l" top: "acc" seg_accuracy_param { ignore_label: 255 %s }'
+    fresh, kept = layer(text % "", (1, 3, 1, 4), (1, 1, 1, 4)), layer(text % "reset: false", (1, 3, 1, 4), (1, 1, 1, 4))
+    for acc in (fresh, kept):
+        assert acc(scores, label)[0].reshape(3).tolist() == pytest.approx([2 / 3, 0.75, 2 / 3])
+    assert fresh(second, label2)[0].reshape(3).tolist() == pytest.approx([1, 1, 1])   # one pixel: all right
+    # accumulated rows 0: [1,1,0], 1: [0,1,0], 2: [0,0,1]: 3/4, (1/2 + 1 + 1) / 3, (1/2 + 1/2 + 1) / 3
+    assert kept(second, label2)[0].reshape(3).tolist() == pytest.approx([3 / 4, 5 / 6, 2 / 3])
+    with pytest.raises(CaffeError, match=r"layer 'a' \(SegAccuracy\): unexpected label 7 "):
+        fresh(scores, torch.tensor([1., 0, 7, 0]).reshape(1, 1, 1, 4))
+
+
 def test_dropout_scales_in_training_only():
     d = layer('name: "d" type: "Dropout" bottom: "x" top: "x" dropout_param { dropout_ratio: 0.5 }', (1000,))
     x = torch.ones(1000)
