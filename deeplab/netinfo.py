@@ -148,6 +148,23 @@ def parse_input_shape(text: str) -> tuple[int, int, int, int]:
     return dims
 
 
+def parse_input_arg(text: str) -> tuple[str | None, tuple]:
+    """One ``--input``: ``"N,C,H,W"`` -> (None, 4-tuple), the first data layer's image shape; or
+    ``"TOP=d0,d1,..."`` -> (TOP, shape), one data top's shape with any number of positive axes
+    (``label=10`` for a label of 10 values, ``data=10,4`` for HDF5 rows of 4 features)."""
+    name, sep, dims_text = text.partition("=")
+    if not sep:
+        return None, parse_input_shape(text)
+    parts = [p.strip() for p in dims_text.replace("x", ",").split(",")]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if not name.strip() or not dims or min(dims) < 1:
+        raise DeepLabError(f"--input expects N,C,H,W or TOP=D0,D1,... (positive integers), got {text!r}")
+    return name.strip(), dims
+
+
 _LAYER = re.compile(r"""layer ('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 
 
@@ -167,7 +184,8 @@ def _located(source, message: str) -> str:
 
 
 def net_info(source, phase: str = "TEST", mapping: dict | None = None,
-             input_shape: tuple | None = None, level: int = 0, stages=()) -> NetInfo:
+             input_shape: tuple | None = None, level: int = 0, stages=(),
+             input_tops: dict | None = None) -> NetInfo:
     """Describe the net in ``source`` (prototxt path, text or NetParameter) for ``phase``, ``level``
     and ``stages`` (Caffe's NetState: the file's own state.stage are added to them).
 
@@ -175,9 +193,11 @@ def net_info(source, phase: str = "TEST", mapping: dict | None = None,
     WindowData, DenseImageData, Python layers without bottoms) take their shapes from the
     prototxt (ImageData / WindowData with a crop or new size) or from ``input_shape`` (N, C,
     H, W), which replaces every data layer's tops (the first one's top 0 is the image, labels
-    N x 1 x H x W or N), e.g. to see what a 321x321 crop gives; without either, a
-    DeepLabError names the layer and asks for --input. A net using layer types the engine
-    lacks is refused with every such type and its layers named at once.
+    N x 1 x H x W or N), e.g. to see what a 321x321 crop gives; ``input_tops`` ({top: shape})
+    gives named tops their own shapes (any number of axes) and wins over both. A data layer
+    whose shapes none of them gives is refused with a DeepLabError naming it and asking for
+    --input. A net using layer types the engine lacks is refused with every such type and its
+    layers named at once.
     """
     from caffe.net import Net, filter_layers, _phase_id
     from caffe.prototxt import parse_net
@@ -202,7 +222,7 @@ def net_info(source, phase: str = "TEST", mapping: dict | None = None,
                            + "; ".join(f"{t} ({len(ls)} layer{'s' if len(ls) > 1 else ''}: {', '.join(ls[:4])}"
                                        f"{', ...' if len(ls) > 4 else ''})" for t, ls in missing.items()))
     try:
-        original = _replace_data_layers(copy, kept, input_shape)
+        original = _replace_data_layers(copy, kept, input_shape, input_tops or {})
         with torch.device("meta"):
             net = Net(copy, phase, level=level, stages=stages)
     except CaffeError as e:
@@ -227,6 +247,8 @@ def missing_types(layers) -> dict[str, list[str]]:
 READS_NOTHING = {"Input", "ImageSegData", "MemoryData", "DummyData"}
 # Their label tops are one value per item; other data layers' extra tops are N x 1 x H x W maps.
 PER_ITEM_LABELS = {"Data", "ImageData", "WindowData", "MemoryData"}
+# Their third top is each image's (height, width), N x 1 x 1 x 2: no pixels, no geometry.
+DATA_DIM_TOPS = {"ImageSegData", "MemoryData"}
 
 
 def _produces_data(lp) -> bool:
@@ -264,13 +286,14 @@ def _source_of(lp) -> str:
 
 def _input_tops(lp, first: bool, input_shape) -> list:
     """--input's shapes for a data layer's tops: the first data layer's top 0 is N x C x H x W;
-    labels are N (classification sources) or N x 1 x H x W; ImageSegData's data_dim N x 1 x 1 x 2."""
+    labels are N (classification sources) or N x 1 x H x W; ImageSegData's and a 3-top
+    MemoryData's data_dim N x 1 x 1 x 2."""
     n, c, h, w = input_shape
     shapes = []
     for k in range(len(lp.top)):
         if first and k == 0:
             shapes.append((n, c, h, w))
-        elif lp.type == "ImageSegData" and k == 2:
+        elif lp.type in DATA_DIM_TOPS and k == 2:
             shapes.append((n, 1, 1, 2))
         elif first and lp.type in PER_ITEM_LABELS:
             shapes.append((n,))
@@ -279,25 +302,41 @@ def _input_tops(lp, first: bool, input_shape) -> list:
     return shapes
 
 
-def _replace_data_layers(net_param, kept, input_shape) -> dict[str, str]:
+def _replace_data_layers(net_param, kept, input_shape, input_tops: dict) -> dict[str, str]:
     """Make netinfo read no data: each data-producing layer kept for the phase becomes an Input
-    layer with its tops' shapes, from --input (every data layer; the first one's top 0 is the
-    image) or from the prototxt; one that reads nothing to know them stays as it is unless
-    --input is given. Returns {layer name: original type} of the replaced layers."""
+    layer with its tops' shapes, from ``input_tops`` (named tops), --input N,C,H,W (every data
+    layer; the first one's top 0 is the image) or the prototxt; one that reads nothing to know
+    them stays as it is unless --input gives its tops. Returns {layer name: original type} of
+    the replaced layers."""
     data = [lp for lp in kept if _produces_data(lp)]
-    if input_shape is not None and not data:
+    if (input_shape is not None or input_tops) and not data:
         raise DeepLabError("--input given, but the net has no data layer (Input, ImageSegData, Data, ...)")
+    produced = [t for lp in data for t in lp.top]
+    unknown = [t for t in input_tops if t not in produced]
+    if unknown:
+        raise DeepLabError(f"--input names {', '.join(map(repr, unknown))}, which no data layer of this phase "
+                           f"produces (their tops: {', '.join(produced)})")
     first = data[0] if data else None
     plan = {}
     for lp in data:
+        base = None
         if input_shape is not None and (lp is first or lp.type not in READS_NOTHING):
-            plan[id(lp)] = _input_tops(lp, lp is first, input_shape)
+            base = _input_tops(lp, lp is first, input_shape)
         elif lp.type not in READS_NOTHING:
-            shapes = _prototxt_shapes(lp)
-            if shapes is None:
-                raise DeepLabError(f"layer {lp.name!r} ({lp.type}): its top shapes come from {_source_of(lp)}, "
-                                   f"which netinfo does not read; pass --input N,C,H,W")
-            plan[id(lp)] = shapes
+            base = _prototxt_shapes(lp)
+        named = [t for t in lp.top if t in input_tops]
+        if named and base is None and len(named) < len(lp.top):
+            rest = [t for t in lp.top if t not in input_tops]
+            raise DeepLabError(f"layer {lp.name!r} ({lp.type}): --input gives {', '.join(named)} but not "
+                               f"{', '.join(rest)}; give every top of the layer (TOP=SHAPE) or --input N,C,H,W")
+        if named:
+            plan[id(lp)] = [input_tops[t] if t in input_tops else base[k] for k, t in enumerate(lp.top)]
+        elif base is not None:
+            plan[id(lp)] = base
+        elif lp.type not in READS_NOTHING:
+            raise DeepLabError(f"layer {lp.name!r} ({lp.type}): its top shapes come from {_source_of(lp)}, "
+                               f"which netinfo does not read; pass --input N,C,H,W (or TOP=SHAPE for each "
+                               f"of {', '.join(lp.top)})")
     original = {}
     by_key = {(lp.name, tuple(lp.top)): plan[id(lp)] for lp in data if id(lp) in plan}
     for lp in net_param.layer:
@@ -352,7 +391,7 @@ def _geometry(layer, bottoms: list, bottom_shapes: list) -> list:
     """Stride and receptive field of each top of ``layer`` from its bottoms' (see module doc)."""
     t = layer.type
     if layer.is_data:
-        n = 2 if t == "ImageSegData" else len(layer.top_names)
+        n = 2 if t in DATA_DIM_TOPS else len(layer.top_names)
         return [((1, 1), (1, 1)) if i < n and len(s) == 4 else None
                 for i, s in enumerate(layer.top_shapes)]
     if not bottoms or any(b is None for b in bottoms):

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO
 from deeplab import USER_ERRORS
-from deeplab.netinfo import net_info, parse_input_shape
+from deeplab.netinfo import net_info, parse_input_arg, parse_input_shape
 from caffe.prototxt import parse_net
 
 from deeplab.cli import file_placeholders, run_main
@@ -333,9 +333,71 @@ def test_netinfo_never_reads_data_input_replaces_data_layers(tmp_path, capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert err == (f"error: {path}:2: layer {name!r} ({kind}): its top shapes come from {what}, which "
-                       f"netinfo does not read; pass --input N,C,H,W\n")  # FILE:LINE as the caffe command
+                       f"netinfo does not read; pass --input N,C,H,W (or TOP=SHAPE for each of data, label)\n")
     assert netinfo_tool.main([str(lenet), "--phase", "TRAIN", "--input", "2,1,28,28"]) == 0
     assert "loss" in capsys.readouterr().out
+
+
+# BVLC's examples/hdf5_classification: HDF5 rows of 4 features and a scalar label, shapes no single
+# N,C,H,W describes; an RGB-D net whose second image top has 3 channels of its own.
+HDF5_ROWS = """name: 'logreg'
+layer { name: 'data' type: 'HDF5Data' top: 'data' top: 'label' hdf5_data_param { source: '/absent/train.txt' batch_size: 10 } }
+layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip' inner_product_param { num_output: 2 } }
+layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'ip' bottom: 'label' top: 'loss' }
+"""
+
+RGBD = """name: 'rgbd'
+layer { name: 'data' type: 'Python' top: 'color' top: 'hha' top: 'label' python_param { module: 'absent' layer: 'L' } }
+layer { name: 'c1' type: 'Convolution' bottom: 'color' top: 'c1' convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: 'c2' type: 'Convolution' bottom: 'hha' top: 'c2' convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: 'sum' type: 'Eltwise' bottom: 'c1' bottom: 'c2' top: 'score' }
+layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'score' bottom: 'label' top: 'loss' }
+"""
+
+
+def test_input_names_each_data_top(tmp_path, capsys):
+    """Issue 20 (survey): --input TOP=SHAPE gives a data top its own shape, any number of axes."""
+    assert parse_input_arg("data=10,4") == ("data", (10, 4)) and parse_input_arg("label=10") == ("label", (10,))
+    assert parse_input_arg("1,3,8,8") == (None, (1, 3, 8, 8))
+    for bad in ("data=", "=1,2", "data=1,0", "data=a"):
+        with pytest.raises(USER_ERRORS, match="--input expects N,C,H,W or TOP=D0,D1"):
+            parse_input_arg(bad)
+    hdf5, rgbd = tmp_path / "hdf5.prototxt", tmp_path / "rgbd.prototxt"
+    hdf5.write_text(HDF5_ROWS)
+    rgbd.write_text(RGBD)
+    info = net_info(str(hdf5), "TRAIN", input_tops={"data": (10, 4), "label": (10,)})
+    assert info.total_params == 4 * 2 + 2 and info.blob("ip").shape == (10, 2) and info.layers[0].type == "HDF5Data"
+    # --input N,C,H,W sizes the image top; a named top wins over it (hha 3 channels, not 1)
+    info = net_info(str(rgbd), "TRAIN", input_shape=(1, 3, 6, 6), input_tops={"hha": (1, 3, 6, 6)})
+    assert info.blob("hha").shape == (1, 3, 6, 6) and info.blob("label").shape == (1, 1, 6, 6)
+    assert info.total_params == 2 * (3 * 2 + 2)
+    assert netinfo_tool.main([str(hdf5), "--phase", "TRAIN", "--input", "data=10,4", "--input", "label=10"]) == 0
+    assert "input data: 10x4\ninput label: 10\n" in capsys.readouterr().out
+    for argv, message in (
+            (["--input", "data=10,4"], "layer 'data' (HDF5Data): --input gives data but not label; give every top"),
+            (["--input", "data=10,4", "--input", "labels=10"],
+             "--input names 'labels', which no data layer of this phase produces (their tops: data, label)"),
+            (["--input", "1,3,4,4", "--input", "1,1,4,4"], "--input N,C,H,W given twice")):
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(netinfo_tool.main, [str(hdf5), "--phase", "TRAIN", *argv])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
+def test_memory_data_with_a_data_dim_top(tmp_path):
+    """The DeepLab v2 rewrite's 3-top MemoryData: data_dim is N x 1 x 1 x 2 under --input too, and
+    carries no stride or receptive field (as ImageSegData's)."""
+    path = tmp_path / "m3.prototxt"
+    path.write_text("layer { name: 'data' type: 'MemoryData' top: 'data' top: 'label' top: 'data_dim'\n"
+                    "  memory_data_param { batch_size: 1 channels: 3 height: 9 width: 9 } }\n"
+                    "layer { name: 'c' type: 'Convolution' bottom: 'data' top: 'c' convolution_param { num_output: 2 kernel_size: 3 } }\n")
+    for shape in (None, (2, 3, 5, 5)):
+        info = net_info(str(path), "TEST", input_shape=shape)
+        n = shape[0] if shape else 1
+        dim = info.blob("data_dim")
+        assert dim.shape == (n, 1, 1, 2) and dim.stride is None and dim.rf is None
+        assert info.blob("label").shape == (n,) and info.blob("c").rf == (3, 3)
 
 
 def test_largefov_test_net_with_the_release_dense_crf_block(tmp_path):
