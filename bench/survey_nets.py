@@ -24,6 +24,17 @@ before the build, and the JSON says what was replaced:
 
 A file that does not parse (fork-only fields such as SegNet's ``upsample_param``) is scanned
 for its layers' ``type`` values instead, so its missing types are still counted.
+
+``--netinfo`` then runs the ``deeplab-netinfo`` command (a child process, as a user would) on
+every net phase that built above or that needs only its data (HDF5Data), passing ``--input
+TOP=SHAPE`` for each top of each data layer that reads data (the shapes of the stand-ins
+above; HDF5 rows of BVLC's hdf5_classification example: 4 features and a scalar label) and
+``--set NAME=VALUE`` for the placeholders that change the net (the ones that only name files
+netinfo fills itself). It records each run's exit status, its error line and whether its
+parameter count equals the survey's, prints the failures and the counts, and writes the
+records beside ``--out`` (``NAME.netinfo.json``):
+
+    .venv/bin/python bench/survey_nets.py /tmp/survey --size 360x480 --out /tmp/survey.json --netinfo
 """
 from __future__ import annotations
 
@@ -31,6 +42,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 import traceback
 from collections import Counter
@@ -44,6 +56,9 @@ FILE_DATA = {"Data", "ImageData", "WindowData", "DenseImageData"}
 # dataset name in the source -> C, H, W (first match; the siamese example stores MNIST pairs)
 KNOWN_SOURCES = {"siamese": (2, 28, 28), "mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 IMAGE_TOPS = {"data", "color", "hha", "image", "img"}
+# HDF5 sources whose row shapes are known (BVLC's examples/brewing-logreg.ipynb writes 4 features
+# per row and a scalar label); other HDF5 tops get the image / label stand-in shapes.
+KNOWN_HDF5_ROWS = {"hdf5_classification": {"data": (4,), "label": ()}}
 _SOLVER_KEYS = re.compile(r"^\s*(base_lr|lr_policy|max_iter|train_net|test_iter|snapshot_prefix)\s*:", re.M)
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{}]|[A-Za-z_][\w.]*\s*:?|[^\s{}]+')
 
@@ -186,7 +201,6 @@ def _data_shapes(lp, size: tuple[int, int], user_data: bool):
 
 def survey_file(path: str, size: tuple[int, int]) -> dict:
     """The survey record of one prototxt (see the module doc)."""
-    from caffe.prototxt import parse_net
     with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read()
     rec = {"path": path, "kind": "net"}
@@ -195,17 +209,9 @@ def survey_file(path: str, size: tuple[int, int]) -> dict:
         return rec
     mapping = dummy_mapping(text)
     rec["placeholders"] = sorted(mapping)
-    dropped = []
-    while True:
-        try:
-            param = parse_net(fill_placeholders(text, mapping, path), None)
-            break
-        except CaffeError as e:
-            shorter = drop_unknown_field(text, str(e))
-            if shorter is None or len(dropped) >= 20:
-                return _unparsed(rec, text, e, dropped)
-            text, field = shorter
-            dropped.append(field)
+    param, text, dropped, error = parse_dropping(text, mapping, path)
+    if param is None:
+        return _unparsed(rec, text, error, dropped)
     rec["dropped_fields"] = sorted(set(dropped))
     if not len(param.layer):
         rec["kind"] = "empty"
@@ -216,6 +222,22 @@ def survey_file(path: str, size: tuple[int, int]) -> dict:
     rec["inputs_fed"] = feed_inputs(param, size)
     rec["phases"] = {ph: survey_phase(param, ph) for ph in ("TRAIN", "TEST")}
     return rec
+
+
+def parse_dropping(text: str, mapping: dict, path: str):
+    """(NetParameter or None, text, dropped field names, last error): the file parsed with its
+    placeholders filled, dropping the fields the schema refuses (at most 20)."""
+    from caffe.prototxt import parse_net
+    dropped = []
+    while True:
+        try:
+            return parse_net(fill_placeholders(text, mapping, path), None), text, dropped, None
+        except CaffeError as e:
+            shorter = drop_unknown_field(text, str(e))
+            if shorter is None or len(dropped) >= 20:
+                return None, text, dropped, e
+            text, field = shorter
+            dropped.append(field)
 
 
 def _unparsed(rec: dict, text: str, error, dropped: list) -> dict:
@@ -390,6 +412,93 @@ def summary(records: list[dict]) -> dict:
             "errors": errors, "missing_types": blocked.most_common()}
 
 
+def in_netinfo_scope(phase_rec: dict) -> bool:
+    """Whether a phase built in the survey or lacks only its data (HDF5Data row shapes)."""
+    if phase_rec.get("builds") is True:
+        return True
+    missing = set(phase_rec.get("missing") or {})
+    return phase_rec.get("builds") is None and bool(missing) and missing <= {"HDF5Data(shapes in files)"}
+
+
+def netinfo_inputs(param, phase: str, size: tuple[int, int]) -> list[str]:
+    """``TOP=D0,D1,...`` for every top of the data layers of ``phase`` that read data (the
+    survey's stand-in shapes; layers that read nothing to know their shapes get none)."""
+    from caffe.net import filter_layers, _phase_id
+    from caffe.proto import caffe_pb2 as pb
+    from deeplab.netinfo import READS_NOTHING
+    copy = pb.NetParameter()
+    copy.CopyFrom(param)
+    stages = list(copy.state.stage) if copy.HasField("state") else []
+    kept = [lp for lp in filter_layers(copy, _phase_id(phase), 0, stages) if not len(lp.bottom) and len(lp.top)]
+    args = []
+    for lp in kept:
+        if lp.type in READS_NOTHING:
+            continue
+        if lp.type == "HDF5Data":
+            p = lp.hdf5_data_param
+            n = int(p.batch_size) or 1
+            rows = next((v for k, v in KNOWN_HDF5_ROWS.items() if k in p.source), None)
+            shapes = [(n,) + rows[t] if rows and t in rows else (n, 3 if i == 0 else 1) + size
+                      for i, t in enumerate(lp.top)]
+        elif lp.type in FILE_DATA or lp.type == "Python":
+            shapes = _data_shapes(lp, size, lp.type == "Python")[0]
+        else:
+            continue
+        args += [f"{t}={','.join(map(str, s))}" for t, s in zip(lp.top, shapes)]
+    return args
+
+
+def netinfo_survey(records: list[dict], size: tuple[int, int], command: str) -> list[dict]:
+    """Run ``command`` (deeplab-netinfo) on each in-scope net phase of ``records``; one record each."""
+    from deeplab.cli import file_placeholders
+    runs = []
+    for r in records:
+        if r["kind"] != "net":
+            continue
+        phases = [ph for ph in ("TRAIN", "TEST") if in_netinfo_scope(r["phases"][ph])]
+        if not phases:
+            continue
+        with open(r["path"], encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        files_only = file_placeholders(r["path"], {})
+        sets = {k: v for k, v in dummy_mapping(text).items() if k not in files_only}
+        param = parse_dropping(text, dummy_mapping(text), r["path"])[0]
+        for ph in phases:
+            argv = [r["path"], "--phase", ph, "--json"]
+            for top_shape in netinfo_inputs(param, ph, size):
+                argv += ["--input", top_shape]
+            for k, v in sets.items():
+                argv += ["--set", f"{k}={v}"]
+            done = subprocess.run([command, *argv], capture_output=True, text=True, timeout=600)
+            run = {"path": r["path"], "phase": ph, "argv": argv[1:], "rc": done.returncode}
+            err = [line for line in done.stderr.splitlines() if not line.startswith("note:")]
+            if done.returncode == 0:
+                params = json.loads(done.stdout)["total_params"]
+                run["params"] = params
+                run["survey_params"] = r["phases"][ph].get("params")
+            else:
+                run["error"] = err[-1] if err else f"exit {done.returncode}, no message"
+                run["traceback"] = any(line.startswith("Traceback") for line in err)
+            runs.append(run)
+    return runs
+
+
+def netinfo_report(runs: list[dict], root: str) -> str:
+    """Failures, parameter-count disagreements and the counts of a netinfo_survey."""
+    nets = sorted({r["path"] for r in runs})
+    ok = {p for p in nets if all(r["rc"] == 0 for r in runs if r["path"] == p)}
+    lines = []
+    for r in runs:
+        rel = os.path.relpath(r["path"], root)
+        if r["rc"] != 0:
+            lines.append(f"FAIL {rel} {r['phase']}: {r['error']}{' (TRACEBACK)' if r['traceback'] else ''}")
+        elif r["survey_params"] is not None and r["params"] != r["survey_params"]:
+            lines.append(f"DIFF {rel} {r['phase']}: netinfo {r['params']:,} parameters, survey {r['survey_params']:,}")
+    lines.append(f"deeplab-netinfo: {len(nets)} nets ({len(runs)} net phases) in scope; {len(ok)} nets build in "
+                 f"every phase ({sum(r['rc'] == 0 for r in runs)} phases); {len(nets) - len(ok)} fail in some phase.")
+    return "\n".join(lines)
+
+
 def _size(text: str) -> tuple[int, int]:
     """``500`` -> (500, 500); ``360x480`` -> (360, 480)."""
     parts = text.lower().split("x")
@@ -404,6 +513,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="JSON file written with one record per file")
     ap.add_argument("--size", type=_size, default=(500, 500),
                     help="H x W (or one number for both) of data layers whose size is not in the file (default 500)")
+    ap.add_argument("--netinfo", action="store_true",
+                    help="then run deeplab-netinfo on every net phase that builds or lacks only data (module doc)")
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(1)
@@ -418,6 +529,14 @@ def main(argv=None) -> int:
         json.dump({"folder": os.path.abspath(args.folder), "size": args.size, "summary": summary(records),
                    "files": records}, f, indent=1)
     os.replace(tmp, args.out)
+    if args.netinfo:
+        command = os.path.join(os.path.dirname(sys.executable), "deeplab-netinfo")
+        runs = netinfo_survey(records, args.size, command)
+        print(netinfo_report(runs, args.folder))
+        out = os.path.splitext(args.out)[0] + ".netinfo.json"
+        with open(out + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({"folder": os.path.abspath(args.folder), "size": args.size, "runs": runs}, f, indent=1)
+        os.replace(out + ".tmp", out)
     return 0
 
 

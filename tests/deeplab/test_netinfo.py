@@ -385,6 +385,34 @@ def test_input_names_each_data_top(tmp_path, capsys):
         assert message in err and err.count("\n") == 1
 
 
+# DeepLab v2 test nets (isht7's copies of the ResNet-101 ones): HDF5Data, and SegAccuracy with the
+# forks' seg_accuracy_param.reset, which the schema refused before (the survey had to drop it).
+V2_TEST = """name: 'v2'
+layer { name: 'data' type: 'HDF5Data' top: 'data' top: 'label' hdf5_data_param { source: '/absent/list.txt' batch_size: 1 } }
+layer { name: 'fc1' type: 'Convolution' bottom: 'data' top: 'fc1' convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: 'accuracy' type: 'SegAccuracy' bottom: 'fc1' bottom: 'label' top: 'acc'
+  seg_accuracy_param { ignore_label: 255 reset: false } }
+"""
+
+
+def test_survey_driver_gives_each_data_top_and_the_forks_reset_parses(tmp_path, capsys):
+    """bench/survey_nets.py --netinfo derives one --input TOP=SHAPE per data top; the v2 test net
+    with reset: false builds under deeplab-netinfo."""
+    from bench.survey_nets import in_netinfo_scope, netinfo_inputs
+    path = tmp_path / "v2.prototxt"
+    path.write_text(V2_TEST)
+    args = netinfo_inputs(parse_net(str(path), None), "TEST", (9, 7))
+    assert args == ["data=1,3,9,7", "label=1,1,9,7"]
+    hdf5 = parse_net(HDF5_ROWS, None)
+    assert netinfo_inputs(hdf5, "TRAIN", (9, 7)) == ["data=10,3,9,7", "label=10,1,9,7"]
+    hdf5.layer[0].hdf5_data_param.source = "examples/hdf5_classification/data/train.txt"
+    assert netinfo_inputs(hdf5, "TRAIN", (9, 7)) == ["data=10,4", "label=10"]   # BVLC's 4 features per row
+    assert in_netinfo_scope({"builds": None, "missing": {"HDF5Data(shapes in files)": ["data"]}})
+    assert not in_netinfo_scope({"builds": None, "missing": {"BinaryPngWrite": ["w"]}})
+    assert netinfo_tool.main([str(path), "--phase", "TEST", *[a for t in args for a in ("--input", t)]]) == 0
+    assert "output acc: 1x1x1x3" in capsys.readouterr().out
+
+
 def test_memory_data_with_a_data_dim_top(tmp_path):
     """The DeepLab v2 rewrite's 3-top MemoryData: data_dim is N x 1 x 1 x 2 under --input too, and
     carries no stride or receptive field (as ImageSegData's)."""
