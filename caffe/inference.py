@@ -28,8 +28,13 @@ one name keep only their final value, as in Caffe) and not a loss. The folded we
 cached against each parameter's identity, memory and version counter, so ``copy_from``, a
 solver step, weight sharing or any in-place write through torch recomputes them. A write
 into a parameter's memory that torch does not see (through a numpy view the caller made)
-must be followed by :func:`invalidate`. Anything else (another device or dtype, autocast,
-bottoms the layer would refuse) runs the original layers one by one. pycaffe's Net runs its
+must be followed by :func:`invalidate`. Under CPU bf16 autocast the step runs in bfloat16, as
+autocast runs a convolution: the input cast to bf16, the weights folded in float32, then cast
+to bf16 and reordered once (cached apart from the float32 ones' key), the sum and ReLU as
+bf16 post-ops and a bf16 top (the layers after it get what autocast's convolution gives
+them; a folded BatchNorm or Scale no longer widens it to float32). Where oneDNN refuses
+bf16 (probed once, :func:`bf16_supported`) that runs the layers one by one, as does anything
+else (another device or dtype, fp16 autocast, bottoms the layer would refuse). pycaffe's Net runs its
 layers one by one itself (caffe/_caffe/graph.py), never this plan: its ``blobs`` are Caffe's.
 """
 from __future__ import annotations
@@ -190,23 +195,30 @@ class FusedConv:
         w = (w.double() * a_all.reshape(-1, 1, 1, 1)).to(w.dtype)
         return w, b_all.to(w.dtype)
 
-    def _weights(self, x):
-        """(weight, bias) for oneDNN, cached: reordered into oneDNN's blocked format once when
-        the affine layers are folded in (a copy is made anyway) or when the layer has at most
-        ``PACK_POSITIONS`` output positions (there reordering the weights on every call costs a
-        noticeable share of the convolution; bench/PEERS.md, Run 3); otherwise the (folded)
-        weights themselves, with no second copy of them in memory."""
+    def _weights(self, x, dtype=torch.float32):
+        """(weight, bias) for oneDNN in ``dtype`` (float32, or bfloat16 under autocast), cached:
+        reordered into oneDNN's blocked format once when the affine layers are folded in (a
+        copy is made anyway) or when the layer has at most ``PACK_POSITIONS`` output positions
+        (there reordering the weights on every call costs a noticeable share of the
+        convolution; bench/PEERS.md, Run 3); otherwise the (folded) weights themselves, with no
+        second copy of them in memory (in bf16, their bf16 copy). The bf16 weights are folded
+        in float32 and then rounded; their bias stays float32 unless a sum follows (oneDNN's
+        binary post-op wants it bf16)."""
         _, _, *sizes = self._out_shape(x)
         pack = bool(self.affine) or x.shape[0] * sizes[0] * sizes[1] <= PACK_POSITIONS
         # oneDNN picks the blocked weight format for the thread count (measured: ResNet-50's
         # weights reordered for 2 threads run 2.4x slower on 1): it is part of the key.
-        key = (pack, torch.get_num_threads() if pack else 0) + \
+        key = (dtype, pack, torch.get_num_threads() if pack else 0) + \
             tuple((id(p), p.data_ptr(), p._version) for p in self.conv.blobs) + \
             tuple((id(p), p.data_ptr(), p._version) for layer in self.affine for p in layer.blobs)
         entry = self.cache.get(self.cache_key)
         if entry is None or entry[0] != key:
             self.cache.pop(self.cache_key, None)    # (the old weights go before the new are made)
             w, b = self.folded()
+            if dtype != torch.float32:
+                w = w.to(dtype)
+                if b is not None and self.add is not None:
+                    b = b.to(dtype)
             if pack:
                 pad, stride, dilation, groups = self._geometry
                 w = torch._C._nn.mkldnn_reorder_conv2d_weight(
@@ -214,18 +226,27 @@ class FusedConv:
             entry = self.cache[self.cache_key] = (key, w, None if b is None else b.contiguous())
         return entry[1], entry[2]
 
-    def _fast(self, bottoms) -> bool:
+    def _dtype(self, bottoms):
+        """The dtype oneDNN runs the step in: float32, bfloat16 (CPU bf16 autocast, where
+        oneDNN takes it), or None (the layers one by one)."""
         x = bottoms[0]
         w = self.conv.blobs[0]
-        if not (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
+        dtype, takes = torch.float32, (torch.float32,)
+        if torch.is_autocast_enabled("cpu"):
+            if torch.get_autocast_dtype("cpu") != torch.bfloat16 or not bf16_supported():
+                return None
+            dtype, takes = torch.bfloat16, (torch.float32, torch.bfloat16)   # (autocast casts either)
+        if not (x.dtype in takes and x.device.type == "cpu" and x.dim() == 4
                 and x.shape[1] == w.shape[1] * self.conv.group and w.dtype == torch.float32
-                and w.device.type == "cpu" and not torch.is_autocast_enabled("cpu")):
-            return False
+                and w.device.type == "cpu"):
+            return None
         if self.add is None:
-            return True
+            return dtype
         other = bottoms[1]
-        return (torch.is_tensor(other) and other.dtype == torch.float32 and other.device.type == "cpu"
-                and tuple(other.shape) == self._out_shape(x))
+        if (torch.is_tensor(other) and other.dtype in takes and other.device.type == "cpu"
+                and tuple(other.shape) == self._out_shape(x)):
+            return dtype
+        return None
 
     def _out_shape(self, x) -> tuple:
         from .layer.conv import conv_out
@@ -236,16 +257,18 @@ class FusedConv:
 
     def __call__(self, bottoms, fast: bool = True) -> tuple:
         """The top of the last folded layer, from the step's bottoms."""
-        if not (fast and self._fast(bottoms)):
+        dtype = self._dtype(bottoms) if fast else None
+        if dtype is None:
             return self.unfused(bottoms)
         x = bottoms[0]
         self.conv.check_reshape([tuple(x.shape)])
-        w, b = self._weights(x)
+        w, b = self._weights(x, dtype)
+        x = x.to(dtype)
         pad, stride, dilation, groups = self._geometry
         unary, scalars = self._unary
         if self.add is None:
             return (_POINTWISE(x, w, b, pad, stride, dilation, groups, unary, scalars, ""),)
-        return (_POINTWISE.binary(x, bottoms[1], w, b, pad, stride, dilation, groups, "add", None,
+        return (_POINTWISE.binary(x, bottoms[1].to(dtype), w, b, pad, stride, dilation, groups, "add", None,
                                   None if unary == "none" else unary, scalars, ""),)
 
     def unfused(self, bottoms) -> tuple:
@@ -262,6 +285,28 @@ class FusedConv:
 
 
 _POINTWISE = torch.ops.mkldnn._convolution_pointwise if _HAS_ONEDNN else None
+_BF16: list = []   # bf16_supported's answer, once known
+
+
+def bf16_supported() -> bool:
+    """Whether oneDNN's fused convolution runs in bfloat16 here (with the ReLU and the sum
+    post-ops): probed once on a tiny convolution; False where torch says oneDNN has no bf16
+    or the op refuses it."""
+    if not _BF16:
+        ok = _HAS_ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        if ok:
+            x = torch.ones(1, 2, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            w, b = torch.ones(2, 2, 1, 1, dtype=torch.bfloat16), torch.zeros(2)
+            try:
+                with torch.autocast("cpu", enabled=False):
+                    y = _POINTWISE(x, w, b, [0, 0], [1, 1], [1, 1], 1, "relu", [], "")
+                    z = _POINTWISE.binary(x, y, w, b.bfloat16(), [0, 0], [1, 1], [1, 1], 1, "add", None,
+                                          "relu", [], "")
+                ok = y.dtype == z.dtype == torch.bfloat16 and bool((z == 4).all())
+            except RuntimeError:
+                ok = False
+        _BF16.append(bool(ok))
+    return _BF16[0]
 
 
 def invalidate(net) -> None:

@@ -225,18 +225,106 @@ def test_changed_parameters_are_folded_again(tmp_path):
 
 
 @needs_onednn
-def test_other_dtypes_layouts_and_autocast_run_the_layers_one_by_one():
+def test_other_dtypes_layouts_and_fp16_autocast_run_the_layers_one_by_one():
     net = build(RESIDUAL)
     x = inputs()
     want = recorded(net, x)
     net.channels_last = False                     # the plain layout: the layers themselves
     assert_close(planned(net, x), want)
     net.channels_last = True
-    with torch.autocast("cpu", dtype=torch.bfloat16):   # autocast reaches the layers' own convolutions
-        amp = recorded(net, x)
+    plain = build(RESIDUAL)
+    plain.fuse = False                            # the same plan and layout, nothing fused
+    with torch.autocast("cpu", dtype=torch.float16):   # autocast reaches the layers' own convolutions
         got = planned(net, x)
+        amp = planned(plain, x)
     assert torch.equal(got["sum"], amp["sum"])
-    assert not torch.equal(amp["sum"], want["sum"])
+    assert not torch.equal(amp["sum"].float(), want["sum"])
+    assert not net._fused_weights                 # oneDNN never ran
+
+
+# DeepLab-LargeFOV's shape in small: dilated 3x3 convolutions with ReLUs, a pooling, fc6 with
+# dilation 4, the 1x1 fc7 and fc8
+LARGEFOV = HEAD + \
+    layer("conv1", "Convolution", "data", "conv1", 'convolution_param { num_output: 8 kernel_size: 3 pad: 2 dilation: 2 }') + \
+    layer("relu1", "ReLU", "conv1", "conv1") + \
+    layer("pool1", "Pooling", "conv1", "pool1", "pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 1 }") + \
+    layer("fc6", "Convolution", "pool1", "fc6", 'convolution_param { num_output: 12 kernel_size: 3 pad: 4 dilation: 4 }') + \
+    layer("relu6", "ReLU", "fc6", "fc6") + \
+    layer("fc7", "Convolution", "fc6", "fc7", 'convolution_param { num_output: 12 kernel_size: 1 }') + \
+    layer("relu7", "ReLU", "fc7", "fc7") + \
+    layer("fc8", "Convolution", "fc7", "fc8", 'convolution_param { num_output: 5 kernel_size: 1 }')
+
+BF16_CASES = {"bn_scale_relu": (BN_SCALE_RELU, {"conv1": ["bn1", "scale1", "relu1"]}),
+              "residual": (RESIDUAL, {"proj": ["proj_bn", "proj_sc"], "a": ["a_bn", "a_sc", "a_relu"],
+                                      "b": ["b_bn", "b_sc", "sum", "relu"]}),
+              "largefov": (LARGEFOV, {"conv1": ["relu1"], "fc6": ["relu6"], "fc7": ["relu7"], "fc8": []})}
+
+
+def assert_bf16_close(got, want):
+    """Equal within bf16 round-off: 2e-2 of each output's scale."""
+    assert set(got) == set(want)
+    for k in want:
+        w = want[k].float()
+        np.testing.assert_allclose(got[k].float().numpy(), w.numpy(), rtol=0, atol=2e-2 * float(w.abs().max()),
+                                   err_msg=k)
+
+
+def bf16_folds(net) -> list:
+    """The dtypes of the cached folded weights."""
+    return [entry[0][0] for entry in net._fused_weights.values()]
+
+
+needs_bf16 = pytest.mark.skipif(not (inference._HAS_ONEDNN and inference.bf16_supported()),
+                                reason="oneDNN without bf16 here: bf16 autocast runs the layers one by one")
+
+
+@needs_bf16
+@pytest.mark.parametrize("case", sorted(BF16_CASES))
+def test_bf16_autocast_runs_the_fused_convolutions_in_bf16(case):
+    text, folds = BF16_CASES[case]
+    net = build(text)
+    x = inputs()
+    fp32 = planned(net, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = recorded(net, x)                   # autocast's convolutions, the layers one by one
+        got = planned(net, x)
+    assert folded(net) == folds
+    assert set(bf16_folds(net)) == {torch.bfloat16}
+    assert all(v.dtype == torch.bfloat16 for v in got.values())   # what autocast's convolution gives
+    assert_bf16_close(got, want)
+    assert not all(torch.equal(got[k].float(), fp32[k]) for k in fp32)
+    assert_close(planned(net, x), fp32)           # float32 again: its own weights, the same values
+    assert set(bf16_folds(net)) == {torch.float32}
+
+
+@needs_bf16
+def test_bf16_weights_changed_after_the_first_forward_are_folded_again():
+    net = build(BN_SCALE_RELU)
+    x = inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = planned(net, x)["pool"]
+        with torch.inference_mode():
+            net.layer("conv1").blobs[0].mul_(-0.5)
+            net.layer("scale1").blobs[1].add_(0.3)
+        got = planned(net, x)
+        want = recorded(net, x)
+    assert not torch.equal(got["pool"], first)
+    assert_bf16_close(got, want)
+    assert bf16_folds(net) == [torch.bfloat16]
+
+
+@needs_onednn
+def test_bf16_refused_by_onednn_runs_the_layers_one_by_one(monkeypatch):
+    monkeypatch.setattr(inference, "_BF16", [False])
+    net = build(RESIDUAL)
+    x = inputs()
+    plain = build(RESIDUAL)
+    plain.fuse = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = planned(net, x)
+        want = planned(plain, x)
+    assert torch.equal(got["sum"], want["sum"])
+    assert not net._fused_weights
 
 
 @needs_onednn
