@@ -18,6 +18,8 @@ bench/peer_nets.py):
             DeepLab fork) in V1 syntax; its output is not compared (`caffe time` prints none)
   unfused   the engine with the planned forward's convolution fusion off (net.fuse = False,
             caffe/inference.py; only with --unfused): before/after in one run
+  engine-bf16  with --amp bf16: the engine under CPU bf16 autocast (what deeplab-extract's
+            --amp bf16 runs; its diff is flagged only above 3e-2, bf16's round-off)
 Each peer's ratio is peer / engine (> 1: the engine is faster); its output is checked against
 the engine's (max |diff| / max |engine output|, printed; above 1e-3 is flagged "DIFFERS").
 Every net runs at 1 thread and at all the process's cores, and with --busy also while a
@@ -25,7 +27,7 @@ second process spins on core 0. Not a test; other load on the machine shows in t
 
   make bench-peers-env        # once: .venv-peers with opencv-python-headless<4.11
   .venv/bin/python bench/bench_peers.py [--nets largefov:321,narrow,fcn8s:500,...] [--reps 3]
-      [--threads 1,all] [--busy] [--caffe /path/to/caffe] [--unfused] [--compile]
+      [--threads 1,all] [--busy] [--caffe /path/to/caffe] [--unfused] [--compile] [--amp bf16]
 """
 from __future__ import annotations
 
@@ -142,6 +144,10 @@ class Case:
     def run_unfused(self):
         with torch.inference_mode():
             return self.unfused_net({"data": self.x}, outputs=[self.blob])[self.blob]
+
+    def run_bf16(self) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.net({"data": self.x}, outputs=[self.blob])[self.blob].float()
 
     def run_compiled(self) -> torch.Tensor:
         with torch.inference_mode():
@@ -263,6 +269,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-onnx", dest="onnx", action="store_false")
     ap.add_argument("--unfused", action="store_true", help="add a column: the engine without convolution fusion")
     ap.add_argument("--compile", action="store_true", help="add the engine compiled with torch.compile (inductor)")
+    ap.add_argument("--amp", choices=["bf16"], help="add the engine under CPU autocast in this dtype (engine-bf16)")
     args = ap.parse_args(argv)
     cores = threads.available_cores()
     counts = sorted({cores if t == "all" else int(t) for t in args.threads.split(",")})
@@ -281,7 +288,7 @@ def main(argv=None) -> int:
     head = f"{'net':<10} {'input':>9} {'thr':>3} {'load':<4} {'engine':>8} " \
            + (f"{'compiled':>8} {'ratio':>5} " if args.compile else "") + f"{'opencv':>8} {'ratio':>5} " \
            f"{'handmade':>8} {'ratio':>5} {'onnxrt':>8} {'ratio':>5}" + (f" {'caffe':>8} {'ratio':>5}" if args.caffe else "") \
-        + (f" {'unfused':>8} {'ratio':>5}" if args.unfused else "")
+        + (f" {'unfused':>8} {'ratio':>5}" if args.unfused else "") + (f" {'engine-bf16':>11} {'ratio':>5}" if args.amp else "")
     print(head)
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -290,6 +297,8 @@ def main(argv=None) -> int:
             case = Case(name, hw, tmp, ort is not None, args.unfused, args.compile)
             if case.unfused_net is not None:
                 notes.append(f"{name} {hw[0]}x{hw[1]}: unfused diff {rel_diff(case.run_unfused().numpy(), case.want):.1e}")
+            if args.amp:
+                notes.append(f"{name} {hw[0]}x{hw[1]}: engine-bf16 diff {rel_diff(case.run_bf16().numpy(), case.want):.1e}")
             session = None
             if ort is not None and case.onnx:
                 session_for = {}
@@ -337,9 +346,13 @@ def main(argv=None) -> int:
                             cells.append(cf)
                         if args.unfused:
                             cells.append(median_ms(case.run_unfused, args.reps))
+                        row_cells = len(cells)
+                        if args.amp:
+                            cells.append(median_ms(case.run_bf16, args.reps))
                         row = f"{name:<10} {hw[0]:>4}x{hw[1]:<4} {n:>3} {'busy' if busy else 'idle':<4} {e:8.1f}"
-                        for v in cells:
-                            row += f" {v:8.1f} {v / e:5.2f}" if v is not None else f" {'-':>8} {'':>5}"
+                        for k, v in enumerate(cells):
+                            width = 11 if k >= row_cells else 8
+                            row += f" {v:{width}.1f} {v / e:5.2f}" if v is not None else f" {'-':>{width}} {'':>5}"
                         print(row, flush=True)
                 finally:
                     if hog is not None:
@@ -347,7 +360,8 @@ def main(argv=None) -> int:
                         hog.wait()
     for line in notes:
         flag = re.search(r"diff ([0-9.e+-]+)", line)
-        print(line + ("  DIFFERS" if flag and float(flag.group(1)) > 1e-3 else ""))
+        limit = 3e-2 if "bf16" in line else 1e-3
+        print(line + ("  DIFFERS" if flag and float(flag.group(1)) > limit else ""))
     return 0
 
 
