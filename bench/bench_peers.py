@@ -190,7 +190,11 @@ def _run_caffe(binary: str, args: list, n_threads: int) -> tuple[str, float]:
 
 
 def _last_line(out: str) -> str:
-    return ([line for line in out.splitlines() if line.strip()] or ["failed"])[-1]
+    """The reason a Caffe run failed: its last glog FATAL/ERROR line (a stack trace follows it),
+    else its last line."""
+    lines = [line for line in out.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"[FE]\d{8} ", line)]
+    return (errors or lines or ["failed"])[-1]
 
 
 def caffe_form(case: Case, binary: str) -> str | None:
