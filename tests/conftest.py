@@ -40,6 +40,17 @@ def device(request):
     return torch.device("cuda", int(os.environ.get("CAFFE_TEST_GPU", "0")))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module of tiny inputs (no OpenMP start-up or spinning on a
+    busy machine): ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(items):
     """Mark every test that takes the ``device`` fixture with ``device``."""
     for item in items:

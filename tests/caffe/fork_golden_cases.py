@@ -13,13 +13,12 @@ fork would also send into label bottoms, where its layers abort); the layer's to
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from golden_cases import case_seed, make_input
+from golden_cases import case_seed, make_input, write_net
 
 DATA_DIR = "data"
 LABEL_MAP = "label_map.txt"
@@ -80,10 +79,9 @@ def write_files(folder: str) -> None:
 def run_fork_case(driver: NetDriver, case: ForkCase, workdir: str) -> dict:
     """Run ``case`` through ``driver``; every array a golden file holds."""
     rng = np.random.default_rng(case_seed(case.name))
-    out = {"prototxt": np.array(net_text(case))}
-    path = os.path.join(tempfile.mkdtemp(), case.name + ".prototxt")
-    with open(path, "w") as f:
-        f.write(net_text(case))
+    text = net_text(case)
+    out = {"prototxt": np.array(text)}
+    path = write_net(case.name, text)
     here = os.getcwd()
     os.chdir(os.path.join(workdir, DATA_DIR) if case.files else workdir)
     try:

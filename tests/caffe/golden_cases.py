@@ -96,14 +96,21 @@ def _param_value(spec, shape, rng):
     raise ValueError(f"unknown param kind {kind}")
 
 
+def write_net(name: str, text: str) -> str:
+    """``text`` written to ``<name>.prototxt`` in a new temporary folder; its path."""
+    path = os.path.join(tempfile.mkdtemp(), name + ".prototxt")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def run_layer_case(caffe, case: LayerCase, workdir: str, given=None) -> dict:
     """Run ``case`` through ``caffe`` (a pycaffe module); every array a golden file holds.
     ``given`` (a golden file) supplies the layer's parameters, which Caffe's fillers drew."""
     rng = np.random.default_rng(case_seed(case.name))
-    out = {"prototxt": np.array(net_text(case))}
-    path = os.path.join(tempfile.mkdtemp(), case.name + ".prototxt")
-    with open(path, "w") as f:
-        f.write(net_text(case))
+    text = net_text(case)
+    out = {"prototxt": np.array(text)}
+    path = write_net(case.name, text)
     here = os.getcwd()
     os.chdir(os.path.join(workdir, case.files) if case.files else workdir)
     try:

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from test_layers_crf import layer, one_thread  # noqa: F401  (one_thread: an autouse fixture)
+from test_layers_crf import layer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny inputs (tests/conftest.py)
 
 
 @pytest.fixture
@@ -46,10 +48,26 @@ def crf_inputs(n=2, c=3, h=9, w=11, seed=0):
     return scores, image
 
 
+def dense_crf_layer():
+    """A DenseCRF layer for crf_inputs' scores (2 x 3 x 9 x 11), image sizes and image."""
+    return layer('name: "crf" type: "DenseCRF" bottom: "s" bottom: "d" bottom: "im" top: "p" dense_crf_param { '
+                 'max_iter: 5 pos_xy_std: 3 pos_w: 3 bi_xy_std: 5 bi_rgb_std: 10 bi_w: 4 }',
+                 (2, 3, 9, 11), (2, 1, 1, 2), (2, 3, 9, 11))
+
+
+def meanfield_layer():
+    """A MultiStageMeanfield layer for crf_inputs' shapes, with a full class-mixing matrix."""
+    m = layer('name: "inference1" type: "MultiStageMeanfield" bottom: "u" bottom: "q" bottom: "im" top: "p" '
+              'multi_stage_meanfield_param { num_iterations: 3 theta_alpha: 5 theta_beta: 10 theta_gamma: 3 '
+              'spatial_filter_weight: 3 bilateral_filter_weight: 5 compatibility_mode: POTTS threshold: 2 }',
+              (2, 3, 9, 11), (2, 3, 9, 11), (2, 3, 9, 11))
+    with torch.no_grad():
+        m.blobs[0].add_(torch.arange(9.0).reshape(1, 1, 3, 3) / 7)
+    return m
+
+
 def test_dense_crf_runs_in_float32_under_cuda_like_autocast(cuda_softmax):
-    crf = layer('name: "crf" type: "DenseCRF" bottom: "s" bottom: "d" bottom: "im" top: "p" dense_crf_param { '
-                'max_iter: 5 pos_xy_std: 3 pos_w: 3 bi_xy_std: 5 bi_rgb_std: 10 bi_w: 4 }',
-                (2, 3, 9, 11), (2, 1, 1, 2), (2, 3, 9, 11))
+    crf = dense_crf_layer()
     scores, image = crf_inputs()
     dims = torch.tensor([[9.0, 11.0], [7.0, 8.0]]).reshape(2, 1, 1, 2)
     half = scores.to(torch.bfloat16)   # what a convolution under CUDA autocast returns
@@ -61,12 +79,7 @@ def test_dense_crf_runs_in_float32_under_cuda_like_autocast(cuda_softmax):
 
 
 def test_multi_stage_meanfield_mixes_classes_in_float32_under_autocast(cuda_softmax):
-    m = layer('name: "inference1" type: "MultiStageMeanfield" bottom: "u" bottom: "q" bottom: "im" top: "p" '
-              'multi_stage_meanfield_param { num_iterations: 3 theta_alpha: 5 theta_beta: 10 theta_gamma: 3 '
-              'spatial_filter_weight: 3 bilateral_filter_weight: 5 compatibility_mode: POTTS threshold: 2 }',
-              (2, 3, 9, 11), (2, 3, 9, 11), (2, 3, 9, 11))
-    with torch.no_grad():
-        m.blobs[0].add_(torch.arange(9.0).reshape(1, 1, 3, 3) / 7)   # a full class-mixing matrix
+    m = meanfield_layer()
     scores, image = crf_inputs(seed=1)
     half = scores.to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -11,7 +11,7 @@ import torch
 
 import caffe
 from conftest import FIXTURES
-from test_cuda_paths import crf_inputs, layer
+from test_cuda_paths import crf_inputs, dense_crf_layer, layer, meanfield_layer
 from caffe.net import Net
 from deeplab.extract.scorenet import ScoreNet
 
@@ -95,9 +95,7 @@ def test_max_pool_mask_and_upsample_under_autocast(device):
 
 
 def test_dense_crf_and_meanfield_run_in_float32_under_autocast(device):
-    crf = layer('name: "crf" type: "DenseCRF" bottom: "s" bottom: "d" bottom: "im" top: "p" dense_crf_param { '
-                'max_iter: 5 pos_xy_std: 3 pos_w: 3 bi_xy_std: 5 bi_rgb_std: 10 bi_w: 4 }',
-                (2, 3, 9, 11), (2, 1, 1, 2), (2, 3, 9, 11))
+    crf = dense_crf_layer()
     scores, image = crf_inputs()
     dims = torch.tensor([[9.0, 11.0], [7.0, 8.0]]).reshape(2, 1, 1, 2)
     half = scores.to(torch.bfloat16)   # what a convolution under autocast hands on
@@ -107,12 +105,7 @@ def test_dense_crf_and_meanfield_run_in_float32_under_autocast(device):
         (out,) = crf(half.to(device), dims.to(device), image.to(device))
     assert out.device == device and out.dtype == torch.float32 and close(out, ref, 1e-4)
 
-    m = layer('name: "inference1" type: "MultiStageMeanfield" bottom: "u" bottom: "q" bottom: "im" top: "p" '
-              'multi_stage_meanfield_param { num_iterations: 3 theta_alpha: 5 theta_beta: 10 theta_gamma: 3 '
-              'spatial_filter_weight: 3 bilateral_filter_weight: 5 compatibility_mode: POTTS threshold: 2 }',
-              (2, 3, 9, 11), (2, 3, 9, 11), (2, 3, 9, 11))
-    with torch.no_grad():
-        m.blobs[0].add_(torch.arange(9.0).reshape(1, 1, 3, 3) / 7)   # a full class-mixing matrix
+    m = meanfield_layer()
     scores, image = crf_inputs(seed=1)
     half = scores.to(torch.bfloat16)
     (ref,) = m(half.float(), half.float(), image)

@@ -15,13 +15,7 @@ from caffe.proto import caffe_pb2
 from densecrf.lattice import PermutohedralLattice
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny inputs: one thread avoids OpenMP start-up on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny inputs (tests/conftest.py)
 
 
 def layer(text, *bottom_shapes, phase="TEST"):

@@ -19,13 +19,7 @@ from densecrf.lattice import LatticeSum, PermutohedralLattice, dense_gaussian_fi
 from densecrf.torch_backend import DenseCRF, TorchDenseCRF, build_kernels, mean_field
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small inputs: one thread avoids OpenMP start-up and spinning on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tiny inputs (tests/conftest.py)
 
 
 def net_like_scores(label: np.ndarray, classes: int, seed: int) -> np.ndarray:
