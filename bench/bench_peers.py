@@ -129,7 +129,7 @@ class Case:
             except Exception as e:   # an exporter failure is a result here, not a crash
                 print(f"  {name}: ONNX export failed: {str(e).splitlines()[0]}")
                 self.onnx = None
-        self.caffe_form = None       # (NetParameter, V1?, flags, note): what a Caffe build reads (caffe_form)
+        self.caffe_form = None       # (NetParameter, V1?, flags, note, model file): what a Caffe build reads
         self.handmade = None
         if name == "largefov":
             from reference import LargeFOV
@@ -197,23 +197,28 @@ def _last_line(out: str) -> str:
     return (errors or lines or ["failed"])[-1]
 
 
+def _write_model(path: str, param, v1: bool) -> str:
+    """``param`` written to ``path`` (in V1 syntax with ``v1``; ValueError where V1 cannot say it)."""
+    text = text_format.MessageToString(peer_nets.v1_param(param) if v1 else param)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def caffe_form(case: Case, binary: str) -> str | None:
     """Find the form of the deploy net this Caffe build reads; None or the reason it reads none.
     BVLC's build reads it as is, with ``-phase=TEST``; a V1-era build such as the DeepLab fork
     (no -phase flag) gets it in V1 syntax (peer_nets.v1_param); a final Interp the build lacks
-    is left out. Sets ``case.caffe_form`` to (NetParameter, V1?, flags, note)."""
+    is left out. Sets ``case.caffe_form`` to (NetParameter, V1?, flags, note, the model file)."""
     param, flags, v1, notes = peer_nets.deploy_param(case.name, case.hw), ["-phase=TEST"], False, []
-    model = os.path.join(case.dir, "caffe_probe.prototxt")
     for _ in range(3):
         try:
-            text = text_format.MessageToString(peer_nets.v1_param(param) if v1 else param)
+            model = _write_model(os.path.join(case.dir, "caffe_time.prototxt"), param, v1)
         except ValueError as e:
             return str(e)
-        with open(model, "w") as f:
-            f.write(text)
         out, _ = _run_caffe(binary, ["time", f"-model={model}", "-iterations=1"] + flags, 1)
         if "Average Forward pass" in out:
-            case.caffe_form = (param, v1, flags, ", ".join(notes) or "as the engine's")
+            case.caffe_form = (param, v1, flags, ", ".join(notes) or "as the engine's", model)
             return None
         if "unknown command line flag" in out and not v1:
             flags, v1 = [], True
@@ -227,22 +232,14 @@ def caffe_form(case: Case, binary: str) -> str | None:
     return _last_line(out)
 
 
-def _caffe_model(case: Case, name: str, param) -> str:
-    path = os.path.join(case.dir, name)
-    with open(path, "w") as f:
-        f.write(text_format.MessageToString(peer_nets.v1_param(param) if case.caffe_form[1] else param))
-    return path
-
-
 def caffe_time(case: Case, binary: str, n_threads: int, reps: int) -> tuple[float | None, str]:
     """(ms, note): a Caffe build's `caffe time` "Average Forward pass" at ``n_threads`` BLAS
     threads (`caffe time` runs forward and backward with its fillers' weights; values do not
     change its time)."""
     if case.caffe_form is None and (why := caffe_form(case, binary)):
         return None, why
-    param, _, flags, note = case.caffe_form
-    out, _ = _run_caffe(binary, ["time", "-model=" + _caffe_model(case, "caffe_time.prototxt", param),
-                                 f"-iterations={reps}"] + flags, n_threads)
+    _, _, flags, note, model = case.caffe_form
+    out, _ = _run_caffe(binary, ["time", f"-model={model}", f"-iterations={reps}"] + flags, n_threads)
     m = re.search(r"Average Forward pass:\s*([0-9.]+)\s*ms", out)
     return (float(m.group(1)), note) if m else (None, _last_line(out))
 
@@ -253,12 +250,13 @@ def caffe_test_peak_mib(case: Case, binary: str, reps: int) -> tuple[float | Non
     per-element scores."""
     if case.caffe_form is None and (why := caffe_form(case, binary)):
         return None, why
-    param, _, flags, note = case.caffe_form
+    param, v1, flags, note, _ = case.caffe_form
     silenced = type(param)()
     silenced.CopyFrom(param)
     silenced.layer.add(name="silence", type="Silence", bottom=[silenced.layer[-1].top[0]])
-    out, peak = _run_caffe(binary, ["test", "-model=" + _caffe_model(case, "caffe_test.prototxt", silenced),
-                                    f"-weights={case.weights}", f"-iterations={1 + reps}"] + flags, 1)
+    model = _write_model(os.path.join(case.dir, "caffe_test.prototxt"), silenced, v1)
+    out, peak = _run_caffe(binary, ["test", f"-model={model}", f"-weights={case.weights}",
+                                    f"-iterations={1 + reps}"] + flags, 1)
     return (peak, note) if "Loss: " in out else (None, _last_line(out))
 
 
